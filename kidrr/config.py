@@ -1,0 +1,104 @@
+"""One JSON-serialisable config per model and per training run.
+
+Fields marked (ours) in ../shared/design/kidrr-model.md are choices of this project, not of the
+paper; each is a field here so a user holding the paper can switch it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+
+def _from_dict(cls, data: dict, what: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**data)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4
+    feature_size: int = 2048          # F: region feature size
+    embed_size: int = 1024            # D: joint space
+    sim_size: int = 256               # S: similarity vector size
+    word_dim: int = 300
+    dropout: float = 0.4
+    max_caption_len: int = 64         # tokens incl. <start>/<end>; longer captions are refused by the runtime
+    # Module 1: knowledge graph iterative dissemination
+    kgid_steps: int = 2               # T
+    knowledge_nodes: int = 32         # K (ours); 0 turns them off
+    kgid_ln_gain: float = 1.0 / 16    # (ours) LayerNorm gain at init: KGID starts near the identity
+    # Similarity vectors
+    smooth_lambda: float = 9.0
+    leaky_slope: float = 0.1
+    global_attn_norm: str = "context"  # (ours) a single global query is l2-normalised over its context axis
+    # Module 2: relation graph reconstruction
+    rgr_steps: int = 3                # U
+    rgr_adaptive: bool = True         # (ours) A_u = gamma A_{u-1} + (1-gamma) E_u; False: plain SGRAF steps
+    score_activation: str = "sigmoid"  # sigmoid (as published) or identity
+
+    def __post_init__(self):
+        for name in ("vocab_size", "feature_size", "embed_size", "sim_size", "word_dim", "max_caption_len"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("kgid_steps", "knowledge_nodes", "rgr_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.global_attn_norm not in ("context", "none"):
+            raise ConfigError(f"global_attn_norm must be 'context' or 'none', got {self.global_attn_norm!r}")
+        if self.score_activation not in ("sigmoid", "identity"):
+            raise ConfigError(f"score_activation must be 'sigmoid' or 'identity', got {self.score_activation!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        return _from_dict(cls, data, "model config")
+
+    @classmethod
+    def small(cls, **kw) -> "ModelConfig":
+        """The laptop-CPU config (D=256, S=64) the shipped model uses."""
+        base = dict(embed_size=256, sim_size=64, word_dim=300, dropout=0.2)
+        base.update(kw)
+        return cls(**base)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 2e-4
+    lr_decay_epochs: list = field(default_factory=lambda: [30])  # x0.1 at each
+    grad_clip: float = 2.0
+    margin: float = 0.2
+    aux_weight: float = 1.0           # (ours) weight of the same loss on the cosine of the globals
+    warmup_epochs: int = 1            # epochs of the all-negatives loss before hardest negatives
+    # Negatives that show the same image as the positive (the published layout repeats each image
+    # for its 5 captions, so a batch often holds one image twice) are true matches, not negatives:
+    # mining them as "hardest negatives" teaches the model to push real matches apart.
+    mask_same_image: bool = True
+    tile_images: int = 32             # score tiles inside a batch (cache-friendly)
+    tile_captions: int = 8
+    eval_tile_images: int = 64
+    eval_tile_captions: int = 16
+    seed: int = 0
+    threads: int = 0                  # 0: torch's default
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return _from_dict(cls, data, "training config")
+
+
+def dump_json(obj: dict) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"

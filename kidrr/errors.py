@@ -1,0 +1,32 @@
+"""Typed errors. Every message says what was wrong and what to do about it.
+
+Torch-free on purpose: the runtime raises these too.
+"""
+
+
+class KidrrError(Exception):
+    """Base class of every error kidrr raises on purpose."""
+
+
+class ConfigError(KidrrError, ValueError):
+    """A configuration value is invalid or inconsistent."""
+
+
+class InputError(KidrrError, ValueError):
+    """Features, captions or arguments given by the caller are unusable (shape, dtype, NaN, empty...)."""
+
+
+class DataError(KidrrError):
+    """A data folder is missing files, has the wrong layout, or holds bad values."""
+
+
+class CheckpointError(KidrrError):
+    """A checkpoint is missing files, or its config, weights and vocabulary disagree."""
+
+
+class BundleError(KidrrError):
+    """An exported bundle is missing files, was edited after export, or comes from another version."""
+
+
+class BackendUnavailable(KidrrError):
+    """A backend (tensorrt, onnxruntime-gpu, torch) is not installed or has no device here."""

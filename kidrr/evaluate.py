@@ -1,0 +1,133 @@
+"""Evaluation of a PyTorch checkpoint: encode a split, score it in tiles, Recall@K (`kidrr-eval`)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .data import Split, check_features, load_split
+from .errors import KidrrError, InputError
+from .tokenizer import Vocabulary, pad_batch
+
+
+def tokenize_split(vocab: Vocabulary, captions, max_len: int):
+    """Token id lists for captions; over-long ones are cut (keeping <end>) since data must not be dropped."""
+    out = []
+    for cap in captions:
+        ids = vocab.encode(cap)
+        if len(ids) > max_len:
+            ids = ids[:max_len - 1] + ids[-1:]
+        out.append(ids)
+    return out
+
+
+@torch.no_grad()
+def encode_images(model, features, batch: int = 256):
+    """(n, R, F) array-like -> locals (n, R, D), globals (n, D) float32 tensors."""
+    locs, globs = [], []
+    for i in range(0, len(features), batch):
+        x = check_features(features[i:i + batch], feature_size=model.cfg.feature_size)
+        l, g = model.encode_images(torch.from_numpy(x))
+        locs.append(l)
+        globs.append(g)
+    return torch.cat(locs), torch.cat(globs)
+
+
+@torch.no_grad()
+def encode_captions(model, id_lists, batch: int = 256):
+    """Token id lists -> locals (m, L, D), globals (m, D), lengths (m,)."""
+    ids, lengths = pad_batch(id_lists)
+    ids, lengths = torch.from_numpy(ids), torch.from_numpy(lengths)
+    locs, globs = [], []
+    for i in range(0, len(ids), batch):
+        lens = lengths[i:i + batch]
+        l, g = model.encode_texts(ids[i:i + batch, :int(lens.max())], lens)
+        locs.append(torch.nn.functional.pad(l, (0, 0, 0, ids.shape[1] - l.shape[1])))
+        globs.append(g)
+    return torch.cat(locs), torch.cat(globs), lengths
+
+
+@torch.no_grad()
+def score_matrix(model, images, captions, tile_images: int = 64, tile_captions: int = 16,
+                 progress: bool = True) -> np.ndarray:
+    """(n, m) scores. Captions are scored sorted by length so each tile is cut to short lengths."""
+    cap_locals, cap_glob, cap_len = captions
+    order = torch.argsort(cap_len, stable=True)
+    sorted_caps = (cap_locals[order], cap_glob[order], cap_len[order])
+    out = np.empty((images[0].shape[0], len(order)), dtype=np.float32)
+    block = max(tile_images, 256)
+    with tqdm(total=out.size, desc="scoring pairs", unit="pair", unit_scale=True, disable=not progress,
+              leave=False) as bar:
+        for i in range(0, out.shape[0], block):
+            part = model.score_tiled((images[0][i:i + block], images[1][i:i + block]), sorted_caps,
+                                     tile_images, tile_captions)
+            out[i:i + block, order.numpy()] = part.numpy()
+            bar.update(part.numel())
+    return out
+
+
+def evaluate_split(model, vocab: Vocabulary, split: Split, protocol: str = "all", progress: bool = True,
+                   tile_images: int = 64, tile_captions: int = 16) -> dict:
+    """Recall of the full scorer and of the globals' cosine alone, per the protocol (folds averaged)."""
+    model.eval()
+    if split.feature_size != model.cfg.feature_size:
+        raise InputError(f"split {split.name} has feature size {split.feature_size} but the model expects "
+                         f"{model.cfg.feature_size}")
+    full, glob = [], []
+    for start, stop in metrics.folds(len(split.images), protocol):
+        part = split.subset(stop - start, start)
+        images = encode_images(model, part.images)
+        captions = encode_captions(model, tokenize_split(vocab, part.captions, model.cfg.max_caption_len))
+        scores = score_matrix(model, images, captions, tile_images, tile_captions, progress)
+        full.append(metrics.recall(scores, part.caption_image))
+        glob.append(metrics.recall((images[1] @ captions[1].T).numpy(), part.caption_image))
+    return {"protocol": protocol, "images": len(split.images), "captions": len(split.captions),
+            "folds": len(full), "scorer": metrics.average(full), "globals": metrics.average(glob)}
+
+
+def resolve_split(data: str, split: str) -> Split:
+    """'synthetic' (generated) or a folder in the published precomputed layout."""
+    if data == "synthetic":
+        from .synthetic import make_synthetic
+        return make_synthetic(split)
+    return load_split(data, split)
+
+
+def format_recall(r: dict) -> str:
+    return (f"i2t R@1/5/10 {r['i2t_r1']:.1f}/{r['i2t_r5']:.1f}/{r['i2t_r10']:.1f}  "
+            f"t2i R@1/5/10 {r['t2i_r1']:.1f}/{r['t2i_r5']:.1f}/{r['t2i_r10']:.1f}  rSum {r['rsum']:.1f}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", default=None, help="checkpoint folder (default: the shipped model)")
+@click.option("--data", default="synthetic", show_default=True,
+              help="'synthetic' or a folder with {split}_ims.npy and {split}_caps.txt")
+@click.option("--split", default="test", show_default=True)
+@click.option("--protocol", type=click.Choice(metrics.PROTOCOLS), default="all", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print one machine-readable JSON object")
+@click.option("--threads", type=int, default=0, help="torch threads (0: default)")
+def main(checkpoint, data, split, protocol, as_json, threads):
+    """Recall@1/5/10 (both directions), rSum and median rank of a checkpoint on a split."""
+    from .checkpoint import load_checkpoint
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model, vocab, sha = load_checkpoint(checkpoint)
+        result = evaluate_split(model, vocab, resolve_split(data, split), protocol, progress=not as_json)
+    except KidrrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    result.update(checkpoint=checkpoint or "shipped", checkpoint_sha256=sha, data=data, split=split)
+    if as_json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    click.echo(f"{result['images']} images x {result['captions']} captions, protocol {protocol} "
+               f"({result['folds']} fold(s))")
+    click.echo("scorer : " + format_recall(result["scorer"]) +
+               f"  medr i2t {result['scorer']['i2t_medr']:.0f} t2i {result['scorer']['t2i_medr']:.0f}")
+    click.echo("globals: " + format_recall(result["globals"]))

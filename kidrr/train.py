@@ -1,0 +1,202 @@
+"""Training (`kidrr-train`): hinge triplet loss on the in-batch score matrix, dev rSum every epoch.
+
+Recipe (kidrr-model.md): hardest negatives after `warmup_epochs` of all-negatives, plus aux_weight x
+the same loss on the globals' cosine; Adam, x0.1 step decay, grad-norm clip; best checkpoint by dev
+rSum. Checkpoints are written atomically, so an interrupt leaves the last complete one intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from .config import ModelConfig, TrainConfig, dump_json
+from .data import Split, check_features
+from .errors import KidrrError, ConfigError
+from .evaluate import evaluate_split, format_recall, resolve_split, tokenize_split
+from .fileio import write_atomic
+from .model import KIDRR
+from .tokenizer import Vocabulary, pad_batch
+
+
+def triplet_loss(scores: torch.Tensor, image_ids: torch.Tensor, margin: float, hardest: bool,
+                 mask_same_image: bool = True) -> torch.Tensor:
+    """Bidirectional hinge loss on a (B, B) score matrix whose diagonal holds the positives.
+
+    Off-diagonal pairs that show the same image are true matches; with mask_same_image they are
+    never used as negatives.
+    """
+    pos = scores.diagonal()
+    eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+    not_negative = image_ids[:, None] == image_ids[None, :] if mask_same_image else eye
+    cost_cap = (margin + scores - pos[:, None]).clamp(min=0).masked_fill(not_negative, 0)  # image -> captions
+    cost_img = (margin + scores - pos[None, :]).clamp(min=0).masked_fill(not_negative, 0)  # caption -> images
+    if hardest:
+        return cost_cap.max(1).values.sum() + cost_img.max(0).values.sum()
+    return cost_cap.sum() + cost_img.sum()
+
+
+def plateau(batch_size: int, margin: float) -> float:
+    """Hardest-negative loss when every score is equal: the collapsed model's value."""
+    return 2.0 * batch_size * margin
+
+
+class Trainer:
+    def __init__(self, model: KIDRR, vocab: Vocabulary, tcfg: TrainConfig):
+        self.model, self.vocab, self.tcfg = model, vocab, tcfg
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+        self.epoch = 0
+        self.best_rsum = -1.0
+        self.history: list = []
+
+    def lr_for(self, epoch: int) -> float:
+        return self.tcfg.lr * 0.1 ** sum(epoch >= e for e in self.tcfg.lr_decay_epochs)
+
+    def step(self, features: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+             image_ids: torch.Tensor, hardest: bool):
+        """One optimisation step on a batch; returns (scorer loss, globals loss) as floats."""
+        t = self.tcfg
+        self.model.train()
+        img = self.model.encode_images(features)
+        cap = self.model.encode_texts(ids, lengths)
+        scores = self.model.score_tiled(img, (*cap, lengths), t.tile_images, t.tile_captions)
+        loss_scorer = triplet_loss(scores, image_ids, t.margin, hardest, t.mask_same_image)
+        loss_glob = triplet_loss(img[1] @ cap[1].T, image_ids, t.margin, hardest, t.mask_same_image)
+        loss = loss_scorer + t.aux_weight * loss_glob
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        return float(loss_scorer), float(loss_glob)
+
+    def train_epoch(self, split: Split, caption_ids: list, rng: np.random.Generator, max_batches: int = 0):
+        t = self.tcfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_for(self.epoch)
+        hardest = self.epoch >= t.warmup_epochs
+        order = rng.permutation(len(caption_ids))
+        n_batches = len(order) // t.batch_size  # drop the ragged last batch: the loss scale stays fixed
+        if max_batches:
+            n_batches = min(n_batches, max_batches)
+        cap_image = split.caption_image
+        losses, glob_losses, pairs, start = [], [], 0, time.perf_counter()
+        bar = tqdm(range(n_batches), desc=f"epoch {self.epoch + 1} ({'hardest' if hardest else 'all'} negatives)",
+                   unit="batch", dynamic_ncols=True)
+        for b in bar:
+            idx = order[b * t.batch_size:(b + 1) * t.batch_size]
+            image_rows = cap_image[idx]
+            # Sorted rows read the memory map in order; features follow the captions' order.
+            feats = check_features(split.images[np.sort(image_rows)], "training features",
+                                   self.model.cfg.feature_size)
+            feats = feats[np.argsort(np.argsort(image_rows, kind="stable"), kind="stable")]
+            ids, lengths = pad_batch([caption_ids[i] for i in idx])
+            loss, gloss = self.step(torch.from_numpy(feats), torch.from_numpy(ids), torch.from_numpy(lengths),
+                                    torch.from_numpy(image_rows), hardest)
+            losses.append(loss)
+            glob_losses.append(gloss)
+            pairs += len(idx) ** 2
+            bar.set_postfix(loss=f"{loss:.2f}", glob=f"{gloss:.2f}",
+                            pairs_s=f"{pairs / (time.perf_counter() - start):.0f}")
+        bar.close()
+        return {"loss": float(np.mean(losses)), "loss_globals": float(np.mean(glob_losses)),
+                "loss_last100": float(np.mean(losses[-100:])), "hardest": hardest,
+                "pairs_per_s": pairs / (time.perf_counter() - start), "batches": n_batches,
+                "plateau": plateau(t.batch_size, t.margin), "lr": self.lr_for(self.epoch)}
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "best_rsum": self.best_rsum, "history": self.history,
+                "train_config": self.tcfg.to_dict()}
+
+
+def _set_overrides(cfg, pairs, what):
+    """Apply --set key=value pairs (values parsed as JSON, else kept as strings)."""
+    data = cfg.to_dict()
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--{what} expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            data[key] = json.loads(value)
+        except ValueError:
+            data[key] = value
+    return type(cfg).from_dict(data)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", default="synthetic", show_default=True,
+              help="'synthetic' or a folder with train/dev {split}_ims.npy + {split}_caps.txt")
+@click.option("--out", required=True, help="run folder: last/ and best/ checkpoints, history.json")
+@click.option("--size", type=click.Choice(["small", "published"]), default="small", show_default=True,
+              help="small: D=256, S=64 (CPU); published: D=1024, S=256")
+@click.option("--model-set", "model_set", multiple=True, help="model config override key=value (repeatable)")
+@click.option("--train-set", "train_set", multiple=True, help="training config override key=value (repeatable)")
+@click.option("--epochs", type=int, default=None, help="number of epochs (default from the config: 40)")
+@click.option("--dev-images", type=int, default=0, help="evaluate on the first N dev images only (0: all)")
+@click.option("--max-batches", type=int, default=0, help="cap batches per epoch (smoke runs)")
+@click.option("--resume", is_flag=True, help="continue from OUT/last")
+def main(data, out, size, model_set, train_set, epochs, dev_images, max_batches, resume):
+    """Train KIDRR; keeps OUT/best (by dev rSum) and OUT/last (resumable)."""
+    try:
+        run(data, out, size, model_set, train_set, epochs, dev_images, max_batches, resume)
+    except KidrrError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, max_batches=0, resume=False):
+    train, dev = resolve_split(data, "train"), resolve_split(data, "dev")
+    if dev_images:
+        dev = dev.subset(dev_images)
+    last_dir, best_dir = os.path.join(out, "last"), os.path.join(out, "best")
+    if resume:
+        model, vocab, _ = load_checkpoint(last_dir)
+        with open(os.path.join(last_dir, "train_state.json")) as fh:
+            tcfg = TrainConfig.from_dict(json.load(fh)["train_config"])
+    else:
+        if os.path.exists(last_dir):
+            raise KidrrError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        vocab = Vocabulary.build(train.captions)
+        base = ModelConfig.small() if size == "small" else ModelConfig()
+        mcfg = _set_overrides(base, model_set, "model-set")
+        mcfg = ModelConfig.from_dict(dict(mcfg.to_dict(), vocab_size=len(vocab), feature_size=train.feature_size))
+        tcfg = _set_overrides(TrainConfig(), train_set, "train-set")
+        torch.manual_seed(tcfg.seed)
+        model = KIDRR(mcfg)
+    if epochs is not None:
+        tcfg.epochs = epochs
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    trainer = Trainer(model, vocab, tcfg)
+    if resume:
+        state = load_train_state(last_dir, trainer.optimizer)
+        trainer.epoch, trainer.best_rsum, trainer.history = state["epoch"], state["best_rsum"], state["history"]
+    if train.feature_size != model.cfg.feature_size:
+        raise KidrrError(f"training features have size {train.feature_size}, the model expects "
+                         f"{model.cfg.feature_size}")
+    caption_ids = tokenize_split(vocab, train.captions, model.cfg.max_caption_len)
+    print(f"train: {len(train.images)} images x {train.regions} regions x {train.feature_size}, "
+          f"{len(train.captions)} captions, vocab {len(vocab)}; dev: {len(dev.images)} images; "
+          f"model D={model.cfg.embed_size} S={model.cfg.sim_size}", flush=True)
+    while trainer.epoch < tcfg.epochs:
+        rng = np.random.default_rng([tcfg.seed, trainer.epoch])
+        stats = trainer.train_epoch(train, caption_ids, rng, max_batches)
+        result = evaluate_split(model, vocab, dev, "all", progress=False)
+        trainer.epoch += 1
+        stats.update(epoch=trainer.epoch, dev_rsum=result["scorer"]["rsum"],
+                     dev_rsum_globals=result["globals"]["rsum"], dev=result["scorer"])
+        trainer.history.append(stats)
+        print(f"epoch {trainer.epoch}: loss {stats['loss']:.2f} (last 100 batches {stats['loss_last100']:.2f}, "
+              f"plateau {stats['plateau']:.1f}), globals loss {stats['loss_globals']:.2f}, "
+              f"{stats['pairs_per_s']:.0f} pairs/s | dev {format_recall(result['scorer'])} | "
+              f"globals-only rSum {result['globals']['rsum']:.1f}", flush=True)
+        if stats["dev_rsum"] > trainer.best_rsum:
+            trainer.best_rsum = stats["dev_rsum"]
+            save_checkpoint(best_dir, model, vocab, train_state=trainer.state())
+        save_checkpoint(last_dir, model, vocab, trainer.optimizer, trainer.state())
+        write_atomic(os.path.join(out, "history.json"), dump_json({"history": trainer.history}).encode())
+    return trainer

@@ -1,0 +1,44 @@
+"""kidrr: export, serve and benchmark KIDRR image-text matching models."""
+from setuptools import setup
+
+setup(
+    name="kidrr",
+    version="0.1.0",
+    description="KIDRR image-text matching: PyTorch model, ONNX/TensorRT export, runtime and benchmarks",
+    python_requires=">=3.10",
+    # Generic folder names live under the kidrr namespace so nothing called `export` or
+    # `runtime` lands at the top level of site-packages.
+    packages=["kidrr", "kidrr.export", "kidrr.runtime", "kidrr.bench"],
+    package_dir={
+        "kidrr": "kidrr",
+        "kidrr.export": "export",
+        "kidrr.runtime": "runtime",
+        "kidrr.bench": "bench",
+    },
+    package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors"]},
+    install_requires=[
+        # Pinned to the CPU build that pip finds locally; a range would pull a multi-GB CUDA wheel.
+        "torch==2.13.0",
+        "numpy>=1.24",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "onnxscript>=0.2",
+        "safetensors>=0.4",
+        "click>=8.1",
+        "tqdm>=4.66",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "gpu": ["onnxruntime-gpu>=1.18"],
+        "trt": ["tensorrt>=10"],
+    },
+    entry_points={
+        "console_scripts": [
+            "kidrr-train=kidrr.train:main",
+            "kidrr-eval=kidrr.evaluate:main",
+            "kidrr-export=kidrr.export.cli:main",
+            "kidrr-bench=kidrr.bench.cli:main",
+        ]
+    },
+)
