@@ -1,0 +1,104 @@
+"""Encoded items kept for search: images (a Gallery) and captions (a CaptionIndex).
+
+Both are immutable after construction (read-only arrays), so many threads may share them. A
+gallery file is a plain .npz (no pickles: loaded with allow_pickle=False) tagged with the
+identity of the bundle that encoded it; the runtime refuses to mix it with another bundle.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from kidrr.errors import BundleError, InputError
+from kidrr.fileio import write_atomic
+
+GALLERY_FORMAT = "kidrr-gallery/1"
+
+
+def _freeze(*arrays):
+    for a in arrays:
+        a.flags.writeable = False
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Image locals (n, R, D), globals (n, D), and the bundle identity they came from."""
+    locals: np.ndarray
+    globals: np.ndarray
+    bundle_id: str
+
+    def __post_init__(self):
+        if self.locals.ndim != 3 or self.globals.ndim != 2 or len(self.locals) != len(self.globals) \
+                or self.locals.shape[2] != self.globals.shape[1]:
+            raise InputError(f"gallery arrays disagree: locals {self.locals.shape}, globals {self.globals.shape}")
+        _freeze(self.locals, self.globals)
+
+    def __len__(self) -> int:
+        return len(self.globals)
+
+    @property
+    def nbytes(self) -> int:
+        return self.locals.nbytes + self.globals.nbytes
+
+    def save(self, path: str) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, format=np.array(GALLERY_FORMAT), bundle_id=np.array(self.bundle_id),
+                 locals=self.locals, globals=self.globals)
+        write_atomic(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str, bundle_id: str | None = None) -> "Gallery":
+        """Read a gallery file; with bundle_id, refuse one encoded by another bundle."""
+        if not os.path.isfile(path):
+            raise InputError(f"gallery file {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                fmt = str(data["format"])
+                tag = str(data["bundle_id"])
+                locs, globs = data["locals"], data["globals"]
+        except (ValueError, KeyError, OSError, EOFError) as exc:
+            raise InputError(f"{path} is not a kidrr gallery file ({exc}); rebuild it with encode_images") from exc
+        if fmt != GALLERY_FORMAT:
+            raise InputError(f"{path}: gallery format {fmt!r} is not {GALLERY_FORMAT}; rebuild it")
+        if bundle_id is not None and tag != bundle_id:
+            raise BundleError(f"gallery {path} was encoded by another bundle ({tag[:12]}...), not this one "
+                              f"({bundle_id[:12]}...); re-encode the images with this bundle")
+        return cls(locs, globs, tag)
+
+
+@dataclass(frozen=True)
+class CaptionIndex:
+    """Encoded captions sorted by length (so tiles trim padding), with their original order."""
+    locals: np.ndarray       # (m, L, D), rows in length order, zero past each length
+    globals: np.ndarray      # (m, D) in length order
+    lengths: np.ndarray      # (m,) int64 ascending
+    order: np.ndarray        # order[k] = original index of row k
+    bundle_id: str
+
+    def __post_init__(self):
+        _freeze(self.locals, self.globals, self.lengths, self.order)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def nbytes(self) -> int:
+        return self.locals.nbytes + self.globals.nbytes + self.lengths.nbytes + self.order.nbytes
+
+    @classmethod
+    def from_encoded(cls, locals_, globals_, lengths, bundle_id: str) -> "CaptionIndex":
+        order = np.argsort(lengths, kind="stable")
+        lengths = np.asarray(lengths, dtype=np.int64)[order]
+        width = int(lengths.max())
+        return cls(np.ascontiguousarray(locals_[order, :width]), np.ascontiguousarray(globals_[order]),
+                   lengths, order.astype(np.int64), bundle_id)
+
+    def take(self, rows: np.ndarray) -> "CaptionIndex":
+        """A sub-index of the given (sorted-order) rows, still sorted by length."""
+        rows = np.sort(np.asarray(rows))
+        lengths = self.lengths[rows]
+        return CaptionIndex(np.ascontiguousarray(self.locals[rows, :int(lengths.max())]),
+                            self.globals[rows], lengths, self.order[rows], self.bundle_id)

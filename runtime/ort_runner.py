@@ -1,0 +1,86 @@
+"""The default backend: ONNX Runtime (CPU here; CUDA / TensorRT execution providers when present)."""
+from __future__ import annotations
+
+import numpy as np
+
+from kidrr.errors import BackendUnavailable, BundleError
+
+from .bundle import Bundle
+from .runner import Runner, as_float32, as_int64
+
+# Preferred order when onnxruntime-gpu is installed; CPU is always the fallback.
+INPUTS = {"image_encoder": ("features",), "text_encoder": ("ids", "lengths"),
+          "similarity": ("img_locals", "img_global", "cap_locals", "cap_global", "cap_lengths")}
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend 'ort' needs the onnxruntime package ({exc}); "
+                                 f"pip install onnxruntime (or onnxruntime-gpu)") from exc
+    return ort
+
+
+class OrtRunner(Runner):
+    name = "ort"
+
+    def __init__(self, bundle: Bundle, threads: int = 0, providers=None):
+        super().__init__(bundle, threads)
+        ort = _import_ort()
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in PROVIDER_ORDER if p in available]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise BackendUnavailable(f"onnxruntime here has no {missing} (available: {available}); "
+                                     f"install onnxruntime-gpu or pick other providers")
+        self.providers = list(providers)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
+        opts.inter_op_num_threads = 1        # the graphs are chains; parallel branches only add contention
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.sessions = {}
+        for graph in ("image_encoder", "text_encoder", "similarity"):
+            try:
+                self.sessions[graph] = ort.InferenceSession(bundle.graph_path(graph), sess_options=opts,
+                                                            providers=self.providers)
+            except Exception as exc:  # onnxruntime raises its own unexported exception types
+                raise BundleError(f"bundle file {bundle.graph(graph)['file']} cannot be loaded by "
+                                  f"onnxruntime ({str(exc)[:300]}); re-export the bundle") from exc
+        self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
+        self._inputs = {g: [i.name for i in s.get_inputs()] for g, s in self.sessions.items()}
+
+        for graph, names in INPUTS.items():
+            if sorted(self._inputs[graph]) != sorted(names):
+                raise BundleError(f"bundle file {bundle.graph(graph)['file']} has inputs {self._inputs[graph]}, "
+                                  f"the contract (docs/bundle.md) says {list(names)}; re-export the bundle")
+
+    def _run(self, graph: str, feeds: dict):
+        # session.run is thread-safe in onnxruntime; numpy inputs that are already contiguous
+        # float32/int64 are read in place, without a copy.
+        return self.sessions[graph].run(self._outputs[graph], feeds)
+
+    def encode_images(self, features):
+        locs, glob = self._run("image_encoder", {"features": as_float32(features)})
+        return locs, glob
+
+    def encode_texts(self, ids, lengths):
+        locs, glob = self._run("text_encoder", {"ids": as_int64(ids), "lengths": as_int64(lengths)})
+        return locs, glob
+
+    def score(self, img_locals, img_global, cap_locals, cap_global, cap_lengths):
+        (scores,) = self._run("similarity", {
+            "img_locals": as_float32(img_locals), "img_global": as_float32(img_global),
+            "cap_locals": as_float32(cap_locals), "cap_global": as_float32(cap_global),
+            "cap_lengths": as_int64(cap_lengths)})
+        return scores
+
+    def describe(self) -> str:
+        return f"ort[{','.join(p.replace('ExecutionProvider', '') for p in self.providers)}]"
+
+    def close(self) -> None:
+        self.sessions.clear()

@@ -1,0 +1,194 @@
+"""The runtime's public face: a bundle + a backend -> galleries, caption indexes, scores, search.
+
+Thread-safety contract: a Retriever may be shared by any number of threads. Its runner is
+stateless after loading (onnxruntime's session.run and torch inference are thread-safe), galleries
+and caption indexes are read-only, and the only mutable state (the tile-plan cache and the
+attached gallery / caption index) is behind a lock. Calls from many threads return what serial
+calls return. Attaching a new gallery while searches run is allowed: each search uses the index
+it read when it started.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from tqdm import tqdm
+
+from kidrr.data import check_features
+from kidrr.errors import BundleError, InputError
+
+from .bundle import load_bundle
+from .captions import tokenize_captions
+from .gallery import CaptionIndex, Gallery
+from .runner import load_runner
+from .search import check_k, check_shortlist, shortlist_rows, top_k
+from .tiling import TilePlanner, score_all, timer
+
+ENCODE_BATCH = 256   # items per encoder call: the encoders are cheap, this only bounds memory
+
+
+class Retriever:
+    def __init__(self, bundle_path: str, backend: str = "ort", threads: int = 0,
+                 memory_budget_mb: float = 256.0, tiles: tuple | None = None, on_long: str = "refuse",
+                 verify: bool = True, **backend_options):
+        """backend: 'ort' | 'trt' | 'torch'. threads: 0 = the backend's default. tiles=(images, captions)
+        fixes the score tile instead of choosing it. on_long: 'refuse' | 'truncate' over-long captions."""
+        self.bundle = load_bundle(bundle_path, verify=verify)
+        self.runner = load_runner(backend, self.bundle, threads=threads, **backend_options)
+        model = self.bundle.model
+        self.feature_size = int(model["feature_size"])
+        self.planner = TilePlanner(int(model["embed_size"]), int(model["sim_size"]),
+                                   int(memory_budget_mb * 2**20), tiles)
+        self.on_long = on_long
+        self._lock = threading.Lock()
+        self._gallery: Gallery | None = None
+        self._captions: CaptionIndex | None = None
+
+    @property
+    def bundle_id(self) -> str:
+        return self.bundle.identity
+
+    # ---- encoding --------------------------------------------------------------------------
+    def encode_images(self, features) -> Gallery:
+        """(n, R, F) float features -> Gallery tagged with this bundle."""
+        feats = check_features(features, feature_size=self.feature_size)
+        locs, globs = [], []
+        for i in range(0, len(feats), ENCODE_BATCH):
+            l, g = self.runner.encode_images(feats[i:i + ENCODE_BATCH])
+            locs.append(l)
+            globs.append(g)
+        return Gallery(np.concatenate(locs), np.concatenate(globs), self.bundle_id)
+
+    def encode_texts(self, captions, on_long: str | None = None) -> CaptionIndex:
+        """list[str] -> CaptionIndex (sorted by length inside; scores come back in your order)."""
+        ids, lengths = tokenize_captions(self.bundle.vocab, captions, self.bundle.max_caption_len,
+                                         on_long or self.on_long)
+        order = np.argsort(lengths, kind="stable")  # similar lengths per batch: less padding to encode
+        width = ids.shape[1]
+        locs = np.zeros((len(ids), width, int(self.bundle.model["embed_size"])), dtype=np.float32)
+        globs = np.empty((len(ids), locs.shape[2]), dtype=np.float32)
+        for i in range(0, len(ids), ENCODE_BATCH):
+            rows = order[i:i + ENCODE_BATCH]
+            lmax = int(lengths[rows].max())
+            l, g = self.runner.encode_texts(ids[rows, :lmax], lengths[rows])
+            locs[rows, :lmax] = l
+            globs[rows] = g
+        return CaptionIndex.from_encoded(locs, globs, lengths, self.bundle_id)
+
+    def load_gallery(self, path: str) -> Gallery:
+        return Gallery.load(path, bundle_id=self.bundle_id)
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def _own(self, item, what: str):
+        if item.bundle_id != self.bundle_id:
+            raise BundleError(f"this {what} was encoded by another bundle ({item.bundle_id[:12]}...), not "
+                              f"this one ({self.bundle_id[:12]}...); re-encode it with this retriever")
+        if len(item) == 0:
+            raise InputError(f"the {what} is empty; encode at least one item")
+        return item
+
+    def _captions_arg(self, captions) -> CaptionIndex:
+        if isinstance(captions, CaptionIndex):
+            return self._own(captions, "caption index")
+        return self.encode_texts(captions)
+
+    def _plan_for(self, gallery: Gallery, captions: CaptionIndex):
+        regions = gallery.locals.shape[1]
+
+        def plan_for(length, n, m):
+            def measure(shape):
+                a, b = shape
+                lens = captions.lengths[-b:]  # the longest captions: a safe upper bound on cost
+                cap = np.ascontiguousarray(captions.locals[-b:, :int(lens.max())])
+                return timer(lambda: self.runner.score(gallery.locals[:a], gallery.globals[:a], cap,
+                                                       captions.globals[-b:], lens))
+            return self.planner.plan(regions, length, len(gallery), len(captions), measure)
+        return plan_for
+
+    def score(self, gallery: Gallery, captions, progress: bool = False) -> np.ndarray:
+        """(n images, m captions) float32 scores; captions: list[str] or a CaptionIndex."""
+        gallery = self._own(gallery, "gallery")
+        captions = self._captions_arg(captions)
+        with tqdm(total=len(gallery) * len(captions), desc="scoring pairs", unit="pair", unit_scale=True,
+                  disable=not progress, leave=False) as bar:
+            return score_all(self.runner, gallery.locals, gallery.globals, captions,
+                             self._plan_for(gallery, captions), progress=bar if progress else None)
+
+    # ---- attached indexes ------------------------------------------------------------------
+    def use_gallery(self, gallery: Gallery) -> None:
+        with self._lock:
+            self._gallery = self._own(gallery, "gallery")
+
+    def use_captions(self, captions) -> None:
+        index = self._captions_arg(captions)
+        with self._lock:
+            self._captions = index
+
+    def _attached(self, given, attr: str, what: str):
+        if given is not None:
+            return self._own(given, what)
+        with self._lock:
+            found = getattr(self, attr)
+        if found is None:
+            raise InputError(f"no {what} to search: pass one, or attach one with use_{attr[1:]}()")
+        return found
+
+    # ---- search ----------------------------------------------------------------------------
+    def search_text(self, query, k: int, gallery: Gallery | None = None, shortlist: int | None = None):
+        """Images for a caption: [(image index, score)] best first. A list of captions (or a
+        CaptionIndex) gives one list per query. shortlist=k': two-stage (globals, then rerank k')."""
+        gallery = self._attached(gallery, "_gallery", "gallery")
+        k = check_k(k, len(gallery), "gallery")
+        kp = check_shortlist(shortlist, k, len(gallery))
+        single = isinstance(query, str)
+        queries = self._captions_arg([query] if single else query)
+        results = [None] * len(queries)
+        if kp is None:
+            scores = self.score(gallery, queries)           # (n, q) in query order
+            for q in range(len(queries)):
+                results[q] = top_k(scores[:, q], k)
+        else:
+            rows = shortlist_rows(queries.globals, gallery.globals, kp)   # (q, k') in sorted order
+            for r in range(len(queries)):
+                idx = np.sort(rows[r])
+                lens = queries.lengths[r:r + 1]
+                s = self.runner.score(gallery.locals[idx], gallery.globals[idx],
+                                      queries.locals[r:r + 1, :int(lens[0])], queries.globals[r:r + 1], lens)
+                results[int(queries.order[r])] = top_k(s[:, 0], k, ids=idx)
+        return results[0] if single else results
+
+    def search_image(self, features, k: int, captions: CaptionIndex | None = None,
+                     shortlist: int | None = None):
+        """Captions for an image: features (R, F) -> [(caption index, score)]; (q, R, F) -> one list each."""
+        index = self._attached(captions, "_captions", "caption index")
+        k = check_k(k, len(index), "caption index")
+        kp = check_shortlist(shortlist, k, len(index))
+        arr = np.asarray(features)
+        single = arr.ndim == 2
+        queries = self.encode_images(arr[None] if single else arr)
+        if kp is None:
+            scores = self.score(queries, index)             # (q, m) in caption order
+            results = [top_k(row, k) for row in scores]
+        else:
+            rows = shortlist_rows(queries.globals, index.globals, kp)
+            results = []
+            for q in range(len(queries)):
+                sub = index.take(rows[q])
+                s = self.runner.score(queries.locals[q:q + 1], queries.globals[q:q + 1], sub.locals,
+                                      sub.globals, sub.lengths)
+                results.append(top_k(s[0], k, ids=sub.order))
+        return results[0] if single else results
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_bundle(path: str, backend: str = "ort", threads: int = 0, **options) -> Retriever:
+    """Load and verify a bundle and start a backend on it; see Retriever for the options."""
+    return Retriever(path, backend=backend, threads=threads, **options)
