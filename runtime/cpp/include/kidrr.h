@@ -1,0 +1,128 @@
+/* kidrr.h: the C ABI of the KIDRR retrieval runtime (image-text matching over an exported bundle).
+ *
+ * Handles are opaque. Every function returns a kidrr_status; on anything but KIDRR_OK,
+ * kidrr_last_error() gives a message saying what was wrong and what to do. Outputs are written
+ * only on success.
+ *
+ * Thread-safety contract:
+ *  - A kidrr_bundle may be used from several threads at once for every call that takes it as
+ *    `const kidrr_bundle*` (encode, score, search, tokenize): ONNX Runtime sessions are safe for
+ *    concurrent Run calls and the bundle holds no other mutable state.
+ *  - kidrr_images / kidrr_captions are immutable once created: share them read-only freely.
+ *  - A *_free / kidrr_close must not run while another thread still uses that handle.
+ *  - kidrr_last_error() is per thread: it reports the last failed call made by the calling thread.
+ *  - kidrr_vocab handles follow the same rules as bundles.
+ * Strings are UTF-8 and NUL-terminated (a caption cannot hold an embedded NUL character).
+ */
+#ifndef KIDRR_H
+#define KIDRR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define KIDRR_API __declspec(dllexport)
+#else
+#define KIDRR_API __attribute__((visibility("default")))
+#endif
+
+#define KIDRR_ABI_VERSION 1
+
+typedef enum kidrr_status {
+    KIDRR_OK = 0,
+    KIDRR_ERR_INVALID_ARGUMENT = 1, /* null pointer, zero count, buffer too small */
+    KIDRR_ERR_INPUT = 2,            /* bad caption (empty, too long, invalid UTF-8), wrong feature size, NaN */
+    KIDRR_ERR_BUNDLE = 3,           /* bundle missing, unknown format, file hash mismatch, bad JSON */
+    KIDRR_ERR_BACKEND = 4,          /* ONNX Runtime not found, too old, or failed while running */
+    KIDRR_ERR_OUT_OF_MEMORY = 5,
+    KIDRR_ERR_INTERNAL = 6          /* a bug: please report it with the message */
+} kidrr_status;
+
+typedef struct kidrr_bundle kidrr_bundle;     /* an opened bundle: three ONNX sessions + vocabulary */
+typedef struct kidrr_images kidrr_images;     /* encoded images: locals (n, R, D) and globals (n, D) */
+typedef struct kidrr_captions kidrr_captions; /* encoded captions: locals (m, L, D), globals, lengths */
+typedef struct kidrr_vocab kidrr_vocab;       /* a vocabulary alone (vocab.json), for tokenising */
+
+typedef struct kidrr_options {
+    /* Path of libonnxruntime.so. NULL: $KIDRR_ORT_LIBRARY, else the library inside the onnxruntime
+     * Python wheel found when the runtime was built, else the one `python3` (or $KIDRR_PYTHON) finds now. */
+    const char* ort_library;
+    int intra_op_threads;  /* 0: ONNX Runtime's default */
+    int tile_images;       /* images per scoring tile; 0: 32 */
+    int tile_captions;     /* captions per scoring tile; 0: 8 */
+} kidrr_options;
+
+typedef struct kidrr_hit {
+    size_t image;  /* row of the image in the gallery */
+    float score;   /* full KIDRR score */
+} kidrr_hit;
+
+typedef struct kidrr_bundle_info {
+    size_t feature_size;     /* F */
+    size_t embed_size;       /* D */
+    size_t max_caption_len;  /* tokens including <start>/<end> */
+    size_t vocab_size;
+    const char* precision;   /* "fp32" | "fp16" | "int8"; valid while the bundle is open */
+    const char* ort_version; /* ONNX Runtime library version in use */
+} kidrr_bundle_info;
+
+/* Message of the calling thread's last failed call ("" if none). Valid until its next failed call. */
+KIDRR_API const char* kidrr_last_error(void);
+KIDRR_API const char* kidrr_status_name(kidrr_status status);
+
+/* Open a bundle folder: checks manifest format, every file's sha256, the tokenizer rules, and loads
+ * ONNX Runtime (options may be NULL). */
+KIDRR_API kidrr_status kidrr_open(const char* bundle_dir, const kidrr_options* options, kidrr_bundle** out);
+KIDRR_API void kidrr_close(kidrr_bundle* bundle); /* NULL is fine */
+KIDRR_API kidrr_status kidrr_bundle_get_info(const kidrr_bundle* bundle, kidrr_bundle_info* out);
+
+/* Encode n images of `regions` region features of size feature_size (row-major float32 n x R x F).
+ * feature_size must equal the bundle's F. */
+KIDRR_API kidrr_status kidrr_encode_images(const kidrr_bundle* bundle, const float* features, size_t n,
+                                           size_t regions, size_t feature_size, kidrr_images** out);
+/* Encode m UTF-8 captions (tokenised by the kidrr-basic/1 rules, docs/tokenizer.md). Fails on the
+ * first empty or over-long caption, naming its index. */
+KIDRR_API kidrr_status kidrr_encode_captions(const kidrr_bundle* bundle, const char* const* captions, size_t m,
+                                             kidrr_captions** out);
+KIDRR_API void kidrr_images_free(kidrr_images* images);
+KIDRR_API void kidrr_captions_free(kidrr_captions* captions);
+KIDRR_API size_t kidrr_images_count(const kidrr_images* images);
+KIDRR_API size_t kidrr_captions_count(const kidrr_captions* captions);
+/* Concatenate image sets (same R) into one gallery, e.g. after encoding in batches. */
+KIDRR_API kidrr_status kidrr_images_concat(const kidrr_images* const* parts, size_t count, kidrr_images** out);
+/* Borrow the (n, D) global embeddings (l2-normalised; the first stage of two-stage search). */
+KIDRR_API kidrr_status kidrr_images_globals(const kidrr_images* images, const float** data, size_t* n, size_t* d);
+
+/* A gallery from a file: a .npz written by the Python runtime (Gallery.save; refused if another
+ * bundle encoded it), or a .npy of raw features float32 (n, R, F), encoded now. */
+KIDRR_API kidrr_status kidrr_gallery_load(const kidrr_bundle* bundle, const char* path, kidrr_images** out);
+
+/* Full scores of every image against every caption: out_scores is n x m row-major, out_len >= n*m. */
+KIDRR_API kidrr_status kidrr_score(const kidrr_bundle* bundle, const kidrr_images* images,
+                                   const kidrr_captions* captions, float* out_scores, size_t out_len);
+
+/* Top-k images of the gallery for one caption, best first. shortlist == 0: exact (score every
+ * image). shortlist > 0: two-stage: rank by the global dot product, fully score the best
+ * `shortlist` (>= k) images only. *n_hits = min(k, gallery size). */
+KIDRR_API kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* gallery, const char* caption,
+                                    size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
+
+/* Token ids of a caption with <start>/<end> as the bundle's text encoder sees them. *n_ids is set to
+ * the number needed even when capacity is too small (then KIDRR_ERR_INVALID_ARGUMENT). */
+KIDRR_API kidrr_status kidrr_tokenize(const kidrr_bundle* bundle, const char* caption, int64_t* ids,
+                                      size_t capacity, size_t* n_ids);
+
+/* A vocabulary alone (vocab.json of a bundle or checkpoint); max_caption_len 0 = no limit. */
+KIDRR_API kidrr_status kidrr_vocab_open(const char* vocab_json, size_t max_caption_len, kidrr_vocab** out);
+KIDRR_API void kidrr_vocab_free(kidrr_vocab* vocab);
+KIDRR_API kidrr_status kidrr_vocab_encode(const kidrr_vocab* vocab, const char* caption, int64_t* ids,
+                                          size_t capacity, size_t* n_ids);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KIDRR_H */

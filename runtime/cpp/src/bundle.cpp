@@ -1,0 +1,321 @@
+#include "bundle.hpp"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include "error.hpp"
+#include "json.hpp"
+#include "sha256.hpp"
+
+namespace kidrr {
+
+namespace {
+
+constexpr const char* kFormat = "kidrr-bundle/1";
+const char* const kGraphs[] = {"image_encoder", "text_encoder", "similarity"};
+
+bool is_dir(const std::string& p) {
+    struct stat st;
+    return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool is_file(const std::string& p) {
+    struct stat st;
+    return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(KIDRR_ERR_BUNDLE, "cannot read " + path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+// A manifest path must stay inside the bundle: no absolute paths, no "..", as the Python runtime.
+void check_relative(const std::string& rel, const std::string& manifest) {
+    bool bad = rel.empty() || rel[0] == '/';
+    std::stringstream parts(rel);
+    std::string part;
+    while (std::getline(parts, part, '/')) bad = bad || part == "..";
+    if (bad) throw Error(KIDRR_ERR_BUNDLE, manifest + " names '" + rel + "', outside the bundle folder; refusing it");
+}
+
+size_t positive_int(const Json* v, const std::string& what) {
+    if (!v || !v->is_number() || v->number < 1 || v->number != std::floor(v->number) || v->number > 1e12)
+        throw Error(KIDRR_ERR_BUNDLE, "manifest field " + what + " is missing or not a positive integer; re-export the bundle");
+    return static_cast<size_t>(v->number);
+}
+
+// Input/output names of a graph as the manifest lists them ({"name": ...} objects).
+std::vector<std::string> names(const Json& graph, const char* key, size_t expected, const std::string& gname) {
+    const Json* list = graph.get(key);
+    if (!list || !list->is_array() || list->items.size() != expected)
+        throw Error(KIDRR_ERR_BUNDLE, "manifest graph " + gname + " must list " + std::to_string(expected) + " " + key);
+    std::vector<std::string> out;
+    for (const Json& item : list->items) {
+        const Json* name = item.get("name");
+        if (!name || !name->is_string()) throw Error(KIDRR_ERR_BUNDLE, "manifest graph " + gname + ": every " + key + " entry needs a name");
+        const Json* dtype = item.get("dtype");
+        if (dtype && dtype->is_string() && dtype->text != "float32" && dtype->text != "int64")
+            throw Error(KIDRR_ERR_BUNDLE, "manifest graph " + gname + ": " + name->text + " has dtype " + dtype->text +
+                                              "; the C runtime feeds and reads float32/int64 only");
+        out.push_back(name->text);
+    }
+    return out;
+}
+
+InputTensor f32(const std::string& name, const float* data, std::vector<int64_t> shape) {
+    size_t count = 1;
+    for (int64_t d : shape) count *= size_t(d);
+    return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, std::move(shape), data, count * sizeof(float)};
+}
+InputTensor i64(const std::string& name, const int64_t* data, std::vector<int64_t> shape) {
+    size_t count = 1;
+    for (int64_t d : shape) count *= size_t(d);
+    return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, std::move(shape), data, count * sizeof(int64_t)};
+}
+
+void expect_shape(const FloatTensor& t, const std::vector<int64_t>& shape, const std::string& what) {
+    if (t.shape != shape) {
+        std::string got, want;
+        for (int64_t d : t.shape) got += std::to_string(d) + ",";
+        for (int64_t d : shape) want += std::to_string(d) + ",";
+        throw Error(KIDRR_ERR_BUNDLE, what + " has shape (" + got + ") but (" + want + ") was expected; the bundle's graph disagrees with its manifest");
+    }
+}
+
+constexpr size_t kEncodeBatch = 64;
+
+}  // namespace
+
+Bundle::Bundle(const std::string& folder, const Options& options)
+    : folder_(folder), tile_images_(options.tile_images), tile_captions_(options.tile_captions) {
+    if (!is_dir(folder)) throw Error(KIDRR_ERR_BUNDLE, "bundle folder " + folder + " does not exist; export one with `kidrr-export onnx`");
+    const std::string manifest_path = folder + "/manifest.json";
+    if (!is_file(manifest_path))
+        throw Error(KIDRR_ERR_BUNDLE, manifest_path + " is missing: " + folder + " is not a kidrr bundle (re-export it)");
+    const std::string raw = read_file(manifest_path);
+    {
+        Sha256 h;
+        h.update(raw.data(), raw.size());
+        identity_ = h.hex_digest();  // the same identity the Python runtime tags galleries with
+    }
+    Json m = parse_json(raw, manifest_path);
+    const Json* format = m.get("format");
+    if (!format || !format->is_string() || format->text != kFormat)
+        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": bundle format '" + (format && format->is_string() ? format->text : "?") +
+                                          "' is unknown to this runtime (it reads " + kFormat + "); re-export with a matching kidrr version");
+    const Json* model = m.get("model");
+    const Json* tok = m.get("tokenizer");
+    const Json* graphs = m.get("graphs");
+    if (!model || !model->is_object() || !tok || !tok->is_object() || !graphs || !graphs->is_object())
+        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": fields model, tokenizer and graphs must be objects; re-export the bundle");
+    const Json* rules = tok->get("rules");
+    if (!rules || !rules->is_string() || rules->text != kTokenizerRules)
+        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": tokenizer rules differ from this runtime's " + std::string(kTokenizerRules));
+    feature_size_ = positive_int(model->get("feature_size"), "model.feature_size");
+    embed_size_ = positive_int(model->get("embed_size"), "model.embed_size");
+    const Json* max_len = tok->get("max_caption_len");
+    max_caption_len_ = positive_int(max_len ? max_len : model->get("max_caption_len"), "tokenizer.max_caption_len");
+    const Json* precision = m.get("precision");
+    precision_ = precision && precision->is_string() ? precision->text : "fp32";
+
+    // Every file the manifest vouches for: the three graphs and `files` (the vocabulary at least).
+    std::vector<std::pair<std::string, std::string>> files;
+    for (const char* g : kGraphs) {
+        const Json* entry = graphs->get(g);
+        const Json* file = entry ? entry->get("file") : nullptr;
+        const Json* sha = entry ? entry->get("sha256") : nullptr;
+        if (!file || !file->is_string() || !sha || !sha->is_string())
+            throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": graph '" + g + "' has no file/sha256 entry; re-export the bundle");
+        files.emplace_back(file->text, sha->text);
+    }
+    const Json* extra = m.get("files");
+    if (extra && extra->is_object())
+        for (const auto& [rel, sha] : extra->fields) {
+            if (!sha.is_string()) throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": files['" + rel + "'] must be a sha256 string");
+            files.emplace_back(rel, sha.text);
+        }
+    const Json* vocab_rel = tok->get("vocab");
+    const std::string vocab_file = vocab_rel && vocab_rel->is_string() ? vocab_rel->text : "vocab.json";
+    if (std::none_of(files.begin(), files.end(), [&](const auto& f) { return f.first == vocab_file; }))
+        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": the vocabulary " + vocab_file + " has no sha256 under 'files'; re-export the bundle");
+    for (const auto& [rel, expected] : files) {
+        check_relative(rel, manifest_path);
+        const std::string full = folder + "/" + rel;
+        if (!is_file(full)) throw Error(KIDRR_ERR_BUNDLE, "bundle file " + rel + " is missing from " + folder + "; re-export the bundle");
+        std::string actual = sha256_file(full);
+        if (actual != expected)
+            throw Error(KIDRR_ERR_BUNDLE, "bundle file " + rel + " does not match its sha256 in manifest.json (expected " +
+                                              expected.substr(0, 12) + "..., found " + actual.substr(0, 12) +
+                                              "...): it was edited or corrupted after export; re-export the bundle");
+    }
+    vocab_ = Vocabulary::load(folder + "/" + vocab_file);
+    const Json* vocab_size = model->get("vocab_size");
+    if (vocab_size && vocab_size->is_number() && size_t(vocab_size->number) != vocab_.size())
+        throw Error(KIDRR_ERR_BUNDLE, "bundle file " + vocab_file + " has " + std::to_string(vocab_.size()) +
+                                          " words but the manifest says vocab_size " + vocab_size->text + "; re-export the bundle");
+
+    const Json& gi = *graphs->get("image_encoder");
+    const Json& gt = *graphs->get("text_encoder");
+    const Json& gs = *graphs->get("similarity");
+    image_io_ = {names(gi, "inputs", 1, "image_encoder"), names(gi, "outputs", 2, "image_encoder")};
+    text_io_ = {names(gt, "inputs", 2, "text_encoder"), names(gt, "outputs", 2, "text_encoder")};
+    sim_io_ = {names(gs, "inputs", 5, "similarity"), names(gs, "outputs", 1, "similarity")};
+
+    ort_ = OrtRuntime::acquire(options.ort_library);
+    image_encoder_ = std::make_unique<Session>(ort_, folder + "/" + files[0].first, options.intra_op_threads);
+    text_encoder_ = std::make_unique<Session>(ort_, folder + "/" + files[1].first, options.intra_op_threads);
+    similarity_ = std::make_unique<Session>(ort_, folder + "/" + files[2].first, options.intra_op_threads);
+}
+
+EncodedImages Bundle::encode_images(const float* features, size_t n, size_t regions, size_t feature_size) const {
+    if (feature_size != feature_size_)
+        throw Error(KIDRR_ERR_INPUT, "image features have size " + std::to_string(feature_size) + " but this bundle's model takes " +
+                                         std::to_string(feature_size_) + "; use features from the same extractor the model was trained on");
+    if (regions > size_t(INT32_MAX) || n > size_t(INT32_MAX) / (regions * feature_size + 1))
+        throw Error(KIDRR_ERR_INPUT, "too many images or regions in one call; encode in batches");
+    const size_t per_image = regions * feature_size;
+    for (size_t i = 0; i < n * per_image; ++i)
+        if (!std::isfinite(features[i]))
+            throw Error(KIDRR_ERR_INPUT, "image " + std::to_string(i / per_image) + " has a NaN or infinite feature; clean the features");
+    EncodedImages out;
+    out.n = n; out.regions = regions; out.dim = embed_size_; out.bundle_id = identity_;
+    out.locals.resize(n * regions * embed_size_);
+    out.globals.resize(n * embed_size_);
+    for (size_t i = 0; i < n; i += kEncodeBatch) {
+        const int64_t b = int64_t(std::min(kEncodeBatch, n - i));
+        auto res = image_encoder_->run({f32(image_io_.inputs[0], features + i * per_image, {b, int64_t(regions), int64_t(feature_size)})},
+                                       image_io_.outputs);
+        expect_shape(res[0], {b, int64_t(regions), int64_t(embed_size_)}, "image_encoder output " + image_io_.outputs[0]);
+        expect_shape(res[1], {b, int64_t(embed_size_)}, "image_encoder output " + image_io_.outputs[1]);
+        std::copy(res[0].data.begin(), res[0].data.end(), out.locals.begin() + i * regions * embed_size_);
+        std::copy(res[1].data.begin(), res[1].data.end(), out.globals.begin() + i * embed_size_);
+    }
+    return out;
+}
+
+EncodedCaptions Bundle::encode_captions(const std::vector<std::string>& captions) const {
+    std::vector<std::vector<int64_t>> ids(captions.size());
+    for (size_t j = 0; j < captions.size(); ++j) {
+        try {
+            ids[j] = vocab_.encode(captions[j], max_caption_len_);
+        } catch (const Error& e) {
+            throw Error(e.code, "caption " + std::to_string(j) + ": " + e.what());
+        }
+    }
+    EncodedCaptions out;
+    out.m = captions.size(); out.dim = embed_size_;
+    for (const auto& x : ids) { out.lengths.push_back(int64_t(x.size())); out.width = std::max(out.width, x.size()); }
+    out.locals.assign(out.m * out.width * embed_size_, 0.0f);
+    out.globals.resize(out.m * embed_size_);
+    for (size_t j = 0; j < out.m; j += kEncodeBatch) {
+        const size_t b = std::min(kEncodeBatch, out.m - j);
+        size_t width = 0;
+        for (size_t k = j; k < j + b; ++k) width = std::max(width, ids[k].size());
+        std::vector<int64_t> padded(b * width, kPadId);
+        for (size_t k = 0; k < b; ++k) std::copy(ids[j + k].begin(), ids[j + k].end(), padded.begin() + k * width);
+        auto res = text_encoder_->run({i64(text_io_.inputs[0], padded.data(), {int64_t(b), int64_t(width)}),
+                                       i64(text_io_.inputs[1], out.lengths.data() + j, {int64_t(b)})},
+                                      text_io_.outputs);
+        expect_shape(res[0], {int64_t(b), int64_t(width), int64_t(embed_size_)}, "text_encoder output " + text_io_.outputs[0]);
+        expect_shape(res[1], {int64_t(b), int64_t(embed_size_)}, "text_encoder output " + text_io_.outputs[1]);
+        for (size_t k = 0; k < b; ++k)
+            std::copy_n(res[0].data.begin() + k * width * embed_size_, width * embed_size_,
+                        out.locals.begin() + (j + k) * out.width * embed_size_);
+        std::copy(res[1].data.begin(), res[1].data.end(), out.globals.begin() + j * embed_size_);
+    }
+    return out;
+}
+
+void Bundle::score_tile(const float* img_locals, const float* img_globals, size_t ni, size_t regions,
+                        const EncodedCaptions& caps, size_t j0, size_t mj, float* out, size_t out_stride) const {
+    // Cut the caption tile to its own longest caption: padding costs time in every pair.
+    size_t width = 0;
+    for (size_t k = j0; k < j0 + mj; ++k) width = std::max(width, size_t(caps.lengths[k]));
+    const size_t d = embed_size_;
+    std::vector<float> cap_locals(mj * width * d);
+    for (size_t k = 0; k < mj; ++k)
+        std::copy_n(caps.locals.begin() + (j0 + k) * caps.width * d, width * d, cap_locals.begin() + k * width * d);
+    auto res = similarity_->run({f32(sim_io_.inputs[0], img_locals, {int64_t(ni), int64_t(regions), int64_t(d)}),
+                                 f32(sim_io_.inputs[1], img_globals, {int64_t(ni), int64_t(d)}),
+                                 f32(sim_io_.inputs[2], cap_locals.data(), {int64_t(mj), int64_t(width), int64_t(d)}),
+                                 f32(sim_io_.inputs[3], caps.globals.data() + j0 * d, {int64_t(mj), int64_t(d)}),
+                                 i64(sim_io_.inputs[4], caps.lengths.data() + j0, {int64_t(mj)})},
+                                sim_io_.outputs);
+    expect_shape(res[0], {int64_t(ni), int64_t(mj)}, "similarity output " + sim_io_.outputs[0]);
+    for (size_t i = 0; i < ni; ++i) std::copy_n(res[0].data.begin() + i * mj, mj, out + i * out_stride + j0);
+}
+
+void Bundle::score(const EncodedImages& images, const EncodedCaptions& captions, float* out) const {
+    if (images.dim != embed_size_ || captions.dim != embed_size_)
+        throw Error(KIDRR_ERR_INPUT, "images or captions were encoded by a bundle with another embed size");
+    if (images.bundle_id != identity_)
+        throw Error(KIDRR_ERR_INPUT, "the images were encoded by another bundle (" + images.bundle_id.substr(0, 12) +
+                                         "...), not this one; re-encode them with this bundle");
+    const size_t d = embed_size_, r = images.regions;
+    for (size_t i = 0; i < images.n; i += tile_images_) {
+        const size_t ni = std::min(tile_images_, images.n - i);
+        for (size_t j = 0; j < captions.m; j += tile_captions_)
+            score_tile(images.locals.data() + i * r * d, images.globals.data() + i * d, ni, r, captions, j,
+                       std::min(tile_captions_, captions.m - j), out + i * captions.m, captions.m);
+    }
+}
+
+std::vector<Hit> Bundle::search(const EncodedImages& gallery, const std::string& caption, size_t k, size_t shortlist) const {
+    if (k == 0) throw Error(KIDRR_ERR_INVALID_ARGUMENT, "k must be at least 1");
+    if (shortlist != 0 && shortlist < k)
+        throw Error(KIDRR_ERR_INVALID_ARGUMENT, "shortlist (" + std::to_string(shortlist) + ") must be 0 (exact) or >= k (" + std::to_string(k) + ")");
+    if (gallery.n == 0) return {};
+    EncodedCaptions query = encode_captions({caption});
+    const size_t d = embed_size_, r = gallery.regions, n = gallery.n;
+    std::vector<size_t> rows(n);
+    std::iota(rows.begin(), rows.end(), size_t(0));
+    std::vector<float> scores;
+    if (shortlist == 0 || shortlist >= n) {
+        scores.resize(n);
+        score(gallery, query, scores.data());
+    } else {
+        // Stage 1: the cosine of the l2-normalised globals; stage 2: the full score on the best few.
+        std::vector<float> cosine(n);
+        for (size_t i = 0; i < n; ++i) {
+            const float* g = gallery.globals.data() + i * d;
+            float s = 0;
+            for (size_t t = 0; t < d; ++t) s += g[t] * query.globals[t];
+            cosine[i] = s;
+        }
+        std::partial_sort(rows.begin(), rows.begin() + shortlist, rows.end(), [&](size_t a, size_t b) {
+            return cosine[a] > cosine[b] || (cosine[a] == cosine[b] && a < b);
+        });
+        rows.resize(shortlist);
+        EncodedImages picked;
+        picked.n = shortlist; picked.regions = r; picked.dim = d; picked.bundle_id = gallery.bundle_id;
+        picked.locals.resize(shortlist * r * d);
+        picked.globals.resize(shortlist * d);
+        for (size_t s = 0; s < shortlist; ++s) {
+            std::copy_n(gallery.locals.begin() + rows[s] * r * d, r * d, picked.locals.begin() + s * r * d);
+            std::copy_n(gallery.globals.begin() + rows[s] * d, d, picked.globals.begin() + s * d);
+        }
+        scores.resize(shortlist);
+        score(picked, query, scores.data());
+    }
+    std::vector<size_t> order(scores.size());
+    std::iota(order.begin(), order.end(), size_t(0));
+    const size_t top = std::min(k, order.size());
+    std::partial_sort(order.begin(), order.begin() + top, order.end(), [&](size_t a, size_t b) {
+        return scores[a] > scores[b] || (scores[a] == scores[b] && rows[a] < rows[b]);
+    });
+    std::vector<Hit> hits;
+    for (size_t t = 0; t < top; ++t) hits.push_back({rows[order[t]], scores[order[t]]});
+    return hits;
+}
+
+}  // namespace kidrr

@@ -1,0 +1,75 @@
+// An opened, verified bundle (docs/bundle.md): manifest checks, the vocabulary, three ORT sessions,
+// and the retrieval operations over them. Immutable after construction, so thread-safe to share.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ort.hpp"
+#include "tokenizer.hpp"
+
+namespace kidrr {
+
+struct EncodedImages {
+    size_t n = 0, regions = 0, dim = 0;
+    std::vector<float> locals;   // (n, R, D)
+    std::vector<float> globals;  // (n, D)
+    std::string bundle_id;       // sha256 of the manifest of the bundle that encoded them
+};
+
+struct EncodedCaptions {
+    size_t m = 0, width = 0, dim = 0;  // width: longest caption (tokens incl. <start>/<end>)
+    std::vector<float> locals;         // (m, width, D), zero past each length
+    std::vector<float> globals;        // (m, D)
+    std::vector<int64_t> lengths;      // (m,)
+};
+
+struct GraphIo {
+    std::vector<std::string> inputs, outputs;
+};
+
+struct Hit {
+    size_t image;
+    float score;
+};
+
+class Bundle {
+public:
+    struct Options {
+        std::string ort_library;
+        int intra_op_threads = 0;
+        size_t tile_images = 32, tile_captions = 8;
+    };
+    Bundle(const std::string& folder, const Options& options);
+
+    EncodedImages encode_images(const float* features, size_t n, size_t regions, size_t feature_size) const;
+    EncodedCaptions encode_captions(const std::vector<std::string>& captions) const;
+    // (n, m) row-major into out.
+    void score(const EncodedImages& images, const EncodedCaptions& captions, float* out) const;
+    std::vector<Hit> search(const EncodedImages& gallery, const std::string& caption, size_t k, size_t shortlist) const;
+    std::vector<int64_t> tokenize(const std::string& caption) const { return vocab_.encode(caption, max_caption_len_); }
+
+    size_t feature_size() const { return feature_size_; }
+    size_t embed_size() const { return embed_size_; }
+    size_t max_caption_len() const { return max_caption_len_; }
+    size_t vocab_size() const { return vocab_.size(); }
+    const std::string& precision() const { return precision_; }
+    const std::string& identity() const { return identity_; }
+    const OrtRuntime& ort() const { return *ort_; }
+
+private:
+    // Score one tile: images [i0, i0+ni) of `images` (contiguous) against the given caption rows.
+    void score_tile(const float* img_locals, const float* img_globals, size_t ni, size_t regions,
+                    const EncodedCaptions& caps, size_t j0, size_t mj, float* out, size_t out_stride) const;
+
+    std::string folder_, precision_, identity_;
+    size_t feature_size_ = 0, embed_size_ = 0, max_caption_len_ = 0;
+    size_t tile_images_, tile_captions_;
+    Vocabulary vocab_;
+    std::shared_ptr<OrtRuntime> ort_;
+    std::unique_ptr<Session> image_encoder_, text_encoder_, similarity_;
+    GraphIo image_io_, text_io_, sim_io_;
+};
+
+}  // namespace kidrr
