@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
     qsort(times, (size_t)repeat, sizeof *times, cmp_double);
     printf("# %zu images, caption \"%s\", %s search\n", kidrr_images_count(gallery), argv[3], shortlist ? "two-stage" : "exact");
     for (size_t t = 0; t < n_hits; ++t) printf("%zu\timage %zu\tscore %.7f\n", t + 1, hits[t].image, hits[t].score);
-    printf("# latency_ms median %.3f over %d runs\n", times[repeat / 2], repeat);
+    printf("# latency_ms median %.3f over %d runs\n", (times[(repeat - 1) / 2] + times[repeat / 2]) / 2, repeat);
     rc = 0;
 done:
     kidrr_images_free(gallery);

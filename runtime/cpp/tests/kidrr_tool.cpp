@@ -1,0 +1,125 @@
+// The helper tests/test_cpp_runtime.py drives: it prints what the C++ side computes so Python can
+// compare it with kidrr.tokenizer and the Python runtime. Captions travel hex-encoded, one per line,
+// so newlines, tabs and any bytes survive the trip.
+//   kidrr_tool tokens FILE                      -> per line: "OK <hex token>..." or "ERR <status>"
+//   kidrr_tool ids VOCAB MAXLEN FILE            -> per line: "OK <id>..." or "ERR <status>"
+//   kidrr_tool score BUNDLE FEATURES.npy FILE   -> n lines of m scores (%.9g)
+//   kidrr_tool search BUNDLE GALLERY CAPTION K SHORTLIST -> "<image> <score>" per hit
+//   kidrr_tool sha256 FILE
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "error.hpp"
+#include "kidrr.h"
+#include "sha256.hpp"
+#include "tokenizer.hpp"
+
+namespace {
+
+std::string unhex(const std::string& h) {
+    std::string out;
+    for (size_t i = 0; i + 1 < h.size(); i += 2) out.push_back(char(std::stoi(h.substr(i, 2), nullptr, 16)));
+    return out;
+}
+std::string hex(const std::string& s) {
+    static const char* d = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : s) { out.push_back(d[c >> 4]); out.push_back(d[c & 15]); }
+    return out;
+}
+std::vector<std::string> read_captions(const char* path) {
+    std::ifstream in(path);
+    if (!in) { std::fprintf(stderr, "cannot read %s\n", path); std::exit(2); }
+    std::vector<std::string> out;
+    std::string line;
+    while (std::getline(in, line)) out.push_back(unhex(line));
+    return out;
+}
+int die(const char* what) {
+    std::fprintf(stderr, "%s failed: %s\n", what, kidrr_last_error());
+    return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 3) { std::fprintf(stderr, "usage: see the comment at the top of kidrr_tool.cpp\n"); return 2; }
+    const std::string cmd = argv[1];
+    if (cmd == "tokens") {
+        for (const std::string& c : read_captions(argv[2])) {
+            try {
+                std::string line = "OK";
+                for (const std::string& t : kidrr::tokenize(c)) line += " " + hex(t);
+                std::printf("%s\n", line.c_str());
+            } catch (const kidrr::Error& e) {
+                std::printf("ERR %s\n", kidrr_status_name(e.code));
+            }
+        }
+        return 0;
+    }
+    if (cmd == "ids" && argc == 5) {
+        kidrr_vocab* vocab = nullptr;
+        if (kidrr_vocab_open(argv[2], std::strtoul(argv[3], nullptr, 10), &vocab) != KIDRR_OK) return die("kidrr_vocab_open");
+        for (const std::string& c : read_captions(argv[4])) {
+            size_t n = 0;
+            std::vector<int64_t> ids(8);
+            kidrr_status st = kidrr_vocab_encode(vocab, c.c_str(), ids.data(), ids.size(), &n);
+            if (st == KIDRR_ERR_INVALID_ARGUMENT && n > ids.size()) {  // too small: retry with the size it asked for
+                ids.resize(n);
+                st = kidrr_vocab_encode(vocab, c.c_str(), ids.data(), ids.size(), &n);
+            }
+            if (st != KIDRR_OK) { std::printf("ERR %s\n", kidrr_status_name(st)); continue; }
+            std::string line = "OK";
+            for (size_t i = 0; i < n; ++i) line += " " + std::to_string(ids[i]);
+            std::printf("%s\n", line.c_str());
+        }
+        kidrr_vocab_free(vocab);
+        return 0;
+    }
+    if (cmd == "score" && argc == 5) {
+        kidrr_bundle* b = nullptr;
+        kidrr_images* imgs = nullptr;
+        kidrr_captions* caps = nullptr;
+        if (kidrr_open(argv[2], nullptr, &b) != KIDRR_OK) return die("kidrr_open");
+        if (kidrr_gallery_load(b, argv[3], &imgs) != KIDRR_OK) return die("kidrr_gallery_load");
+        std::vector<std::string> text = read_captions(argv[4]);
+        std::vector<const char*> ptrs;
+        for (const auto& t : text) ptrs.push_back(t.c_str());
+        if (kidrr_encode_captions(b, ptrs.data(), ptrs.size(), &caps) != KIDRR_OK) return die("kidrr_encode_captions");
+        const size_t n = kidrr_images_count(imgs), m = kidrr_captions_count(caps);
+        std::vector<float> scores(n * m);
+        if (kidrr_score(b, imgs, caps, scores.data(), scores.size()) != KIDRR_OK) return die("kidrr_score");
+        for (size_t i = 0; i < n; ++i) {
+            for (size_t j = 0; j < m; ++j) std::printf("%s%.9g", j ? " " : "", scores[i * m + j]);
+            std::printf("\n");
+        }
+        kidrr_captions_free(caps);
+        kidrr_images_free(imgs);
+        kidrr_close(b);
+        return 0;
+    }
+    if (cmd == "search" && argc == 7) {
+        kidrr_bundle* b = nullptr;
+        kidrr_images* gallery = nullptr;
+        if (kidrr_open(argv[2], nullptr, &b) != KIDRR_OK) return die("kidrr_open");
+        if (kidrr_gallery_load(b, argv[3], &gallery) != KIDRR_OK) return die("kidrr_gallery_load");
+        const size_t k = std::strtoul(argv[5], nullptr, 10), shortlist = std::strtoul(argv[6], nullptr, 10);
+        std::vector<kidrr_hit> hits(k ? k : 1);
+        size_t n = 0;
+        if (kidrr_search(b, gallery, argv[4], k, shortlist, hits.data(), &n) != KIDRR_OK) return die("kidrr_search");
+        for (size_t t = 0; t < n; ++t) std::printf("%zu %.9g\n", hits[t].image, hits[t].score);
+        kidrr_images_free(gallery);
+        kidrr_close(b);
+        return 0;
+    }
+    if (cmd == "sha256") {
+        std::printf("%s\n", kidrr::sha256_file(argv[2]).c_str());
+        return 0;
+    }
+    std::fprintf(stderr, "unknown command or wrong arguments: %s\n", cmd.c_str());
+    return 2;
+}

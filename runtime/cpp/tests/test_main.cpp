@@ -1,0 +1,246 @@
+// C++ unit tests: internals (sha256, JSON, UTF-8, tokenizer) and the C ABI's handling of bad input.
+//   kidrr_tests                                  internals + the ABI without a bundle
+//   kidrr_tests BUNDLE TAMPERED_BUNDLE FEATURE_SIZE   + everything that needs a real bundle
+// Prints one line per failed check and exits 1 if any failed. Run under ASan+UBSan too (docs/cpp.md).
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "error.hpp"
+#include "json.hpp"
+#include "kidrr.h"
+#include "sha256.hpp"
+#include "tokenizer.hpp"
+#include "utf8.hpp"
+
+namespace {
+
+int g_checks = 0, g_failed = 0;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        ++g_checks;                                                                     \
+        if (!(cond)) { ++g_failed; std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); } \
+    } while (0)
+
+// A call that must fail with `code` and leave a non-empty message.
+#define CHECK_STATUS(call, code)                                                                  \
+    do {                                                                                          \
+        kidrr_status st_ = (call);                                                                \
+        ++g_checks;                                                                               \
+        if (st_ != (code) || std::strlen(kidrr_last_error()) == 0) {                              \
+            ++g_failed;                                                                           \
+            std::printf("FAIL %s:%d: %s returned %s (%s), wanted %s\n", __FILE__, __LINE__, #call, \
+                        kidrr_status_name(st_), kidrr_last_error(), kidrr_status_name(code));     \
+        }                                                                                         \
+    } while (0)
+
+std::string sha_of(const std::string& s) {
+    kidrr::Sha256 h;
+    h.update(s.data(), s.size());
+    return h.hex_digest();
+}
+
+template <class Fn>
+kidrr_status error_code_of(Fn&& fn) {
+    try { fn(); } catch (const kidrr::Error& e) { return e.code; }
+    return KIDRR_OK;
+}
+
+void test_sha256() {
+    // FIPS 180-4 example vectors.
+    CHECK(sha_of("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(sha_of("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(sha_of("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
+          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    kidrr::Sha256 h;  // a million 'a's fed in odd-sized chunks crosses every block boundary case
+    std::string chunk(997, 'a');
+    size_t left = 1000000;
+    while (left) { size_t t = std::min(left, chunk.size()); h.update(chunk.data(), t); left -= t; }
+    CHECK(h.hex_digest() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+void test_json() {
+    using kidrr::Json;
+    Json j = kidrr::parse_json(R"({"a": [1, -2.5e3, true, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}})", "t");
+    CHECK(j.is_object() && j.get("a")->items.size() == 4);
+    CHECK(j.get("a")->items[1].number == -2500.0);
+    CHECK(j.get("s")->text == "x\"\\/\n\xc3\xa9\xf0\x9f\x98\x80");
+    CHECK(j.get("o")->is_object() && j.get("missing") == nullptr);
+    for (const char* bad : {"", "{", "[1,]", "{\"a\" 1}", "\"\\ud800\"", "\"\\x\"", "01x", "[1] 2", "\"\x01\"", "\"\xff\""})
+        CHECK(error_code_of([&] { kidrr::parse_json(bad, "t"); }) == KIDRR_ERR_BUNDLE);
+    std::string deep(200, '[');
+    CHECK(error_code_of([&] { kidrr::parse_json(deep, "t"); }) == KIDRR_ERR_BUNDLE);
+}
+
+void test_utf8_and_tokenizer() {
+    CHECK(kidrr::valid_utf8("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"));
+    for (const char* bad : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "\x80"})
+        CHECK(!kidrr::valid_utf8(bad));
+    using V = std::vector<std::string>;
+    CHECK(kidrr::tokenize("A Dog, runs!") == (V{"a", "dog", ",", "runs", "!"}));
+    CHECK(kidrr::tokenize("CAF\xc3\x89 \xc3\x89t\xc3\xa9") == (V{"caf\xc3\x89", "\xc3\x89t\xc3\xa9"}));  // only ASCII is lowered
+    CHECK(kidrr::tokenize(" \t\n\r\v\f").empty());
+    CHECK(kidrr::tokenize("x\x1cy") == (V{"x", "\x1c", "y"}));  // \x1c is not one of the six spaces
+    CHECK(error_code_of([] { kidrr::tokenize("\xff"); }) == KIDRR_ERR_INPUT);
+}
+
+void test_abi_without_bundle() {
+    kidrr_bundle* b = reinterpret_cast<kidrr_bundle*>(0x1);  // must be reset to NULL on failure
+    CHECK_STATUS(kidrr_open(nullptr, nullptr, &b), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK(b == nullptr);
+    CHECK_STATUS(kidrr_open("", nullptr, &b), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_open("/nonexistent/bundle", nullptr, nullptr), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_open("/nonexistent/bundle", nullptr, &b), KIDRR_ERR_BUNDLE);
+    CHECK(std::strstr(kidrr_last_error(), "/nonexistent/bundle") != nullptr);
+    CHECK_STATUS(kidrr_open("/tmp", nullptr, &b), KIDRR_ERR_BUNDLE);  // a folder without manifest.json
+    kidrr_options bad_opts = {nullptr, -1, 0, 0};
+    CHECK_STATUS(kidrr_open("/tmp", &bad_opts, &b), KIDRR_ERR_INVALID_ARGUMENT);
+
+    kidrr_images* imgs = nullptr;
+    kidrr_captions* caps = nullptr;
+    float f[4] = {0};
+    const char* one[] = {"a dog"};
+    CHECK_STATUS(kidrr_encode_images(nullptr, f, 1, 1, 4, &imgs), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_encode_images(nullptr, f, 1, 1, 4, nullptr), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_encode_captions(nullptr, one, 1, &caps), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_score(nullptr, nullptr, nullptr, f, 4), KIDRR_ERR_INVALID_ARGUMENT);
+    kidrr_hit hit;
+    size_t n = 0;
+    CHECK_STATUS(kidrr_search(nullptr, nullptr, "a dog", 1, 0, &hit, &n), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_tokenize(nullptr, "a", nullptr, 0, &n), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_gallery_load(nullptr, "x.npz", &imgs), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_images_concat(nullptr, 0, &imgs), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_bundle_get_info(nullptr, nullptr), KIDRR_ERR_INVALID_ARGUMENT);
+    kidrr_vocab* v = nullptr;
+    CHECK_STATUS(kidrr_vocab_open(nullptr, 0, &v), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_vocab_open("/nonexistent/vocab.json", 0, &v), KIDRR_ERR_BUNDLE);
+    CHECK_STATUS(kidrr_vocab_encode(nullptr, "a", nullptr, 0, &n), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK(kidrr_images_count(nullptr) == 0 && kidrr_captions_count(nullptr) == 0);
+    kidrr_close(nullptr);
+    kidrr_images_free(nullptr);
+    kidrr_captions_free(nullptr);
+    kidrr_vocab_free(nullptr);
+    // Errors are per thread: another thread's failure does not overwrite ours.
+    CHECK_STATUS(kidrr_open("/nonexistent/mine", nullptr, &b), KIDRR_ERR_BUNDLE);
+    std::thread([] { kidrr_bundle* o = nullptr; kidrr_open("/nonexistent/theirs", nullptr, &o); }).join();
+    CHECK(std::strstr(kidrr_last_error(), "/nonexistent/mine") != nullptr);
+}
+
+void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size_t feature_size) {
+    kidrr_bundle* b = nullptr;
+    CHECK_STATUS(kidrr_open(tampered_dir, nullptr, &b), KIDRR_ERR_BUNDLE);
+    CHECK(std::strstr(kidrr_last_error(), "sha256") != nullptr);
+    kidrr_options bad_lib = {"/nonexistent/libonnxruntime.so", 0, 0, 0};
+    // Only meaningful before ORT is loaded in this process: a wrong path must be a clean error.
+    CHECK_STATUS(kidrr_open(bundle_dir, &bad_lib, &b), KIDRR_ERR_BACKEND);
+    kidrr_options opts = {nullptr, 1, 3, 2};  // odd tiles so partial tiles are exercised
+    if (kidrr_open(bundle_dir, &opts, &b) != KIDRR_OK) {
+        std::printf("FAIL cannot open %s: %s\n", bundle_dir, kidrr_last_error());
+        ++g_failed;
+        return;
+    }
+    kidrr_bundle_info info;
+    CHECK(kidrr_bundle_get_info(b, &info) == KIDRR_OK && info.feature_size == feature_size && info.embed_size > 0);
+
+    const size_t n = 7, R = 3, F = feature_size;
+    std::vector<float> feats(n * R * F);
+    for (size_t i = 0; i < feats.size(); ++i) feats[i] = float(std::sin(0.37 * double(i)));
+    kidrr_images* imgs = nullptr;
+    CHECK_STATUS(kidrr_encode_images(b, feats.data(), n, R, F + 1, &imgs), KIDRR_ERR_INPUT);
+    CHECK(std::strstr(kidrr_last_error(), "size") != nullptr);
+    CHECK_STATUS(kidrr_encode_images(b, nullptr, n, R, F, &imgs), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_encode_images(b, feats.data(), 0, R, F, &imgs), KIDRR_ERR_INVALID_ARGUMENT);
+    std::vector<float> nan_feats = feats;
+    nan_feats[5] = std::nanf("");
+    CHECK_STATUS(kidrr_encode_images(b, nan_feats.data(), n, R, F, &imgs), KIDRR_ERR_INPUT);
+    CHECK(kidrr_encode_images(b, feats.data(), n, R, F, &imgs) == KIDRR_OK && kidrr_images_count(imgs) == n);
+
+    kidrr_captions* caps = nullptr;
+    const char* empty[] = {"a dog", " ,"};
+    CHECK_STATUS(kidrr_encode_captions(b, empty, 2, &caps), KIDRR_ERR_INPUT);
+    CHECK(std::strstr(kidrr_last_error(), "caption 1") != nullptr);
+    const char* blank[] = {""};
+    CHECK_STATUS(kidrr_encode_captions(b, blank, 1, &caps), KIDRR_ERR_INPUT);
+    const char* with_null[] = {"a dog", nullptr};
+    CHECK_STATUS(kidrr_encode_captions(b, with_null, 2, &caps), KIDRR_ERR_INVALID_ARGUMENT);
+    std::string long_caption;
+    for (size_t w = 0; w < info.max_caption_len; ++w) long_caption += "dog ";
+    const char* too_long[] = {long_caption.c_str()};
+    CHECK_STATUS(kidrr_encode_captions(b, too_long, 1, &caps), KIDRR_ERR_INPUT);
+    const char* bad_utf8[] = {"a \xff dog"};
+    CHECK_STATUS(kidrr_encode_captions(b, bad_utf8, 1, &caps), KIDRR_ERR_INPUT);
+    const char* good[] = {"a dog runs on the grass", "two people", "a red car parked near a building at night", "x"};
+    CHECK(kidrr_encode_captions(b, good, 4, &caps) == KIDRR_OK && kidrr_captions_count(caps) == 4);
+
+    std::vector<float> scores(n * 4, -1.0f);
+    CHECK_STATUS(kidrr_score(b, imgs, caps, scores.data(), n * 4 - 1), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK(kidrr_score(b, imgs, caps, scores.data(), scores.size()) == KIDRR_OK);
+    bool finite = true;
+    for (float s : scores) finite = finite && std::isfinite(s);
+    CHECK(finite);
+
+    // Search: exact top-1 is the argmax of the exact scores of caption 0; two-stage with a
+    // shortlist of the whole gallery equals exact.
+    std::vector<kidrr_hit> hits(n);
+    size_t got = 0;
+    CHECK(kidrr_search(b, imgs, good[0], n, 0, hits.data(), &got) == KIDRR_OK && got == n);
+    size_t best = 0;
+    for (size_t i = 1; i < n; ++i) if (scores[i * 4] > scores[best * 4]) best = i;
+    CHECK(hits[0].image == best && std::fabs(hits[0].score - scores[best * 4]) < 1e-6f);
+    for (size_t t = 1; t < got; ++t) CHECK(hits[t - 1].score >= hits[t].score);
+    std::vector<kidrr_hit> two(n);
+    size_t got2 = 0;
+    CHECK(kidrr_search(b, imgs, good[0], 2, 3, two.data(), &got2) == KIDRR_OK && got2 == 2);
+    CHECK_STATUS(kidrr_search(b, imgs, good[0], 3, 2, two.data(), &got2), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_search(b, imgs, good[0], 0, 0, two.data(), &got2), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(kidrr_search(b, imgs, "", 1, 0, two.data(), &got2), KIDRR_ERR_INPUT);
+
+    int64_t ids[2];
+    size_t n_ids = 0;
+    CHECK_STATUS(kidrr_tokenize(b, "a dog runs", ids, 2, &n_ids), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK(n_ids == 5);
+
+    // Gallery files: wrong extension, missing file.
+    CHECK_STATUS(kidrr_gallery_load(b, "/nonexistent/g.npz", &imgs), KIDRR_ERR_INVALID_ARGUMENT);  // imgs is live: out must be fresh
+    kidrr_images* g2 = nullptr;
+    CHECK_STATUS(kidrr_gallery_load(b, "/nonexistent/g.npz", &g2), KIDRR_ERR_INPUT);
+    CHECK_STATUS(kidrr_gallery_load(b, "/nonexistent/g.txt", &g2), KIDRR_ERR_INPUT);
+
+    // Thread-safety: concurrent searches on one bundle and gallery give the single-thread answer.
+    std::atomic<int> mismatches{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < 4; ++t)
+        pool.emplace_back([&] {
+            for (int r = 0; r < 3; ++r) {
+                std::vector<kidrr_hit> h(n);
+                size_t k = 0;
+                if (kidrr_search(b, imgs, good[0], n, 0, h.data(), &k) != KIDRR_OK || k != n) { ++mismatches; continue; }
+                for (size_t i = 0; i < n; ++i)
+                    if (h[i].image != hits[i].image || h[i].score != hits[i].score) ++mismatches;
+            }
+        });
+    for (auto& th : pool) th.join();
+    CHECK(mismatches.load() == 0);
+
+    kidrr_captions_free(caps);
+    kidrr_images_free(imgs);
+    kidrr_close(b);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    test_sha256();
+    test_json();
+    test_utf8_and_tokenizer();
+    test_abi_without_bundle();
+    if (argc == 4) test_abi_with_bundle(argv[1], argv[2], std::strtoul(argv[3], nullptr, 10));
+    std::printf("%d checks, %d failed%s\n", g_checks, g_failed, argc == 4 ? "" : " (no bundle given: bundle tests not run)");
+    return g_failed ? 1 : 0;
+}
