@@ -92,7 +92,7 @@ class Retriever:
             return self._own(captions, "caption index")
         return self.encode_texts(captions)
 
-    def _plan_for(self, gallery: Gallery, captions: CaptionIndex):
+    def _plan_for(self, gallery: Gallery, captions: CaptionIndex, force: bool = False):
         regions = gallery.locals.shape[1]
 
         def plan_for(length, n, m):
@@ -102,8 +102,15 @@ class Retriever:
                 cap = np.ascontiguousarray(captions.locals[-b:, :int(lens.max())])
                 return timer(lambda: self.runner.score(gallery.locals[:a], gallery.globals[:a], cap,
                                                        captions.globals[-b:], lens))
-            return self.planner.plan(regions, length, len(gallery), len(captions), measure)
+            return self.planner.plan(regions, length, len(gallery), len(captions), measure, force=force)
         return plan_for
+
+    def calibrate(self, gallery: Gallery, captions) -> object:
+        """Time a few tile shapes on this data now (score() does it by itself only for large jobs)."""
+        gallery = self._own(gallery, "gallery")
+        captions = self._captions_arg(captions)
+        plan_for = self._plan_for(gallery, captions, force=True)
+        return plan_for(int(captions.lengths[-1]), len(gallery), len(captions))
 
     def score(self, gallery: Gallery, captions, progress: bool = False) -> np.ndarray:
         """(n images, m captions) float32 scores; captions: list[str] or a CaptionIndex."""

@@ -68,17 +68,18 @@ class TilePlanner:
         clipped = sorted({(min(a, n), min(b, m)) for a, b in shapes}, key=lambda s: (s[0] * s[1], s))
         return clipped
 
-    def plan(self, regions: int, length: int, n: int, m: int, measure=None) -> TilePlan:
-        """measure(shape) -> seconds for one call of that shape; None: no calibration."""
+    def plan(self, regions: int, length: int, n: int, m: int, measure=None, force: bool = False) -> TilePlan:
+        """measure(shape) -> seconds for one call of that shape; None: no calibration.
+        force: calibrate even a small job (and replace a cached plan)."""
         if self.fixed:
             return TilePlan(*self.fixed)
         bucket = (regions, -(-length // 8) * 8)
         with self._lock:
             cached = self._plans.get(bucket)
-        if cached is not None:
+        if cached is not None and not force:
             return cached
         shapes = self.candidates(regions, bucket[1], n, m)
-        if measure is None or n * m < CALIBRATE_MIN_PAIRS or len(shapes) == 1:
+        if measure is None or len(shapes) == 1 or (n * m < CALIBRATE_MIN_PAIRS and not force):
             return TilePlan(*shapes[-1])  # not cached: a later large job still calibrates
         best = None
         for shape in shapes[-4:]:  # the largest few: small tiles never win by much and cost time to try
@@ -88,7 +89,10 @@ class TilePlanner:
             if best is None or rate > best.pairs_per_s:
                 best = TilePlan(shape[0], shape[1], rate)
         with self._lock:
-            self._plans.setdefault(bucket, best)
+            if force:
+                self._plans[bucket] = best
+            else:
+                best = self._plans.setdefault(bucket, best)
         return best
 
 

@@ -33,7 +33,8 @@ def make_bundle(checkpoint, out_dir, precision="fp32"):
         from kidrr.export.bundle import export_bundle
     except ImportError:
         return _throwaway_bundle(checkpoint, out_dir)
-    export_bundle(checkpoint, str(out_dir), precision=precision, force=True)
+    export_bundle(checkpoint, str(out_dir), precision=precision, force=True, verify=False, progress=False,
+                  log=lambda msg: None)
     return str(out_dir)
 
 
