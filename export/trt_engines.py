@@ -1,0 +1,182 @@
+"""`kidrr-export trt`: TensorRT engines for a bundle, cached under bundle/engines/<key>/.
+
+Everything except `build_engines`'s TensorRT calls is pure Python and tested without TensorRT:
+profile parsing, profile shapes per graph input, cache keys. TensorRT 10 and 11 are handled:
+11 has no fp16/int8 builder flags (strongly typed networks take precision from the ONNX), so the
+network is created strongly typed wherever the flag exists and a weakly typed fp16 build is only
+offered on TensorRT 10.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+from ..errors import BackendUnavailable, BundleError, InputError
+from ..fileio import replace_dir_atomic, write_atomic
+from .lint import lint_bundle
+from .manifest import check_bundle
+
+DEFAULT_SHAPES = "n=1:32:64,m=1:8:64,R=1:36:64,L=1:16:64"
+TIMING_CACHE = "timing.cache"
+INSTALL_HINT = "TensorRT is not installed: `pip install kidrr[trt]` (tensorrt>=10) on an NVIDIA host"
+
+
+def parse_shapes(text: str | None, max_caption_len: int | None = None) -> dict:
+    """'n=1:32:64,m=1:8:64,L=1:16:64' -> {'n': (1, 32, 64), ...}, on top of the defaults."""
+    out = {}
+    for spec in (DEFAULT_SHAPES + ("," + text if text else "")).split(","):
+        spec = spec.strip()
+        if not spec:
+            continue
+        try:
+            axis, triple = spec.split("=")
+            lo, opt, hi = (int(v) for v in triple.split(":"))
+        except ValueError:
+            raise InputError(f"shape spec {spec!r} must look like axis=min:opt:max, e.g. n=1:32:64") from None
+        if axis not in ("n", "m", "R", "L"):
+            raise InputError(f"shape spec {spec!r}: axis must be one of n, m, R, L")
+        if not 1 <= lo <= opt <= hi:
+            raise InputError(f"shape spec {spec!r}: need 1 <= min <= opt <= max")
+        out[axis] = (lo, opt, hi)
+    if max_caption_len and out["L"][2] > max_caption_len:
+        raise InputError(f"L max {out['L'][2]} exceeds the model's max_caption_len {max_caption_len}")
+    return out
+
+
+def input_profiles(graph_entry: dict, shapes: dict) -> dict:
+    """{input name: (min shape, opt shape, max shape)} for one manifest graph entry."""
+    out = {}
+    for inp in graph_entry["inputs"]:
+        dims = [[d] * 3 if isinstance(d, int) else list(shapes[d]) for d in inp["shape"]]
+        out[inp["name"]] = tuple(tuple(d[k] for d in dims) for k in range(3))
+    return out
+
+
+def engine_key(onnx_sha256: str, trt_version: str, compute_capability: str, precision: str, profile: dict) -> str:
+    """Cache key: any change of graph, TensorRT, GPU generation, precision or profile gives a new engine."""
+    blob = json.dumps({"onnx": onnx_sha256, "trt": trt_version, "sm": compute_capability, "precision": precision,
+                       "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise BackendUnavailable(INSTALL_HINT) from exc
+    return tensorrt
+
+
+def compute_capability() -> str:
+    """'8.6'-style capability of GPU 0 (nvidia-smi, else torch.cuda); BackendUnavailable without a GPU."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "%d.%d" % torch.cuda.get_device_capability(0)
+    except ImportError:
+        pass
+    raise BackendUnavailable("no NVIDIA GPU found (nvidia-smi and torch.cuda see none); TensorRT engines need one")
+
+
+def trt_major(trt) -> int:
+    return int(trt.__version__.split(".")[0])
+
+
+def plan_precision(bundle_precision: str, requested: str | None, major: int) -> tuple:
+    """(precision of the engine, use the weakly typed fp16 builder flag?)."""
+    requested = requested or bundle_precision
+    if requested == "int8" or bundle_precision == "int8":
+        raise InputError("int8 TensorRT engines need a QDQ-quantized graph; this bundle's int8 uses ONNX Runtime's "
+                         "dynamic quantization. Build from an fp32 or fp16 bundle")
+    if requested == bundle_precision:
+        return requested, False
+    if requested == "fp16" and bundle_precision == "fp32" and major < 11:
+        return "fp16", True
+    raise InputError(f"TensorRT {major} takes precision from the ONNX (strongly typed): export a {requested} bundle "
+                     f"(`kidrr-export onnx --precision {requested}`) instead of asking for --precision {requested} "
+                     f"on a {bundle_precision} bundle")
+
+
+def build_engines(bundle: str, precision: str | None = None, shapes: str | None = None, workspace_mb: int = 2048,
+                  log=print) -> dict:
+    """Build (or reuse from the cache) one engine per graph; returns {graph: plan path}."""
+    manifest = check_bundle(bundle)
+    problems = [p for ps in lint_bundle(bundle).values() for p in ps]
+    if problems:
+        raise BundleError("the bundle does not pass `kidrr-export lint`: " + "; ".join(problems))
+    trt = import_tensorrt()
+    major = trt_major(trt)
+    engine_precision, fp16_flag = plan_precision(manifest["precision"], precision, major)
+    prof_shapes = parse_shapes(shapes, manifest["model"]["max_caption_len"])
+    sm = compute_capability()
+    engines_dir = os.path.join(bundle, "engines")
+    os.makedirs(engines_dir, exist_ok=True)
+    logger = trt.Logger(trt.Logger.WARNING)
+    cache_path = os.path.join(engines_dir, TIMING_CACHE)
+    out = {}
+    for graph, entry in manifest["graphs"].items():
+        profile = input_profiles(entry, prof_shapes)
+        key = engine_key(entry["sha256"], trt.__version__, sm, engine_precision, profile)
+        final = os.path.join(engines_dir, key)
+        plan = os.path.join(final, f"{graph}.plan")
+        if os.path.exists(plan):
+            log(f"  {graph}: cached engine {key}")
+            out[graph] = plan
+            continue
+        log(f"  {graph}: building engine {key} (TensorRT {trt.__version__}, sm {sm}, {engine_precision})")
+        data = _build_one(trt, major, logger, os.path.join(bundle, entry["file"]), profile, fp16_flag,
+                          workspace_mb, cache_path)
+        staging = tempfile.mkdtemp(dir=engines_dir, prefix=".tmp-engine-")
+        try:
+            with open(os.path.join(staging, f"{graph}.plan"), "wb") as fh:
+                fh.write(data)
+            with open(os.path.join(staging, "engine.json"), "w") as fh:
+                json.dump({"graph": graph, "onnx_sha256": entry["sha256"], "tensorrt": trt.__version__,
+                           "compute_capability": sm, "precision": engine_precision,
+                           "profile": {k: [list(s) for s in v] for k, v in profile.items()}}, fh, indent=2)
+            replace_dir_atomic(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        out[graph] = plan
+    return out
+
+
+def _build_one(trt, major, logger, onnx_path, profile, fp16_flag, workspace_mb, cache_path) -> bytes:
+    builder = trt.Builder(logger)
+    flags = 0
+    if not fp16_flag and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(onnx_path):  # from the file, so the model-local functions are read
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BundleError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if fp16_flag:  # TensorRT 10 only (plan_precision refuses it on 11)
+        config.set_flag(trt.BuilderFlag.FP16)
+    opt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.items():
+        opt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(opt_profile)
+    cache_bytes = open(cache_path, "rb").read() if os.path.exists(cache_path) else b""
+    timing_cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BundleError(f"TensorRT failed to build an engine for {onnx_path}; rerun with a larger --workspace "
+                          f"or narrower --shapes")
+    write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
