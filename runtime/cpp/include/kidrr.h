@@ -84,8 +84,9 @@ KIDRR_API kidrr_status kidrr_bundle_get_info(const kidrr_bundle* bundle, kidrr_b
  * feature_size must equal the bundle's F. */
 KIDRR_API kidrr_status kidrr_encode_images(const kidrr_bundle* bundle, const float* features, size_t n,
                                            size_t regions, size_t feature_size, kidrr_images** out);
-/* Encode m UTF-8 captions (tokenised by the kidrr-basic/1 rules, docs/tokenizer.md). Fails on the
- * first empty or over-long caption, naming its index. */
+/* Encode m UTF-8 captions (tokenised by the kidrr-basic/1 rules, docs/tokenizer.md). As the Python
+ * runtime, fails (KIDRR_ERR_INPUT, naming its index) on the first caption that is empty after
+ * tokenising, has only unknown words, is longer than max_caption_len, or is not valid UTF-8. */
 KIDRR_API kidrr_status kidrr_encode_captions(const kidrr_bundle* bundle, const char* const* captions, size_t m,
                                              kidrr_captions** out);
 KIDRR_API void kidrr_images_free(kidrr_images* images);

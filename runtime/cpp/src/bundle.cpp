@@ -208,6 +208,10 @@ EncodedCaptions Bundle::encode_captions(const std::vector<std::string>& captions
     for (size_t j = 0; j < captions.size(); ++j) {
         try {
             ids[j] = vocab_.encode(captions[j], max_caption_len_);
+            // As the Python runtime: a caption of unknown words only would get a meaningless score.
+            if (std::all_of(ids[j].begin() + 1, ids[j].end() - 1, [](int64_t t) { return t == kUnkId; }))
+                throw Error(KIDRR_ERR_INPUT, "has no word the model knows (all tokens are <unk>); its score would "
+                                             "mean nothing. Rephrase it with common words");
         } catch (const Error& e) {
             throw Error(e.code, "caption " + std::to_string(j) + ": " + e.what());
         }

@@ -1,0 +1,79 @@
+"""Building the C++ runtime (runtime/cpp) for the tests: once, cached under build/cpp/.
+
+No tests here. The build folder survives between runs (build/ is git-ignored), so after the first
+run only changed files recompile; the ONNX Runtime headers are fetched once into
+build/cpp-ort-headers by runtime/cpp/scripts/fetch_ort_headers.sh.
+"""
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(ROOT, "runtime", "cpp")
+BUILD = os.path.join(ROOT, "build", "cpp")
+HEADERS = os.path.join(ROOT, "build", "cpp-ort-headers")
+FETCH = os.path.join(SOURCE, "scripts", "fetch_ort_headers.sh")
+BUILD_SECONDS = {}  # kind -> seconds the last build call took (reported by the tests)
+
+
+def _compiler():
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def require_toolchain():
+    if not _compiler():
+        pytest.skip("no C++ compiler (c++/g++/clang++) on this machine: the C++ runtime cannot be built")
+    if not shutil.which("cmake"):
+        pytest.skip("cmake is not installed: the C++ runtime cannot be built")
+
+
+def fetch_headers():
+    """The ONNX Runtime headers; skips (with the script's reason) if the registry cannot be reached."""
+    if os.path.isfile(os.path.join(HEADERS, "include", "onnxruntime", "onnxruntime_c_api.h")):
+        return HEADERS
+    proc = subprocess.run(["bash", FETCH, HEADERS], capture_output=True, text=True)
+    if proc.returncode in (3, 4):  # 3: no apt tools / no Debian mirror configured; 4: registry unreachable
+        pytest.skip(f"ONNX Runtime headers unavailable: {proc.stderr.strip()[-400:]}")
+    assert proc.returncode == 0, f"fetch_ort_headers.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    return HEADERS
+
+
+def build(kind: str = "release") -> str:
+    """Configure (first time) and build; returns the build folder. kind: release | asan."""
+    require_toolchain()
+    fetch_headers()
+    out = os.path.join(BUILD, kind)
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest runs share one build folder
+        start = time.perf_counter()
+        if not os.path.isfile(os.path.join(out, "CMakeCache.txt")):
+            args = ["cmake", "-S", SOURCE, "-B", out, f"-DKIDRR_ORT_HEADERS_DIR={HEADERS}",
+                    "-DCMAKE_BUILD_TYPE=" + ("Debug" if kind == "asan" else "Release")]
+            if shutil.which("ninja"):
+                args += ["-G", "Ninja"]
+            if kind == "asan":
+                args.append("-DKIDRR_SANITIZE=ON")
+            proc = subprocess.run(args, capture_output=True, text=True)
+            if proc.returncode != 0:
+                shutil.rmtree(out, ignore_errors=True)
+                pytest.fail(f"cmake configure failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        proc = subprocess.run(["cmake", "--build", out, "--parallel", "2"], capture_output=True, text=True)
+        BUILD_SECONDS[kind] = time.perf_counter() - start
+        assert proc.returncode == 0, f"C++ build failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
+    return out
+
+
+def run(args, **kw):
+    """Run a built program; a crash (signal) fails loudly instead of looking like an error code."""
+    proc = subprocess.run(args, capture_output=True, text=True, **kw)
+    assert proc.returncode >= 0, f"{args[0]} crashed with signal {-proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def hex_lines(captions) -> str:
+    return "".join(c.encode("utf-8").hex() + "\n" for c in captions)
