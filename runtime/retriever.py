@@ -166,13 +166,17 @@ class Retriever:
 
     def search_image(self, features, k: int, captions: CaptionIndex | None = None,
                      shortlist: int | None = None):
-        """Captions for an image: features (R, F) -> [(caption index, score)]; (q, R, F) -> one list each."""
+        """Captions for an image: features (R, F) -> [(caption index, score)]; (q, R, F) or an encoded
+        Gallery of queries -> one list each. shortlist=k': two-stage."""
         index = self._attached(captions, "_captions", "caption index")
         k = check_k(k, len(index), "caption index")
         kp = check_shortlist(shortlist, k, len(index))
-        arr = np.asarray(features)
-        single = arr.ndim == 2
-        queries = self.encode_images(arr[None] if single else arr)
+        if isinstance(features, Gallery):
+            single, queries = False, self._own(features, "query gallery")
+        else:
+            arr = np.asarray(features)
+            single = arr.ndim == 2
+            queries = self.encode_images(arr[None] if single else arr)
         if kp is None:
             scores = self.score(queries, index)             # (q, m) in caption order
             results = [top_k(row, k) for row in scores]
