@@ -217,40 +217,39 @@ class KIDRR(nn.Module):
         return self.text_kgid(t, length_mask(lengths, ids.shape[1]), self.text_pool, self.knowledge)
 
     # ---- per pair -------------------------------------------------------------------------
-    def attend(self, query, context, context_mask, norm_axis: str):
-        """SCAN attention of queries over a context, broadcast over the pairs of a tile.
-
-        query (..., Q, D), context (..., C, D), context_mask (..., C) -> l2-normalised attended
-        context (..., Q, D). norm_axis: 'query' (SCAN: l2norm over the query axis), 'context', 'none'.
-        """
+    # The attention products are written as einsums over unbroadcast operands so torch runs them
+    # as one large GEMM or a batched GEMM, never materialising (n, m, R, D) broadcast copies.
+    def _smooth(self, a, mask, norm_dim, softmax_dim):
+        """SCAN: LeakyReLU, l2norm over norm_dim (masked), softmax of lambda * a over softmax_dim."""
         cfg = self.cfg
-        a = F.leaky_relu(context @ query.transpose(-1, -2), cfg.leaky_slope)  # (..., C, Q)
-        if norm_axis == "query":
-            a = l2norm(a, -1)
-        elif norm_axis == "context":
-            a = l2norm(a * context_mask.unsqueeze(-1).to(a.dtype), -2)
-        alpha = masked_softmax(cfg.smooth_lambda * a, context_mask.unsqueeze(-1), dim=-2)
-        return l2norm(alpha.transpose(-1, -2) @ context)
+        a = F.leaky_relu(a, cfg.leaky_slope)
+        if mask is not None:
+            a = a.masked_fill(~mask, 0.0)
+        if norm_dim is not None:
+            a = l2norm(a, norm_dim)
+        a = cfg.smooth_lambda * a
+        return torch.softmax(a if mask is None else a.masked_fill(~mask, float("-inf")), dim=softmax_dim)
 
     def similarity_nodes(self, img_locals, img_glob, cap_locals, cap_glob, cap_len):
         """Similarity nodes (n, m, 3 + L, S) and their mask (m, 3 + L): gg, tv, vt, then words."""
-        n, r, _ = img_locals.shape
         m, length, _ = cap_locals.shape
-        word_mask = length_mask(cap_len, length)                                  # (m, L)
-        region_mask = torch.ones(n, 1, r, dtype=torch.bool, device=img_locals.device)
-        v = img_locals.unsqueeze(1)                                               # (n, 1, R, D)
-        t = cap_locals.unsqueeze(0)                                               # (1, m, L, D)
-        gg = self.sv_gg(img_glob.unsqueeze(1), cap_glob.unsqueeze(0))             # (n, m, S)
-        # local-local: every word attends over the regions. Padded words are exact zeros, so they
-        # add nothing to the over-words norm; their nodes are masked below.
-        ll = self.sv_ll(self.attend(t, v, region_mask, "query"), t)               # (n, m, L, S)
-        # global-local: the caption's global over regions, the image's global over words.
-        a_g = self.attend(cap_glob[None, :, None], v, region_mask, self.cfg.global_attn_norm)
-        tv = self.sv_gl(a_g.squeeze(2), cap_glob.unsqueeze(0))                    # (n, m, S)
-        b_g = self.attend(img_glob[:, None, None], t, word_mask.unsqueeze(0), self.cfg.global_attn_norm)
-        vt = self.sv_gl(b_g.squeeze(2), img_glob.unsqueeze(1))                    # (n, m, S)
+        word_mask = length_mask(cap_len, length)                                   # (m, L)
+        ctx_norm = -1 if self.cfg.global_attn_norm == "context" else None
+        gg = self.sv_gg(img_glob.unsqueeze(1), cap_glob.unsqueeze(0))              # (n, m, S)
+        # local-local: every word attends over the regions, l2-normalised over the words. Padded
+        # words are exact zeros, so they add nothing to that norm; their nodes are masked below.
+        a = torch.einsum("nrd,mld->nmlr", img_locals, cap_locals)
+        alpha = self._smooth(a, None, -2, -1)
+        attended = l2norm(torch.einsum("nmlr,nrd->nmld", alpha, img_locals))
+        ll = self.sv_ll(attended, cap_locals.unsqueeze(0))                          # (n, m, L, S)
+        # global-local: the caption's global over the regions ...
+        alpha = self._smooth(torch.einsum("nrd,md->nmr", img_locals, cap_glob), None, ctx_norm, -1)
+        tv = self.sv_gl(l2norm(torch.einsum("nmr,nrd->nmd", alpha, img_locals)), cap_glob.unsqueeze(0))
+        # ... and the image's global over the words (masked).
+        beta = self._smooth(torch.einsum("mld,nd->nml", cap_locals, img_glob), word_mask.unsqueeze(0), ctx_norm, -1)
+        vt = self.sv_gl(l2norm(torch.einsum("nml,mld->nmd", beta, cap_locals)), img_glob.unsqueeze(1))
         nodes = torch.cat([gg.unsqueeze(2), tv.unsqueeze(2), vt.unsqueeze(2), ll], dim=2)
-        node_mask = torch.cat([torch.ones(m, 3, dtype=torch.bool, device=v.device), word_mask], dim=1)
+        node_mask = torch.cat([torch.ones(m, 3, dtype=torch.bool, device=cap_locals.device), word_mask], dim=1)
         return nodes * node_mask[None, :, :, None].to(nodes.dtype), node_mask
 
     def reason(self, nodes, node_mask):

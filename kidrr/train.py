@@ -90,6 +90,8 @@ class Trainer:
                    unit="batch", dynamic_ncols=True)
         for b in bar:
             idx = order[b * t.batch_size:(b + 1) * t.batch_size]
+            # Pairs sorted by caption length: each caption tile is then cut to a short length.
+            idx = idx[np.argsort([len(caption_ids[i]) for i in idx], kind="stable")]
             image_rows = cap_image[idx]
             # Sorted rows read the memory map in order; features follow the captions' order.
             feats = check_features(split.images[np.sort(image_rows)], "training features",
