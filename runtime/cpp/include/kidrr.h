@@ -52,8 +52,8 @@ typedef struct kidrr_options {
      * Python wheel found when the runtime was built, else the one `python3` (or $KIDRR_PYTHON) finds now. */
     const char* ort_library;
     int intra_op_threads;  /* 0: ONNX Runtime's default */
-    int tile_images;       /* images per scoring tile; 0: 32 */
-    int tile_captions;     /* captions per scoring tile; 0: 8 */
+    int tile_images;       /* images per scoring tile; 0: 32 (scaled up when fewer captions than tile_captions) */
+    int tile_captions;     /* captions per scoring tile; 0: 8. A tile holds tile_images x tile_captions pairs */
 } kidrr_options;
 
 typedef struct kidrr_hit {

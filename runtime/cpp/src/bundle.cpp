@@ -266,8 +266,11 @@ void Bundle::score(const EncodedImages& images, const EncodedCaptions& captions,
         throw Error(KIDRR_ERR_INPUT, "the images were encoded by another bundle (" + images.bundle_id.substr(0, 12) +
                                          "...), not this one; re-encode them with this bundle");
     const size_t d = embed_size_, r = images.regions;
-    for (size_t i = 0; i < images.n; i += tile_images_) {
-        const size_t ni = std::min(tile_images_, images.n - i);
+    // Few captions (a search): keep the tile's pair count by taking more images per call, since
+    // per-call overhead dominates small tiles.
+    const size_t tile_images = tile_images_ * tile_captions_ / std::max<size_t>(1, std::min(tile_captions_, captions.m));
+    for (size_t i = 0; i < images.n; i += tile_images) {
+        const size_t ni = std::min(tile_images, images.n - i);
         for (size_t j = 0; j < captions.m; j += tile_captions_)
             score_tile(images.locals.data() + i * r * d, images.globals.data() + i * d, ni, r, captions, j,
                        std::min(tile_captions_, captions.m - j), out + i * captions.m, captions.m);
