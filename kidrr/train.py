@@ -73,7 +73,7 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
-        return float(loss_scorer), float(loss_glob)
+        return float(loss_scorer.detach()), float(loss_glob.detach())
 
     def train_epoch(self, split: Split, caption_ids: list, rng: np.random.Generator, max_batches: int = 0):
         t = self.tcfg

@@ -1,0 +1,83 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from kidrr.checkpoint import load_checkpoint
+from kidrr.config import ModelConfig, TrainConfig
+from kidrr.errors import KidrrError
+from kidrr.model import KIDRR
+from kidrr.synthetic import SyntheticConfig, make_synthetic
+from kidrr.tokenizer import Vocabulary, pad_batch
+from kidrr.train import Trainer, plateau, run, triplet_loss
+
+
+def test_triplet_loss_by_hand():
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.5, 0.6], [0.0, 0.3, 0.7]])
+    ids = torch.tensor([0, 1, 2])
+    # image->caption hardest: row0 max(0.2+0.8-0.9)=0.1, row1 0.2+0.6-0.5=0.3, row2 0.2+0.3-0.7=0 ->0.4
+    # caption->image hardest: col0 0.2+0.2-0.9=0, col1 0.2+0.8-0.5=0.5, col2 0.2+0.6-0.7=0.1 -> 0.6
+    assert float(triplet_loss(scores, ids, 0.2, hardest=True)) == pytest.approx(1.0)
+    all_neg = triplet_loss(scores, ids, 0.2, hardest=False)
+    assert float(all_neg) == pytest.approx(0.1 + 0.3 + 0.5 + 0.1)
+    # A repeated image is a true match, never a negative.
+    same = torch.tensor([0, 0, 2])
+    assert float(triplet_loss(scores, same, 0.2, hardest=True)) < float(triplet_loss(scores, ids, 0.2, hardest=True))
+
+
+def test_constant_scores_sit_on_the_plateau():
+    scores = torch.full((8, 8), 0.5)
+    assert float(triplet_loss(scores, torch.arange(8), 0.2, hardest=True)) == pytest.approx(plateau(8, 0.2))
+
+
+def test_a_few_hundred_steps_leave_the_plateau():
+    """Hardest negatives from the first step on a fixed small batch: the loss must fall well below
+    2 x batch x margin (the value of a collapsed, constant scorer)."""
+    torch.manual_seed(0)
+    split = make_synthetic("train", SyntheticConfig(train_images=16, regions=6, feature_size=16))
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    model = KIDRR(ModelConfig.small(vocab_size=len(vocab), feature_size=16, embed_size=32, sim_size=16,
+                                    knowledge_nodes=4, dropout=0.0))
+    trainer = Trainer(model, vocab, TrainConfig(batch_size=16, lr=1e-3))
+    idx = np.arange(0, 80, 5)  # one caption of each of the 16 images
+    ids, lengths = pad_batch([vocab.encode(split.captions[i]) for i in idx])
+    args = (torch.from_numpy(split.images[idx // 5]), torch.from_numpy(ids), torch.from_numpy(lengths),
+            torch.from_numpy(idx // 5))
+    first = trainer.step(*args, hardest=True)[0]
+    for _ in range(250):
+        loss, gloss = trainer.step(*args, hardest=True)
+    assert first > 0.5 * plateau(16, 0.2)
+    assert loss < 0.25 * plateau(16, 0.2), (first, loss)
+    assert gloss < 0.5 * plateau(16, 0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A tiny data folder in the published layout (synthetic content)."""
+    folder = tmp_path_factory.mktemp("data")
+    cfg = SyntheticConfig(train_images=40, dev_images=10, test_images=10, regions=5, feature_size=12)
+    for name in ("train", "dev", "test"):
+        split = make_synthetic(name, cfg)
+        np.save(folder / f"{name}_ims.npy", split.images.astype(np.float16))
+        (folder / f"{name}_caps.txt").write_text("\n".join(split.captions) + "\n")
+    return str(folder)
+
+
+SMALL = ["embed_size=24", "sim_size=8", "knowledge_nodes=2", "word_dim=16"]
+
+
+def test_train_writes_resumable_checkpoints(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    trainer = run(tiny_data, out, "small", SMALL, ["batch_size=16", "warmup_epochs=1"], epochs=2)
+    assert [h["hardest"] for h in trainer.history] == [False, True]
+    for sub in ("best", "last"):
+        model, vocab, sha = load_checkpoint(os.path.join(out, sub))
+        assert model.cfg.embed_size == 24 and model.cfg.feature_size == 12 and len(sha) == 64
+    with pytest.raises(KidrrError, match="--resume"):
+        run(tiny_data, out, "small", SMALL, epochs=3)
+    resumed = run(tiny_data, out, "small", epochs=3, resume=True)
+    assert len(resumed.history) == 3 and resumed.history[:2] == trainer.history
+    history = json.load(open(os.path.join(out, "history.json")))["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
