@@ -141,7 +141,7 @@ def _set_overrides(cfg, pairs, what):
 @click.option("--epochs", type=int, default=None, help="number of epochs (default from the config: 40)")
 @click.option("--dev-images", type=int, default=0, help="evaluate on the first N dev images only (0: all)")
 @click.option("--max-batches", type=int, default=0, help="cap batches per epoch (smoke runs)")
-@click.option("--resume", is_flag=True, help="continue from OUT/last")
+@click.option("--resume", is_flag=True, help="continue from OUT/last (--train-set overrides still apply)")
 def main(data, out, size, model_set, train_set, epochs, dev_images, max_batches, resume):
     """Train KIDRR; keeps OUT/best (by dev rSum) and OUT/last (resumable)."""
     try:
@@ -158,7 +158,7 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
     if resume:
         model, vocab, _ = load_checkpoint(last_dir)
         with open(os.path.join(last_dir, "train_state.json")) as fh:
-            tcfg = TrainConfig.from_dict(json.load(fh)["train_config"])
+            tcfg = _set_overrides(TrainConfig.from_dict(json.load(fh)["train_config"]), train_set, "train-set")
     else:
         if os.path.exists(last_dir):
             raise KidrrError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
