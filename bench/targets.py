@@ -88,10 +88,10 @@ def plan_targets(backends: list, precisions: list) -> tuple[list, list]:
         reason = unavailable_reason(name)
         for precision in wanted:
             label = f"{name} {precision}"
-            if reason:
-                skipped.append((label, reason))
-            elif precision not in takes:
+            if precision not in takes:   # never possible: say so before what to install
                 skipped.append((label, INT8_NOT_TRT if precision == "int8" else f"{name} takes {list(takes)}"))
+            elif reason:
+                skipped.append((label, reason))
             else:
                 targets.append(Target(name, precision, backend, tuple(providers) if providers else None))
     return targets, skipped
