@@ -166,7 +166,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
 @click.option("--batch-sizes", default="1,4,16,64", show_default=True, help="latency batch sizes")
 @click.option("--duration", type=float, default=0.3, show_default=True,
               help="seconds of timed calls per latency point (after 2 warm-up calls; at least 5 calls)")
-@click.option("--shortlists", default="10,20,50", show_default=True, help="two-stage k' values ('none': skip)")
+@click.option("--shortlists", default="10,50", show_default=True, help="two-stage k' values ('none': skip)")
 @click.option("--parity-images", type=int, default=100, show_default=True,
               help="images (with their captions) every target scores for parity with torch; 0: all")
 @click.option("--out", "out", default=DEFAULT_OUT, show_default=True, help="folder for report.md, results.json, PNGs")

@@ -50,16 +50,17 @@ def two_stage_plot(results: dict, path: str) -> bool:
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for label, r in series:
+    for n, (label, r) in enumerate(series):
         rows = r["two_stage"]
         xs = [ts["total_s"] for ts in rows] + [r["full"]["score_s"]]
         ys = [ts["recall"]["rsum"] for ts in rows] + [r["full"]["recall"]["rsum"]]
-        line, = ax.plot(xs, ys, marker="o", label=label)
+        ax.plot(xs, ys, marker="o", label=label)
+        if n:  # label the points once: every series has the same k' values
+            continue
         for ts in rows:
             ax.annotate(f"k'={ts['shortlist']}", (ts["total_s"], ts["recall"]["rsum"]), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
-        ax.annotate("exhaustive", (xs[-1], ys[-1]), fontsize=7, textcoords="offset points", xytext=(3, -9),
-                    color=line.get_color())
+        ax.annotate("exhaustive", (xs[-1], ys[-1]), fontsize=7, textcoords="offset points", xytext=(3, -9))
     ax.set_xscale("log")
     ax.set_xlabel("search time, both directions, s (log)")
     ax.set_ylabel("rSum")

@@ -28,16 +28,19 @@ def _recall_cells(rec: dict) -> list:
 
 
 def retrieval_rows(results: dict) -> tuple[list, list]:
-    head = ["target", "full retrieval s", "score pairs/s", "i2t R@1/5/10", "t2i R@1/5/10", "rSum"]
+    head = ["target", "ranked set", "full retrieval s", "score pairs/s", "i2t R@1/5/10", "t2i R@1/5/10", "rSum"]
     rows = []
     for label, r in _ok(results):
         full = r.get("full")
         if full:
-            rows.append([label, f"{full['wall_s']:.1f}", f"{full['score_pairs_per_s']:,.0f}"]
+            n, m = (full["folds"][0][1] - full["folds"][0][0]), full["pairs"] // len(full["folds"])
+            where = f"{full['protocol']}: {len(full['folds'])} x {n}x{m // n}"
+            rows.append([label, where, f"{full['wall_s']:.1f}", f"{full['score_pairs_per_s']:,.0f}"]
                         + _recall_cells(full["recall"]))
-        else:
+        else:  # the reference ranks the parity block only
             block = r["parity_block"]
-            rows.append([label, "not run (reference)", f"{block['images'] * block['captions'] / block['score_s']:,.0f}"]
+            rows.append([label, f"parity block {block['images']}x{block['captions']}", "not run",
+                         f"{block['images'] * block['captions'] / block['score_s']:,.0f}"]
                         + _recall_cells(block["recall"]))
     return head, rows
 
