@@ -60,7 +60,7 @@ class AttentionPool(nn.Module):
 class DisseminationStep(nn.Module):
     """One KGID step: broadcast the global, attend over {locals, global, knowledge}, re-pool."""
 
-    def __init__(self, dim: int, ln_gain: float):
+    def __init__(self, dim: int, ln_gain: float, broadcast_gain: float):
         super().__init__()
         self.gate = nn.Linear(2 * dim, dim)
         self.broadcast = nn.Linear(dim, dim)
@@ -69,12 +69,15 @@ class DisseminationStep(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim)
-        self.ln_gain = ln_gain
+        self.ln_gain, self.broadcast_gain = ln_gain, broadcast_gain
 
-    def reset_norm(self) -> None:
-        # Small residual branch at init: KGID starts close to the identity (see "Training stability").
+    def reset_branches(self) -> None:
+        # Both residual branches start small, so KGID starts close to the identity and cannot wash
+        # out the encoders' per-node signal (see "Training stability" in kidrr-model.md).
         nn.init.constant_(self.norm.weight, self.ln_gain)
         nn.init.zeros_(self.norm.bias)
+        with torch.no_grad():
+            self.broadcast.weight.mul_(self.broadcast_gain)
 
     def forward(self, x, g, mask, knowledge):
         n, length, dim = x.shape
@@ -96,9 +99,9 @@ class DisseminationStep(nn.Module):
 class Dissemination(nn.Module):
     """Knowledge graph iterative dissemination for one modality (T steps, separate weights)."""
 
-    def __init__(self, dim: int, steps: int, ln_gain: float):
+    def __init__(self, dim: int, steps: int, ln_gain: float, broadcast_gain: float):
         super().__init__()
-        self.steps = nn.ModuleList(DisseminationStep(dim, ln_gain) for _ in range(steps))
+        self.steps = nn.ModuleList(DisseminationStep(dim, ln_gain, broadcast_gain) for _ in range(steps))
 
     def forward(self, x, mask, pool: AttentionPool, knowledge):
         g = pool(x, mask)
@@ -186,8 +189,8 @@ class KIDRR(nn.Module):
         self.text_encoder = TextEncoder(cfg)
         self.image_pool = AttentionPool(d)
         self.text_pool = AttentionPool(d)
-        self.image_kgid = Dissemination(d, cfg.kgid_steps, cfg.kgid_ln_gain)
-        self.text_kgid = Dissemination(d, cfg.kgid_steps, cfg.kgid_ln_gain)
+        self.image_kgid = Dissemination(d, cfg.kgid_steps, cfg.kgid_ln_gain, cfg.kgid_broadcast_gain)
+        self.text_kgid = Dissemination(d, cfg.kgid_steps, cfg.kgid_ln_gain, cfg.kgid_broadcast_gain)
         self.knowledge = nn.Parameter(torch.empty(cfg.knowledge_nodes, d)) if cfg.knowledge_nodes else None
         self.sv_gg = SimilarityVector(d, s)
         self.sv_ll = SimilarityVector(d, s)
@@ -200,7 +203,7 @@ class KIDRR(nn.Module):
         init_linear(self)
         for kgid in (self.image_kgid, self.text_kgid):
             for step in kgid.steps:
-                step.reset_norm()
+                step.reset_branches()
         if self.knowledge is not None:
             nn.init.normal_(self.knowledge, std=1.0 / math.sqrt(self.cfg.embed_size))
 

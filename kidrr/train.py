@@ -59,33 +59,57 @@ class Trainer:
         return self.tcfg.lr * 0.1 ** sum(epoch >= e for e in self.tcfg.lr_decay_epochs)
 
     def step(self, features: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
-             image_ids: torch.Tensor, hardest: bool):
-        """One optimisation step on a batch; returns (scorer loss, globals loss) as floats."""
+             image_ids: torch.Tensor, hardest: bool) -> dict:
+        """One optimisation step on a batch, on the all-negatives or the hardest-negative loss.
+
+        Returns the scorer's and the globals' hardest-negative losses whichever loss was trained,
+        so the distance to the collapse plateau is always visible.
+        """
         t = self.tcfg
         self.model.train()
         img = self.model.encode_images(features)
         cap = self.model.encode_texts(ids, lengths)
         scores = self.model.score_tiled(img, (*cap, lengths), t.tile_images, t.tile_captions)
-        loss_scorer = triplet_loss(scores, image_ids, t.margin, hardest, t.mask_same_image)
-        loss_glob = triplet_loss(img[1] @ cap[1].T, image_ids, t.margin, hardest, t.mask_same_image)
-        loss = loss_scorer + t.aux_weight * loss_glob
+        cosines = img[1] @ cap[1].T
+        losses = {}
+        for name, mat in (("scorer", scores), ("globals", cosines)):
+            for mode in (True, False):
+                losses[(name, mode)] = triplet_loss(mat, image_ids, t.margin, mode, t.mask_same_image)
+        loss = losses[("scorer", hardest)] + t.aux_weight * losses[("globals", hardest)]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
-        return float(loss_scorer.detach()), float(loss_glob.detach())
+        return {"loss": float(loss.detach()), "hardest": float(losses[("scorer", True)].detach()),
+                "hardest_globals": float(losses[("globals", True)].detach())}
+
+    def use_hardest(self) -> bool:
+        """Hardest negatives after the warm-up, once they are informative.
+
+        On a weak model the hardest in-batch negative usually outscores the positive, so the
+        hardest-negative loss sits above its plateau (2 x batch x margin) and the quickest way down
+        is to make every score equal: the collapse kidrr-model.md describes. So the switch waits
+        (at least warmup_epochs) until the monitored hardest-negative loss of the last epoch is
+        below hardest_switch_ratio x plateau; once switched, training stays on hardest negatives.
+        """
+        t = self.tcfg
+        if self.epoch < t.warmup_epochs:
+            return False
+        if t.hardest_switch_ratio <= 0 or not self.history or self.history[-1]["hardest"]:
+            return True
+        return self.history[-1]["loss_hardest_last"] < t.hardest_switch_ratio * plateau(t.batch_size, t.margin)
 
     def train_epoch(self, split: Split, caption_ids: list, rng: np.random.Generator, max_batches: int = 0):
         t = self.tcfg
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_for(self.epoch)
-        hardest = self.epoch >= t.warmup_epochs
+        hardest = self.use_hardest()
         order = rng.permutation(len(caption_ids))
         n_batches = len(order) // t.batch_size  # drop the ragged last batch: the loss scale stays fixed
         if max_batches:
             n_batches = min(n_batches, max_batches)
         cap_image = split.caption_image
-        losses, glob_losses, pairs, start = [], [], 0, time.perf_counter()
+        rows, pairs, start = [], 0, time.perf_counter()
         bar = tqdm(range(n_batches), desc=f"epoch {self.epoch + 1} ({'hardest' if hardest else 'all'} negatives)",
                    unit="batch", dynamic_ncols=True)
         for b in bar:
@@ -98,16 +122,18 @@ class Trainer:
                                    self.model.cfg.feature_size)
             feats = feats[np.argsort(np.argsort(image_rows, kind="stable"), kind="stable")]
             ids, lengths = pad_batch([caption_ids[i] for i in idx])
-            loss, gloss = self.step(torch.from_numpy(feats), torch.from_numpy(ids), torch.from_numpy(lengths),
-                                    torch.from_numpy(image_rows), hardest)
-            losses.append(loss)
-            glob_losses.append(gloss)
+            rows.append(self.step(torch.from_numpy(feats), torch.from_numpy(ids), torch.from_numpy(lengths),
+                                  torch.from_numpy(image_rows), hardest))
             pairs += len(idx) ** 2
-            bar.set_postfix(loss=f"{loss:.2f}", glob=f"{gloss:.2f}",
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.1f}", hardest=f"{rows[-1]['hardest']:.2f}",
+                            hardest_glob=f"{rows[-1]['hardest_globals']:.2f}",
                             pairs_s=f"{pairs / (time.perf_counter() - start):.0f}")
         bar.close()
-        return {"loss": float(np.mean(losses)), "loss_globals": float(np.mean(glob_losses)),
-                "loss_last100": float(np.mean(losses[-100:])), "hardest": hardest,
+        tail = rows[-50:]  # the end of the epoch says where the model is now
+        return {"loss": float(np.mean([r["loss"] for r in rows])), "hardest": hardest,
+                "loss_hardest": float(np.mean([r["hardest"] for r in rows])),
+                "loss_hardest_last": float(np.mean([r["hardest"] for r in tail])),
+                "loss_hardest_globals_last": float(np.mean([r["hardest_globals"] for r in tail])),
                 "pairs_per_s": pairs / (time.perf_counter() - start), "batches": n_batches,
                 "plateau": plateau(t.batch_size, t.margin), "lr": self.lr_for(self.epoch)}
 
@@ -192,8 +218,9 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
         stats.update(epoch=trainer.epoch, dev_rsum=result["scorer"]["rsum"],
                      dev_rsum_globals=result["globals"]["rsum"], dev=result["scorer"])
         trainer.history.append(stats)
-        print(f"epoch {trainer.epoch}: loss {stats['loss']:.2f} (last 100 batches {stats['loss_last100']:.2f}, "
-              f"plateau {stats['plateau']:.1f}), globals loss {stats['loss_globals']:.2f}, "
+        print(f"epoch {trainer.epoch} ({'hardest' if stats['hardest'] else 'all'} negatives): "
+              f"hardest-negative loss {stats['loss_hardest_last']:.2f} (plateau {stats['plateau']:.1f}), "
+              f"globals {stats['loss_hardest_globals_last']:.2f}, "
               f"{stats['pairs_per_s']:.0f} pairs/s | dev {format_recall(result['scorer'])} | "
               f"globals-only rSum {result['globals']['rsum']:.1f}", flush=True)
         if stats["dev_rsum"] > trainer.best_rsum:

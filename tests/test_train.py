@@ -45,12 +45,30 @@ def test_a_few_hundred_steps_leave_the_plateau():
     ids, lengths = pad_batch([vocab.encode(split.captions[i]) for i in idx])
     args = (torch.from_numpy(split.images[idx // 5]), torch.from_numpy(ids), torch.from_numpy(lengths),
             torch.from_numpy(idx // 5))
-    first = trainer.step(*args, hardest=True)[0]
+    first = trainer.step(*args, hardest=True)["hardest"]
     for _ in range(250):
-        loss, gloss = trainer.step(*args, hardest=True)
+        out = trainer.step(*args, hardest=True)
+    loss, gloss = out["hardest"], out["hardest_globals"]
     assert first > 0.5 * plateau(16, 0.2)
     assert loss < 0.25 * plateau(16, 0.2), (first, loss)
     assert gloss < 0.5 * plateau(16, 0.2)
+
+
+def test_switch_to_hardest_waits_until_they_are_informative(tiny_model):
+    model, vocab = tiny_model
+    trainer = Trainer(model, vocab, TrainConfig(batch_size=10, margin=0.2, warmup_epochs=1,
+                                                hardest_switch_ratio=0.8))  # plateau 4.0
+    assert not trainer.use_hardest()                 # warm-up epoch
+    trainer.epoch = 1
+    trainer.history = [{"hardest": False, "loss_hardest_last": 4.1}]
+    assert not trainer.use_hardest()                 # above 0.8 x plateau: would collapse
+    trainer.history = [{"hardest": False, "loss_hardest_last": 3.0}]
+    assert trainer.use_hardest()
+    trainer.history.append({"hardest": True, "loss_hardest_last": 5.0})
+    assert trainer.use_hardest()                     # never switches back
+    trainer.tcfg.hardest_switch_ratio = 0
+    trainer.history = [{"hardest": False, "loss_hardest_last": 4.1}]
+    assert trainer.use_hardest()                     # the plain recipe: right after warm-up
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +88,8 @@ SMALL = ["embed_size=24", "sim_size=8", "knowledge_nodes=2", "word_dim=16"]
 
 def test_train_writes_resumable_checkpoints(tiny_data, tmp_path):
     out = str(tmp_path / "run")
-    trainer = run(tiny_data, out, "small", SMALL, ["batch_size=16", "warmup_epochs=1"], epochs=2)
+    trainer = run(tiny_data, out, "small", SMALL, ["batch_size=16", "warmup_epochs=1", "hardest_switch_ratio=0"],
+                  epochs=2)
     assert [h["hardest"] for h in trainer.history] == [False, True]
     for sub in ("best", "last"):
         model, vocab, sha = load_checkpoint(os.path.join(out, sub))
