@@ -254,3 +254,25 @@ def test_gpu_check_code_paths_on_cpu(tmp_path):
     assert paths["torch-cuda bf16"]["parity_vs_fp32"]["max_abs_delta"] < 0.1
     assert paths["ort-cuda"]["status"] == "skipped" and "onnxruntime-gpu" in paths["ort-cuda"]["reason"]
     assert report["two_stage"][0]["complete"] and report["two_stage"][0]["t2i_queries"] == 60
+
+
+def test_bundle_without_its_checkpoint_runs_what_it_can(setup, tmp_path, monkeypatch):
+    """--bundle alone (no --checkpoint, no shipped model): that bundle runs; the torch reference and the
+    precisions that would need an export are listed as not run, with the reason."""
+    from kidrr.bench import sources
+    from kidrr.export.bundle import export_bundle
+    monkeypatch.setattr(sources, "shipped_checkpoint_dir", lambda: str(tmp_path / "no-shipped"))
+    bundle = str(tmp_path / "bundle")
+    export_bundle(setup["ckpt"], bundle, verify=False, progress=False, log=lambda m: None)
+    out = tmp_path / "out"
+    r = _cli(["--bundle", bundle, "--data", setup["data"], "--backends", "torch,ort", "--precisions", "fp32,int8",
+              "--batch-sizes", "2", "--duration", "0.01", "--shortlists", "none", "--protocol", "1k",
+              "--threads", "1", "--out", str(out)], setup["cache"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["results"]) == ["ort fp32"] and res["results"]["ort fp32"]["status"] == "ok"
+    assert res["results"]["ort fp32"]["full"]["pairs"] == N_IMAGES * 5 * N_IMAGES
+    skipped = dict(res["skipped"])
+    assert "no checkpoint to export it from" in skipped["ort int8"]
+    assert "--checkpoint" in skipped["torch fp32"]
+    assert "parity" in res["results"]["ort fp32"] and res["results"]["ort fp32"]["parity"] is None
