@@ -32,10 +32,10 @@ static int usage(const char* argv0) {
 int main(int argc, char** argv) {
     if (argc < 4) return usage(argv[0]);
     size_t k = 5, shortlist = 0;
-    int repeat = 1, threads = 0;
+    int repeat = 1, threads = 0, k_given = 0;
     for (int i = 4; i < argc; ++i) {
         if (i + 1 >= argc) return usage(argv[0]);
-        if (!strcmp(argv[i], "-k")) k = (size_t)strtoul(argv[++i], NULL, 10);
+        if (!strcmp(argv[i], "-k")) { k = (size_t)strtoul(argv[++i], NULL, 10); k_given = 1; }
         else if (!strcmp(argv[i], "--shortlist")) shortlist = (size_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--repeat")) repeat = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
     if (!hits || !times) { fprintf(stderr, "out of memory\n"); goto done; }
     if (kidrr_open(argv[1], &options, &bundle) != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
     if (kidrr_gallery_load(bundle, argv[2], &gallery) != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
+    /* The default top-5 shrinks to a smaller gallery; an explicit -k larger than it is an error. */
+    if (!k_given && k > kidrr_images_count(gallery)) k = kidrr_images_count(gallery);
     for (int r = 0; r < repeat; ++r) {
         double t0 = now_ms();
         if (kidrr_search(bundle, gallery, argv[3], k, shortlist, hits, &n_hits) != KIDRR_OK) {

@@ -108,7 +108,8 @@ KIDRR_API kidrr_status kidrr_score(const kidrr_bundle* bundle, const kidrr_image
 
 /* Top-k images of the gallery for one caption, best first. shortlist == 0: exact (score every
  * image). shortlist > 0: two-stage: rank by the global dot product, fully score the best
- * `shortlist` (>= k) images only. *n_hits = min(k, gallery size). */
+ * `shortlist` (>= k) images only. *n_hits = k; k larger than the gallery, or an empty gallery,
+ * is KIDRR_ERR_INPUT (as in Python). */
 KIDRR_API kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* gallery, const char* caption,
                                     size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
 

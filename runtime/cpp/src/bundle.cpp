@@ -281,7 +281,10 @@ std::vector<Hit> Bundle::search(const EncodedImages& gallery, const std::string&
     if (k == 0) throw Error(KIDRR_ERR_INVALID_ARGUMENT, "k must be at least 1");
     if (shortlist != 0 && shortlist < k)
         throw Error(KIDRR_ERR_INVALID_ARGUMENT, "shortlist (" + std::to_string(shortlist) + ") must be 0 (exact) or >= k (" + std::to_string(k) + ")");
-    if (gallery.n == 0) return {};
+    if (gallery.n == 0) throw Error(KIDRR_ERR_INPUT, "the gallery is empty; encode at least one image first");
+    if (k > gallery.n)
+        throw Error(KIDRR_ERR_INPUT, "k (" + std::to_string(k) + ") is larger than the gallery (" +
+                                         std::to_string(gallery.n) + " images); ask for at most that many");
     EncodedCaptions query = encode_captions({caption});
     const size_t d = embed_size_, r = gallery.regions, n = gallery.n;
     std::vector<size_t> rows(n);

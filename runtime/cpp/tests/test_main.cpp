@@ -203,6 +203,8 @@ void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size
     CHECK_STATUS(kidrr_search(b, imgs, good[0], 3, 2, two.data(), &got2), KIDRR_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(kidrr_search(b, imgs, good[0], 0, 0, two.data(), &got2), KIDRR_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(kidrr_search(b, imgs, "", 1, 0, two.data(), &got2), KIDRR_ERR_INPUT);
+    std::vector<kidrr_hit> many(n + 1);
+    CHECK_STATUS(kidrr_search(b, imgs, good[0], n + 1, 0, many.data(), &got2), KIDRR_ERR_INPUT);
 
     int64_t ids[2];
     size_t n_ids = 0;
