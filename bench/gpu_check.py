@@ -339,19 +339,10 @@ def _runtime_paths(torch, model, device, report, feats, ids, lengths, clock, ref
 
 
 def _build_trt(bundle: str) -> dict:
-    """Build engines with kidrr-export's builder; gather the three plans in one set for the runtime."""
+    """Build the engine set with kidrr-export's builder (one engines/<key>/ folder, three plans)."""
     from kidrr.export.trt_engines import build_engines
     plans = build_engines(bundle, precision=None, log=lambda msg: None)
-    folder = os.path.join(bundle, "engines", "gpu-check")
-    os.makedirs(folder, exist_ok=True)
-    for graph, path in plans.items():
-        shutil.copyfile(path, os.path.join(folder, f"{graph}.plan"))
-    # The runtime picks engines/<key>; with one set per graph from the builder, name ours explicitly.
-    for entry in os.listdir(os.path.join(bundle, "engines")):
-        full = os.path.join(bundle, "engines", entry)
-        if entry != "gpu-check" and os.path.isdir(full):
-            shutil.rmtree(full)
-    return {"engines": sorted(plans)}
+    return {"engines": sorted(plans), "engine_set": os.path.basename(os.path.dirname(next(iter(plans.values()))))}
 
 
 def _guard(fn) -> dict:

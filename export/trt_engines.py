@@ -124,33 +124,35 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
     os.makedirs(engines_dir, exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
     cache_path = os.path.join(engines_dir, TIMING_CACHE)
-    out = {}
-    for graph, entry in manifest["graphs"].items():
-        profile = input_profiles(entry, prof_shapes)
-        key = engine_key(entry["sha256"], trt.__version__, sm, engine_precision, profile)
-        final = os.path.join(engines_dir, key)
-        plan = os.path.join(final, f"{graph}.plan")
-        if os.path.exists(plan):
-            log(f"  {graph}: cached engine {key}")
-            out[graph] = plan
-            continue
-        log(f"  {graph}: building engine {key} (TensorRT {trt.__version__}, sm {sm}, {engine_precision})")
-        data = _build_one(trt, major, logger, os.path.join(bundle, entry["file"]), profile, fp16_flag,
-                          workspace_mb, cache_path)
-        staging = tempfile.mkdtemp(dir=engines_dir, prefix=".tmp-engine-")
-        try:
+    # One engine set per key, holding the three plans: the runtime's trt backend loads a set.
+    profiles = {graph: input_profiles(entry, prof_shapes) for graph, entry in manifest["graphs"].items()}
+    key = engine_key("+".join(manifest["graphs"][g]["sha256"] for g in sorted(profiles)), trt.__version__, sm,
+                     engine_precision, {f"{g}.{name}": shape for g in sorted(profiles)
+                                        for name, shape in profiles[g].items()})
+    final = os.path.join(engines_dir, key)
+    plans = {graph: os.path.join(final, f"{graph}.plan") for graph in profiles}
+    if all(os.path.exists(p) for p in plans.values()):
+        log(f"  cached engine set {key}")
+        return plans
+    staging = tempfile.mkdtemp(dir=engines_dir, prefix=".tmp-engine-")
+    try:
+        meta = {"tensorrt": trt.__version__, "compute_capability": sm, "precision": engine_precision, "graphs": {}}
+        for graph, entry in manifest["graphs"].items():
+            log(f"  {graph}: building engine (TensorRT {trt.__version__}, sm {sm}, {engine_precision})")
+            data = _build_one(trt, major, logger, os.path.join(bundle, entry["file"]), profiles[graph], fp16_flag,
+                              workspace_mb, cache_path)
             with open(os.path.join(staging, f"{graph}.plan"), "wb") as fh:
                 fh.write(data)
-            with open(os.path.join(staging, "engine.json"), "w") as fh:
-                json.dump({"graph": graph, "onnx_sha256": entry["sha256"], "tensorrt": trt.__version__,
-                           "compute_capability": sm, "precision": engine_precision,
-                           "profile": {k: [list(s) for s in v] for k, v in profile.items()}}, fh, indent=2)
-            replace_dir_atomic(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        out[graph] = plan
-    return out
+            meta["graphs"][graph] = {"onnx_sha256": entry["sha256"],
+                                     "profile": {k: [list(v) for v in s] for k, s in profiles[graph].items()}}
+        with open(os.path.join(staging, "engine.json"), "w") as fh:
+            json.dump(meta, fh, indent=2)
+        replace_dir_atomic(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"  engine set {key} written")
+    return plans
 
 
 def _build_one(trt, major, logger, onnx_path, profile, fp16_flag, workspace_mb, cache_path) -> bytes:

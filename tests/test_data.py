@@ -76,3 +76,21 @@ def test_synthetic_families_defeat_bag_of_words():
     assert region_gap > 1.0  # the bound object differs
     # Sum of (pre-non-linearity) parts is identical; the mean after it differs far less than a region.
     assert np.linalg.norm(r_base.mean(0) - r_swap.mean(0)) < region_gap
+
+
+def test_atomic_write_replaces_whole_files_with_the_usual_mode(tmp_path):
+    import os
+    from kidrr.fileio import write_atomic
+    path = tmp_path / "f.json"
+    write_atomic(str(path), b"one")
+    write_atomic(str(path), b"two")
+    assert path.read_bytes() == b"two"
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp files left
+
+
+def _umask():
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

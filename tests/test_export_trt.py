@@ -1,5 +1,6 @@
 """Everything around TensorRT that runs without it: profiles, cache keys, precision rules, the
 missing-tensorrt message. (No test here builds a real engine: TensorRT cannot be installed here.)"""
+import os
 import sys
 
 import pytest
@@ -74,3 +75,30 @@ def test_trt_cli_without_tensorrt(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     result = CliRunner().invoke(main, ["trt", "--bundle", str(tmp_path / "b")])
     assert result.exit_code == 2 and "pip install kidrr[trt]" in result.output
+
+
+def test_engine_set_is_what_the_trt_runtime_loads(monkeypatch, tmp_path):
+    """With the TensorRT calls stubbed (no TensorRT here), the builder writes one engine set that
+    the runtime's trt backend finds, and a second build is served from the cache."""
+    import types
+    from test_export import _model
+    from kidrr.checkpoint import save_checkpoint
+    from kidrr.export.bundle import export_bundle
+    from kidrr.runtime.bundle import load_bundle
+    from kidrr.runtime.trt_runner import engine_folder
+    model, vocab = _model()
+    save_checkpoint(str(tmp_path / "ck"), model, vocab)
+    export_bundle(str(tmp_path / "ck"), str(tmp_path / "b"), verify=False, progress=False, log=lambda m: None)
+    logger = lambda level: None  # noqa: E731
+    logger.WARNING = 0
+    fake = types.SimpleNamespace(__version__="10.9.0", Logger=logger)
+    built = []
+    monkeypatch.setattr(te, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(te, "compute_capability", lambda: "9.0")
+    monkeypatch.setattr(te, "_build_one", lambda trt, major, logger, path, *a: built.append(path) or b"plan")
+    plans = te.build_engines(str(tmp_path / "b"), log=lambda m: None)
+    assert sorted(plans) == ["image_encoder", "similarity", "text_encoder"] and len(built) == 3
+    folder = engine_folder(load_bundle(str(tmp_path / "b")))
+    assert {os.path.dirname(p) for p in plans.values()} == {folder}
+    te.build_engines(str(tmp_path / "b"), log=lambda m: None)
+    assert len(built) == 3  # cached
