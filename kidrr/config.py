@@ -85,9 +85,10 @@ class TrainConfig:
     margin: float = 0.2
     aux_weight: float = 1.0           # (ours) weight of the same loss on the cosine of the globals
     warmup_epochs: int = 1            # at least this many epochs of the all-negatives loss first
-    # Then switch to hardest negatives only once their loss (monitored on the last 50 batches of an
-    # epoch) is below this fraction of its plateau 2 x batch x margin; 0 switches right after warm-up.
-    hardest_switch_ratio: float = 0.8
+    # Then switch to hardest negatives only once the positive outscores every in-batch negative in
+    # at least this fraction of rows and columns (in-batch R@1 of the full scorer, monitored on the
+    # last 50 batches of an epoch); 0 switches right after the warm-up.
+    hardest_switch_recall: float = 0.5
     # Negatives that show the same image as the positive (the published layout repeats each image
     # for its 5 captions, so a batch often holds one image twice) are true matches, not negatives:
     # mining them as "hardest negatives" teaches the model to push real matches apart.

@@ -11,7 +11,7 @@ from kidrr.errors import KidrrError
 from kidrr.model import KIDRR
 from kidrr.synthetic import SyntheticConfig, make_synthetic
 from kidrr.tokenizer import Vocabulary, pad_batch
-from kidrr.train import Trainer, plateau, run, triplet_loss
+from kidrr.train import Trainer, in_batch_recall, plateau, run, triplet_loss
 
 
 def test_triplet_loss_by_hand():
@@ -54,20 +54,27 @@ def test_a_few_hundred_steps_leave_the_plateau():
     assert gloss < 0.5 * plateau(16, 0.2)
 
 
+def test_in_batch_recall_by_hand():
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.5, 0.6], [0.0, 0.3, 0.7]])
+    # rows: 0 wins, 1 loses (0.6 > 0.5), 2 wins; columns: 0 wins, 1 loses (0.8), 2 wins (0.7 > 0.6)
+    assert in_batch_recall(scores, torch.arange(3)) == pytest.approx(2 / 3)
+    # image 1 repeated: (1, 2) is a true match, so row 1 no longer loses
+    assert in_batch_recall(scores, torch.tensor([0, 1, 1])) == pytest.approx((3 / 3 + 2 / 3) / 2)
+
+
 def test_switch_to_hardest_waits_until_they_are_informative(tiny_model):
     model, vocab = tiny_model
-    trainer = Trainer(model, vocab, TrainConfig(batch_size=10, margin=0.2, warmup_epochs=1,
-                                                hardest_switch_ratio=0.8))  # plateau 4.0
+    trainer = Trainer(model, vocab, TrainConfig(warmup_epochs=1, hardest_switch_recall=0.5))
     assert not trainer.use_hardest()                 # warm-up epoch
     trainer.epoch = 1
-    trainer.history = [{"hardest": False, "loss_hardest_last": 4.1}]
-    assert not trainer.use_hardest()                 # above 0.8 x plateau: would collapse
-    trainer.history = [{"hardest": False, "loss_hardest_last": 3.0}]
+    trainer.history = [{"hardest": False, "in_batch_recall_last": 0.15}]
+    assert not trainer.use_hardest()                 # positives mostly lose: hardest would collapse
+    trainer.history = [{"hardest": False, "in_batch_recall_last": 0.6}]
     assert trainer.use_hardest()
-    trainer.history.append({"hardest": True, "loss_hardest_last": 5.0})
+    trainer.history.append({"hardest": True, "in_batch_recall_last": 0.1})
     assert trainer.use_hardest()                     # never switches back
-    trainer.tcfg.hardest_switch_ratio = 0
-    trainer.history = [{"hardest": False, "loss_hardest_last": 4.1}]
+    trainer.tcfg.hardest_switch_recall = 0
+    trainer.history = [{"hardest": False, "in_batch_recall_last": 0.15}]
     assert trainer.use_hardest()                     # the plain recipe: right after warm-up
 
 
@@ -88,7 +95,7 @@ SMALL = ["embed_size=24", "sim_size=8", "knowledge_nodes=2", "word_dim=16"]
 
 def test_train_writes_resumable_checkpoints(tiny_data, tmp_path):
     out = str(tmp_path / "run")
-    trainer = run(tiny_data, out, "small", SMALL, ["batch_size=16", "warmup_epochs=1", "hardest_switch_ratio=0"],
+    trainer = run(tiny_data, out, "small", SMALL, ["batch_size=16", "warmup_epochs=1", "hardest_switch_recall=0"],
                   epochs=2)
     assert [h["hardest"] for h in trainer.history] == [False, True]
     for sub in ("best", "last"):
