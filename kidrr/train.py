@@ -106,7 +106,8 @@ class Trainer:
             return False
         if t.hardest_switch_recall <= 0 or not self.history or self.history[-1]["hardest"]:
             return True
-        return self.history[-1]["in_batch_recall_last"] >= t.hardest_switch_recall
+        # Runs resumed from before this statistic existed count as not yet informative.
+        return self.history[-1].get("in_batch_recall_last", 0.0) >= t.hardest_switch_recall
 
     def train_epoch(self, split: Split, caption_ids: list, rng: np.random.Generator, max_batches: int = 0):
         t = self.tcfg
