@@ -255,7 +255,12 @@ def similarity(model, opset: int, options: SimilarityOptions | None = None) -> o
         upd = w.projected(f"{p}.update", _np(step.update.weight).T, _np(step.update.bias))
         gamma = float(torch.sigmoid(step.gamma_logit).item()) if (cfg.rgr_adaptive and k > 0) else 0.0
         if rel is not None:
-            s, prev = b.op("RelationStep", s, node_mask, prev, *rel, *upd, domain=DOMAIN, outputs=2, gamma=gamma)
+            rows, row_mask = s, node_mask
+            if k == len(model.relation) - 1:  # the readout reads node 0 only: update just that row
+                rows, row_mask = _first(b, s, 2), _first(b, node_mask, 1)
+                prev = _first(b, prev, 2) if k > 0 else prev
+            s, prev = b.op("RelationStep", rows, s, node_mask, row_mask, prev, *rel, *upd, domain=DOMAIN, outputs=2,
+                           gamma=gamma)
         else:
             s, prev = _unfolded_relation_step(b, w, p, step, s, node_mask, prev, upd, gamma)
     s0 = b.Gather(s, b.const(np.int64(0)), axis=2)                                                  # (n, m, S)
@@ -272,6 +277,12 @@ def similarity(model, opset: int, options: SimilarityOptions | None = None) -> o
                    _value_info("cap_locals", FLOAT, ["m", "L", d]), _value_info("cap_global", FLOAT, ["m", d]),
                    _value_info("cap_lengths", INT64, ["m"])],
                   [_value_info("scores", FLOAT, ["n", "m"])], functions, opset)
+
+
+def _first(b, x, axis: int):
+    """x sliced to index 0 along axis, keeping the axis."""
+    zero, one = b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64))
+    return b.Slice(x, zero, one, b.const(np.array([axis], np.int64)))
 
 
 def _unfolded_relation_step(b, w, p, step, s, node_mask, prev, upd, gamma):

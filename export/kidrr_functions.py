@@ -8,7 +8,7 @@ ONNX Runtime and TensorRT's parser inline them; a plugin or fused kernel can rep
       products: (Bc*C, D) x (D, Bq*Q) scores, then per context set (Bq*Q, C) x (C, D).
       attrs: smooth_lambda, leaky_slope, norm_axes ([3] = over queries, [1] = over the context).
   SimilarityVector(x, y, weights...) -> l2norm(W (x - y)^2 + b)             (broadcasting)
-  RelationStep(s (n,m,N,S), node_mask (m,N), prev_adj, weights...) -> (s', adj)
+  RelationStep(rows (n,m,Q,S), s (n,m,N,S), node_mask (m,N), row_mask (m,Q), prev_adj, weights...) -> (rows', adj)
       The query/key projections are folded into one S x S matrix at export (see graphs.py).
       attr gamma: adj = gamma * prev_adj + (1 - gamma) * softmax(...)
   DisseminationStep(x (B,L,D), g (B,D), mask (B,L)[, knowledge (K,D)], weights...) -> x'
@@ -75,18 +75,20 @@ def similarity_vector(opset: int, dtype: int, int8: bool = False):
 
 
 def relation_step(opset: int, dtype: int, int8: bool = False):
-    """s' = relu(W_u (A s) + b_u) * mask, A = gamma A_prev + (1 - gamma) softmax_q(u_p . s_q), u = s M + c."""
+    """rows' = relu(W_u (A s) + b_u) * row_mask, A = gamma A_prev + (1 - gamma) softmax_q(u_p . s_q),
+    u = rows M + c. `rows` is s itself (every node is updated), or only node 0 in the last step: the
+    readout reads s_0 alone, so the last step computes that one row (same values, ~1/3 of its work)."""
     b = Builder(function=True, dtype=dtype)
-    s, mask, prev = "s", "node_mask", "prev_adj"
+    rows, s, mask, row_mask, prev = "rows", "s", "node_mask", "row_mask", "prev_adj"
     if int8:
         weights = ["relation_weight_q", "relation_scale", "relation_bias", "update_weight_q", "update_scale",
                    "update_bias"]
         lin = lambda x, w, sc, bias: b.linear_int8(x, w, sc, bias)  # noqa: E731
-        u = lin(s, *weights[0:3])
+        u = lin(rows, *weights[0:3])
     else:
         weights = ["relation_weight", "relation_bias", "update_weight_t", "update_bias"]
-        u = b.linear(s, weights[0], weights[1])
-    logits = b.MatMul(u, b.Transpose(s, perm=[0, 1, 3, 2]))                       # (n, m, N, N)
+        u = b.linear(rows, weights[0], weights[1])
+    logits = b.MatMul(u, b.Transpose(s, perm=[0, 1, 3, 2]))                       # (n, m, rows, N)
     key_mask = b.Cast(b.unsqueeze(mask, 0, 2), to=BOOL)                           # (1, m, 1, N)
     adj = b.masked_softmax(logits, key_mask, axis=-1)
     gamma = b.attr_const("gamma", "float")
@@ -96,9 +98,9 @@ def relation_step(opset: int, dtype: int, int8: bool = False):
     adj = b.Add(b.Mul(gamma, prev), b.Mul(one_minus, adj), out_names=["adj"])
     mixed = b.MatMul(adj, s)
     upd = lin(mixed, *weights[3:6]) if int8 else b.linear(mixed, weights[2], weights[3])
-    b.Mul(b.Relu(upd), b.unsqueeze(mask, 0, 3), out_names=["s_out"])
-    return b.function_proto("RelationStep", [s, mask, prev] + weights, ["s_out", "adj"], ["gamma"], opset,
-                            doc="one relation-graph-reconstruction step over every pair of a tile")
+    b.Mul(b.Relu(upd), b.unsqueeze(row_mask, 0, 3), out_names=["s_out"])
+    return b.function_proto("RelationStep", [rows, s, mask, row_mask, prev] + weights, ["s_out", "adj"], ["gamma"],
+                            opset, doc="one relation-graph-reconstruction step over every pair of a tile")
 
 
 def dissemination_step(opset: int, with_knowledge: bool):
