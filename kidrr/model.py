@@ -169,15 +169,19 @@ class RelationStep(nn.Module):
         self.update = nn.Linear(sim, sim)
         self.gamma_logit = nn.Parameter(torch.zeros(()))
 
-    def forward(self, s, mask, prev_adj, adaptive: bool):
-        """s (..., N, S), mask (..., N) -> new s, the adjacency used (for the next step)."""
-        logits = self.query(s) @ self.key(s).transpose(-1, -2)
+    def forward(self, s, mask, prev_adj, adaptive: bool, rows: int | None = None):
+        """s (..., N, S), mask (..., N) -> updated nodes, the adjacency used (for the next step).
+
+        rows=k updates only the first k nodes (against all N): the last step needs node 0 alone.
+        """
+        query = s if rows is None else s[..., :rows, :]
+        logits = self.query(query) @ self.key(s).transpose(-1, -2)
         adj = masked_softmax(logits, mask.unsqueeze(-2), dim=-1)
         if adaptive and prev_adj is not None:
             gamma = torch.sigmoid(self.gamma_logit)
-            adj = gamma * prev_adj + (1 - gamma) * adj
-        s = F.relu(self.update(adj @ s)) * mask.unsqueeze(-1).to(s.dtype)
-        return s, adj
+            adj = gamma * prev_adj[..., :adj.shape[-2], :] + (1 - gamma) * adj
+        keep = mask if rows is None else mask[..., :rows]
+        return F.relu(self.update(adj @ s)) * keep.unsqueeze(-1).to(s.dtype), adj
 
 
 class KIDRR(nn.Module):
@@ -258,8 +262,9 @@ class KIDRR(nn.Module):
     def reason(self, nodes, node_mask):
         """Relation graph reconstruction, then the score read from the global-global node."""
         adj, s = None, nodes
-        for step in self.relation:
-            s, adj = step(s, node_mask.unsqueeze(0), adj, self.cfg.rgr_adaptive)
+        for k, step in enumerate(self.relation):
+            last = k == len(self.relation) - 1  # the readout reads node 0 only
+            s, adj = step(s, node_mask.unsqueeze(0), adj, self.cfg.rgr_adaptive, rows=1 if last else None)
         logit = self.readout(s[:, :, 0]).squeeze(-1)
         return torch.sigmoid(logit) if self.cfg.score_activation == "sigmoid" else logit
 
