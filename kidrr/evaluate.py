@@ -12,18 +12,12 @@ from tqdm import tqdm
 from . import metrics
 from .data import Split, check_features, load_split
 from .errors import KidrrError, InputError
-from .tokenizer import Vocabulary, pad_batch
+from .tokenizer import Vocabulary, pad_batch, truncate
 
 
 def tokenize_split(vocab: Vocabulary, captions, max_len: int):
     """Token id lists for captions; over-long ones are cut (keeping <end>) since data must not be dropped."""
-    out = []
-    for cap in captions:
-        ids = vocab.encode(cap)
-        if len(ids) > max_len:
-            ids = ids[:max_len - 1] + ids[-1:]
-        out.append(ids)
-    return out
+    return [truncate(vocab.encode(cap), max_len) for cap in captions]
 
 
 @torch.no_grad()

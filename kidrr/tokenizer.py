@@ -102,6 +102,11 @@ class Vocabulary:
         return cls.from_json(data)
 
 
+def truncate(ids: list, max_len: int) -> list:
+    """Cut an over-long id list to max_len, keeping its <end> (the one cut rule everywhere)."""
+    return ids if len(ids) <= max_len else ids[:max_len - 1] + [END_ID]
+
+
 def pad_batch(id_lists: Sequence[Sequence[int]]):
     """(ids (m, L) int64 padded with 0, lengths (m,) int64) as numpy arrays."""
     import numpy as np

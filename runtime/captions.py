@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from kidrr.errors import InputError
-from kidrr.tokenizer import END_ID, UNK_ID, Vocabulary, pad_batch
+from kidrr.tokenizer import UNK_ID, Vocabulary, pad_batch, truncate
 
 LONG_POLICIES = ("refuse", "truncate")
 
@@ -53,7 +53,7 @@ def tokenize_captions(vocab: Vocabulary, captions: Sequence[str], max_len: int,
             if on_long == "refuse":
                 raise InputError(f"caption {i} has {len(ids)} tokens (with <start>/<end>), more than the "
                                  f"bundle's max_caption_len {max_len}; shorten it, or pass on_long='truncate'")
-            ids = ids[:max_len - 1] + [END_ID]
+            ids = truncate(ids, max_len)
             cut.append(i)
         id_lists.append(ids)
     if cut:

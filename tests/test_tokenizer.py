@@ -43,3 +43,9 @@ def test_vocab_json_roundtrip_and_rejects_foreign(tmp_path):
     path.write_text('{"format": "other", "words": []}')
     with pytest.raises(CheckpointError, match="format"):
         Vocabulary.load(str(path))
+
+
+def test_truncate_keeps_end():
+    from kidrr.tokenizer import truncate
+    assert truncate([1, 5, 6, 7, 2], 4) == [1, 5, 6, 2]
+    assert truncate([1, 5, 2], 4) == [1, 5, 2]
