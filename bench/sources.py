@@ -1,11 +1,13 @@
 """Which checkpoint and which bundles the bench runs: the shipped model by default, bundles cached.
 
 Bundles exported here are cached under $KIDRR_CACHE (default ~/.cache/kidrr)/bundles/, keyed by the
-checkpoint's weights sha256, the precision and the kidrr version, so a second run reuses them.
+checkpoint's weights sha256, the precision, the kidrr version and a fingerprint of the exporter's
+source (so a changed graph is never served from a stale bundle), and a second run reuses them.
 Exporting needs torch, so it runs in a child process (export_job.py); this module stays torch-free.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -65,8 +67,18 @@ def check_bundle_source(folder: str, checkpoint_sha: str, checkpoint: str) -> di
     return manifest
 
 
+def exporter_fingerprint() -> str:
+    """sha256 of the exporter package's source files: any graph change gives a new cache key."""
+    digest = hashlib.sha256()
+    package = resources.files("kidrr.export")
+    for name in sorted(p.name for p in package.iterdir() if p.name.endswith(".py")):
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def cached_bundle_dir(checkpoint_sha: str, precision: str) -> str:
-    return os.path.join(cache_root(), "bundles", f"{checkpoint_sha[:16]}-{precision}-kidrr{__version__}")
+    return os.path.join(cache_root(), "bundles",
+                        f"{checkpoint_sha[:16]}-{precision}-kidrr{__version__}-export{exporter_fingerprint()}")
 
 
 def _is_current(folder: str, checkpoint_sha: str, precision: str) -> bool:

@@ -212,6 +212,22 @@ def test_cached_bundle_is_reused(run, setup, monkeypatch):
     assert os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns == before
 
 
+def test_cache_key_follows_the_exporter_source(tmp_path, monkeypatch):
+    # A bundle cached before a graph change must not be served after it: the key hashes the
+    # exporter's source files, so editing one of them moves the cache folder.
+    import shutil
+    from importlib import resources
+    from kidrr.bench import sources
+    copy = tmp_path / "export"
+    shutil.copytree(str(resources.files("kidrr.export")), copy)
+    monkeypatch.setattr(sources.resources, "files", lambda name: copy)
+    before = sources.cached_bundle_dir("a" * 64, "fp32")
+    assert sources.cached_bundle_dir("a" * 64, "fp32") == before
+    with open(copy / "graphs.py", "a") as fh:
+        fh.write("\n# changed\n")
+    assert sources.cached_bundle_dir("a" * 64, "fp32") != before
+
+
 # ---- bench/gpu_check.py (no GPU here: its failure path, its arguments, and its code on the CPU) ----
 GPU_CHECK = [sys.executable, os.path.join(ROOT, "bench", "gpu_check.py")]
 
