@@ -292,3 +292,21 @@ def test_bundle_without_its_checkpoint_runs_what_it_can(setup, tmp_path, monkeyp
     assert "no checkpoint to export it from" in skipped["ort int8"]
     assert "--checkpoint" in skipped["torch fp32"]
     assert "parity" in res["results"]["ort fp32"] and res["results"]["ort fp32"]["parity"] is None
+
+
+# ---- bench/train_speed.py (training throughput per config) ----
+def test_train_speed_reports_pairs_per_second(tmp_path, monkeypatch, capsys):
+    from kidrr.bench import train_speed
+    from kidrr.config import ModelConfig
+    tiny = dict(model=lambda **kw: ModelConfig.small(embed_size=16, sim_size=8, word_dim=8, **kw),
+                batch=6, R=3, F=10, L=5)
+    monkeypatch.setattr(train_speed, "CONFIGS", {"tiny": tiny})
+    out = tmp_path / "speed.json"
+    train_speed.main(["--configs", "tiny", "--steps", "2", "--threads", "1", "--json", str(out)])
+    r = json.loads(out.read_text())["results"][0]
+    assert (r["config"], r["batch"], r["regions"], r["feature_size"], r["steps"]) == ("tiny", 6, 3, 10, 2)
+    assert r["pairs_per_s"] == pytest.approx(36 / r["median_step_s"])
+    assert "tiny" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        train_speed.main(["--configs", "huge"])
+    assert exc.value.code == 2
