@@ -220,7 +220,7 @@ def part_ort(args) -> None:
     lens = captions.lengths[:b]
     flops = count_matmul_flops(rt.bundle.graph_path("similarity"), {
         "img_locals": np.ascontiguousarray(gallery.locals[:a]), "img_global": np.ascontiguousarray(gallery.globals[:a]),
-        "cap_locals": np.ascontiguousarray(captions.locals[:b, :int(lens.max())]),
+        "cap_locals": captions.padded_locals(0, b),
         "cap_global": np.ascontiguousarray(captions.globals[:b]), "cap_lengths": np.ascontiguousarray(lens)})
     emit({"part": f"ort_{precision}", "pairs_per_s": n_img * n_cap / secs, "tile": [a, b],
           "flop_per_pair": flops / (a * b), "peak_rss_mb": peak_rss_mb()})

@@ -71,34 +71,57 @@ class Gallery:
 
 @dataclass(frozen=True)
 class CaptionIndex:
-    """Encoded captions sorted by length (so tiles trim padding), with their original order."""
-    locals: np.ndarray       # (m, L, D), rows in length order, zero past each length
+    """Encoded captions sorted by length (so tiles trim padding), with their original order.
+
+    Word vectors are stored back to back, without padding: padded rows would make every caption
+    as long as the longest one (m x max_len x D; 5x the memory on COCO-like length spreads).
+    Tiles are padded on the fly to their own longest caption.
+    """
+    words: np.ndarray        # (sum of lengths, D): row k's words are words[starts[k]:starts[k + 1]]
+    starts: np.ndarray       # (m + 1,) int64 offsets into words
     globals: np.ndarray      # (m, D) in length order
     lengths: np.ndarray      # (m,) int64 ascending
     order: np.ndarray        # order[k] = original index of row k
     bundle_id: str
 
     def __post_init__(self):
-        _freeze(self.locals, self.globals, self.lengths, self.order)
+        _freeze(self.words, self.starts, self.globals, self.lengths, self.order)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     @property
     def nbytes(self) -> int:
-        return self.locals.nbytes + self.globals.nbytes + self.lengths.nbytes + self.order.nbytes
+        return sum(a.nbytes for a in (self.words, self.starts, self.globals, self.lengths, self.order))
+
+    @classmethod
+    def from_sorted(cls, words, globals_, lengths, order, bundle_id: str) -> "CaptionIndex":
+        """From rows already in length order: words (sum of lengths, D) back to back."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return cls(np.ascontiguousarray(words, dtype=np.float32), starts, np.ascontiguousarray(globals_),
+                   lengths, np.asarray(order, dtype=np.int64), bundle_id)
 
     @classmethod
     def from_encoded(cls, locals_, globals_, lengths, bundle_id: str) -> "CaptionIndex":
+        """From padded (m, L, D) locals in any order."""
         order = np.argsort(lengths, kind="stable")
         lengths = np.asarray(lengths, dtype=np.int64)[order]
-        width = int(lengths.max())
-        return cls(np.ascontiguousarray(locals_[order, :width]), np.ascontiguousarray(globals_[order]),
-                   lengths, order.astype(np.int64), bundle_id)
+        sorted_locals = locals_[order]
+        words = sorted_locals[np.arange(sorted_locals.shape[1])[None, :] < lengths[:, None]]
+        return cls.from_sorted(words, np.asarray(globals_)[order], lengths, order, bundle_id)
+
+    def padded_locals(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(stop - start, L, D) word vectors of rows start..stop, zero-padded to the longest of them."""
+        stop = len(self) if stop is None else stop
+        lens = self.lengths[start:stop]
+        out = np.zeros((len(lens), int(lens.max()), self.words.shape[1]), dtype=np.float32)
+        out[np.arange(out.shape[1])[None, :] < lens[:, None]] = self.words[self.starts[start]:self.starts[stop]]
+        return out
 
     def take(self, rows: np.ndarray) -> "CaptionIndex":
         """A sub-index of the given (sorted-order) rows, still sorted by length."""
         rows = np.sort(np.asarray(rows))
-        lengths = self.lengths[rows]
-        return CaptionIndex(np.ascontiguousarray(self.locals[rows, :int(lengths.max())]),
-                            self.globals[rows], lengths, self.order[rows], self.bundle_id)
+        words = np.concatenate([self.words[self.starts[r]:self.starts[r + 1]] for r in rows])
+        return CaptionIndex.from_sorted(words, self.globals[rows], self.lengths[rows], self.order[rows],
+                                        self.bundle_id)

@@ -64,16 +64,15 @@ class Retriever:
         ids, lengths = tokenize_captions(self.bundle.vocab, captions, self.bundle.max_caption_len,
                                          on_long or self.on_long)
         order = np.argsort(lengths, kind="stable")  # similar lengths per batch: less padding to encode
-        width = ids.shape[1]
-        locs = np.zeros((len(ids), width, int(self.bundle.model["embed_size"])), dtype=np.float32)
-        globs = np.empty((len(ids), locs.shape[2]), dtype=np.float32)
+        words, globs = [], []
         for i in range(0, len(ids), ENCODE_BATCH):
             rows = order[i:i + ENCODE_BATCH]
             lmax = int(lengths[rows].max())
             l, g = self.runner.encode_texts(ids[rows, :lmax], lengths[rows])
-            locs[rows, :lmax] = l
-            globs[rows] = g
-        return CaptionIndex.from_encoded(locs, globs, lengths, self.bundle_id)
+            words.append(l[np.arange(lmax)[None, :] < lengths[rows][:, None]])   # drop the padding
+            globs.append(g)
+        return CaptionIndex.from_sorted(np.concatenate(words), np.concatenate(globs), lengths[order], order,
+                                        self.bundle_id)
 
     def load_gallery(self, path: str) -> Gallery:
         return Gallery.load(path, bundle_id=self.bundle_id)
@@ -98,10 +97,10 @@ class Retriever:
         def plan_for(length, n, m):
             def measure(shape):
                 a, b = shape
-                lens = captions.lengths[-b:]  # the longest captions: a safe upper bound on cost
-                cap = np.ascontiguousarray(captions.locals[-b:, :int(lens.max())])
+                m = len(captions)  # the longest captions: a safe upper bound on cost
+                cap = captions.padded_locals(max(0, m - b), m)
                 return timer(lambda: self.runner.score(gallery.locals[:a], gallery.globals[:a], cap,
-                                                       captions.globals[-b:], lens))
+                                                       captions.globals[-b:], captions.lengths[-b:]))
             return self.planner.plan(regions, length, len(gallery), len(captions), measure, force=force)
         return plan_for
 
@@ -158,9 +157,8 @@ class Retriever:
             rows = shortlist_rows(queries.globals, gallery.globals, kp)   # (q, k') in sorted order
             for r in range(len(queries)):
                 idx = np.sort(rows[r])
-                lens = queries.lengths[r:r + 1]
-                s = self.runner.score(gallery.locals[idx], gallery.globals[idx],
-                                      queries.locals[r:r + 1, :int(lens[0])], queries.globals[r:r + 1], lens)
+                s = self.runner.score(gallery.locals[idx], gallery.globals[idx], queries.padded_locals(r, r + 1),
+                                      queries.globals[r:r + 1], queries.lengths[r:r + 1])
                 results[int(queries.order[r])] = top_k(s[:, 0], k, ids=idx)
         return results[0] if single else results
 
@@ -185,7 +183,7 @@ class Retriever:
             results = []
             for q in range(len(queries)):
                 sub = index.take(rows[q])
-                s = self.runner.score(queries.locals[q:q + 1], queries.globals[q:q + 1], sub.locals,
+                s = self.runner.score(queries.locals[q:q + 1], queries.globals[q:q + 1], sub.padded_locals(),
                                       sub.globals, sub.lengths)
                 results.append(top_k(s[0], k, ids=sub.order))
         return results[0] if single else results

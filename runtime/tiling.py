@@ -117,7 +117,7 @@ def score_all(runner, img_locals, img_global, captions, plan_for, out=None, prog
         plan = plan_for(int(captions.lengths[min(m - 1, j + 31)]), n, m - j)
         stop = min(m, j + plan.captions)
         lens = captions.lengths[j:stop]
-        cap_locals = np.ascontiguousarray(captions.locals[j:stop, :int(lens.max())])
+        cap_locals = captions.padded_locals(j, stop)
         cap_global = captions.globals[j:stop]
         cols = captions.order[j:stop]
         for i in range(0, n, plan.images):

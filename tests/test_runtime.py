@@ -107,6 +107,24 @@ def test_gallery_roundtrip_and_foreign_gallery_refused(rt, tmp_path):
         rt.score(foreign, ["a dog"])
 
 
+def test_caption_index_stores_no_padding(rt):
+    # One long caption must not make every caption as long as it: words are stored back to back.
+    captions = ["a dog"] * 6 + ["a red car runs on the grass and two cats"]  # 12 tokens: the max
+    index = rt.encode_texts(captions)
+    dim = index.globals.shape[1]
+    assert index.words.shape == (int(index.lengths.sum()), dim)
+    assert index.words.nbytes < len(captions) * int(index.lengths.max()) * dim * 4 / 2
+    # Padded tiles hold each caption's own words, zeros after: the same as encoding it alone.
+    tile = index.padded_locals(3, 7)
+    assert tile.shape == (4, int(index.lengths[6]), dim) and not tile[0, int(index.lengths[3]):].any()
+    for row in (3, 6):
+        alone = rt.encode_texts([captions[index.order[row]]])
+        np.testing.assert_allclose(index.padded_locals(row, row + 1)[0], alone.words, atol=1e-6)
+    sub = index.take(np.array([6, 0]))
+    np.testing.assert_array_equal(sub.padded_locals(), index.padded_locals(0, 7)[[0, 6]][:, :int(sub.lengths.max())])
+    assert list(sub.order) == [index.order[0], index.order[6]]
+
+
 def test_exact_search_ranks_by_full_score(rt):
     feats = helpers.random_features(12, seed=6)
     gallery = rt.encode_images(feats)
