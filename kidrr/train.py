@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from .config import ModelConfig, TrainConfig, dump_json
+from .curve import curve_plot
 from .data import Split, check_features
 from .errors import KidrrError, ConfigError
 from .evaluate import evaluate_split, format_recall, resolve_split, tokenize_split
@@ -242,4 +243,5 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
             save_checkpoint(best_dir, model, vocab, train_state=trainer.state())
         save_checkpoint(last_dir, model, vocab, trainer.optimizer, trainer.state())
         write_atomic(os.path.join(out, "history.json"), dump_json({"history": trainer.history}).encode())
+        curve_plot(trainer.history, os.path.join(out, "curve.png"))
     return trainer

@@ -130,3 +130,5 @@ def test_train_writes_resumable_checkpoints(tiny_data, tmp_path):
     assert len(resumed.history) == 3 and resumed.history[:2] == trainer.history
     history = json.load(open(os.path.join(out, "history.json")))["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    with open(os.path.join(out, "curve.png"), "rb") as fh:   # redrawn after every epoch
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
