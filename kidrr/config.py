@@ -89,13 +89,6 @@ class TrainConfig:
     grad_clip: float = 2.0
     margin: float = 0.2
     aux_weight: float = 1.0           # (ours) weight of the same loss on the cosine of the globals
-    # Weight of the same loss on the cosine of the globals pooled from the encoders' own locals,
-    # before KGID. Without it nothing asks the encoders' locals to share one space: KGID's
-    # per-modality weights learn the joint space and fill every local node with its item's global
-    # (measured on f8k-sample after 9 epochs: local-local alignment correlates 0.99 with the
-    # globals' cosine; the encoders' locals alone rank at chance), so the full scorer can only
-    # repeat what the globals say. 0 turns it off.
-    aux_encoder_weight: float = 1.0
     warmup_epochs: int = 1            # at least this many epochs of the all-negatives loss first
     # Then switch to hardest negatives only once the positive outscores every in-batch negative in
     # at least this fraction of rows and columns (in-batch R@1 of the full scorer, monitored on the

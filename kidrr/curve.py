@@ -23,9 +23,6 @@ def curve_plot(history: list, path: str) -> None:
     left.set_ylabel("dev rSum")
     right.plot(epochs, [h["loss_hardest_last"] for h in history], marker="o", label="scorer")
     right.plot(epochs, [h["loss_hardest_globals_last"] for h in history], marker="s", label="globals")
-    if all("loss_hardest_encoder_last" in h for h in history):
-        right.plot(epochs, [h["loss_hardest_encoder_last"] for h in history], marker="^",
-                   label="encoders' pooled globals")
     right.axhline(history[-1]["plateau"], color="k", linestyle="--", label="plateau 2 x batch x margin")
     right.set_ylabel("hardest-negative loss, last 50 batches")
     hardest = [h["epoch"] for h in history if h["hardest"]]

@@ -104,12 +104,11 @@ class Dissemination(nn.Module):
         self.steps = nn.ModuleList(DisseminationStep(dim, ln_gain, broadcast_gain) for _ in range(steps))
 
     def forward(self, x, mask, pool: AttentionPool, knowledge):
-        """-> refined locals, refined global, and the global pooled from the input locals (before KGID)."""
-        g = first = pool(x, mask)
+        g = pool(x, mask)
         for step in self.steps:
             x = step(x, g, mask, knowledge)
             g = pool(x, mask)
-        return x, g, first
+        return x, g
 
 
 class ImageEncoder(nn.Module):
@@ -213,18 +212,16 @@ class KIDRR(nn.Module):
             nn.init.normal_(self.knowledge, std=1.0 / math.sqrt(self.cfg.embed_size))
 
     # ---- per item -------------------------------------------------------------------------
-    def encode_images(self, features: torch.Tensor, encoder_global: bool = False):
-        """(n, R, F) -> locals (n, R, D), global (n, D) [, the encoder's pooled global before KGID]."""
+    def encode_images(self, features: torch.Tensor):
+        """(n, R, F) -> locals (n, R, D), global (n, D)."""
         v = self.image_encoder(features)
         mask = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
-        out = self.image_kgid(v, mask, self.image_pool, self.knowledge)
-        return out if encoder_global else out[:2]
+        return self.image_kgid(v, mask, self.image_pool, self.knowledge)
 
-    def encode_texts(self, ids: torch.Tensor, lengths: torch.Tensor, encoder_global: bool = False):
-        """(m, L) ids + (m,) lengths -> locals (m, L, D) zero at padding, global (m, D) [, as above]."""
+    def encode_texts(self, ids: torch.Tensor, lengths: torch.Tensor):
+        """(m, L) ids + (m,) lengths -> locals (m, L, D) zero at padding, global (m, D)."""
         t = self.text_encoder(ids, lengths)
-        out = self.text_kgid(t, length_mask(lengths, ids.shape[1]), self.text_pool, self.knowledge)
-        return out if encoder_global else out[:2]
+        return self.text_kgid(t, length_mask(lengths, ids.shape[1]), self.text_pool, self.knowledge)
 
     # ---- per pair -------------------------------------------------------------------------
     # The attention products are written as einsums over unbroadcast operands so torch runs them

@@ -1,8 +1,7 @@
 """Training (`kidrr-train`): hinge triplet loss on the in-batch score matrix, dev rSum every epoch.
 
 Recipe (kidrr-model.md): hardest negatives after `warmup_epochs` of all-negatives, plus aux_weight x
-the same loss on the globals' cosine and aux_encoder_weight x the same loss on the cosine of the
-globals pooled from the encoders' locals (before KGID); Adam, x0.1 step decay, grad-norm clip; best checkpoint by dev
+the same loss on the globals' cosine; Adam, x0.1 step decay, grad-norm clip; best checkpoint by dev
 rSum. Checkpoints are written atomically, so an interrupt leaves the last complete one intact.
 """
 from __future__ import annotations
@@ -76,21 +75,19 @@ class Trainer:
         """
         t = self.tcfg
         self.model.train()
-        *img, img_first = self.model.encode_images(features, encoder_global=True)
-        *cap, cap_first = self.model.encode_texts(ids, lengths, encoder_global=True)
+        img = self.model.encode_images(features)
+        cap = self.model.encode_texts(ids, lengths)
         scores = self.model.score_tiled(img, (*cap, lengths), t.tile_images, t.tile_captions)
-        matrices = {"scorer": scores, "globals": img[1] @ cap[1].T, "encoder": img_first @ cap_first.T}
+        matrices = {"scorer": scores, "globals": img[1] @ cap[1].T}
         losses = {(name, mode): triplet_loss(mat, image_ids, t.margin, mode, t.mask_same_image)
                   for name, mat in matrices.items() for mode in (True, False)}
-        loss = (losses[("scorer", hardest)] + t.aux_weight * losses[("globals", hardest)]
-                + t.aux_encoder_weight * losses[("encoder", hardest)])
+        loss = losses[("scorer", hardest)] + t.aux_weight * losses[("globals", hardest)]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
         return {"loss": float(loss.detach()), "hardest": float(losses[("scorer", True)].detach()),
                 "hardest_globals": float(losses[("globals", True)].detach()),
-                "hardest_encoder": float(losses[("encoder", True)].detach()),
                 "recall": in_batch_recall(scores.detach(), image_ids)}
 
     def use_hardest(self) -> bool:
@@ -147,7 +144,6 @@ class Trainer:
                 "loss_hardest": float(np.mean([r["hardest"] for r in rows])),
                 "loss_hardest_last": float(np.mean([r["hardest"] for r in tail])),
                 "loss_hardest_globals_last": float(np.mean([r["hardest_globals"] for r in tail])),
-                "loss_hardest_encoder_last": float(np.mean([r["hardest_encoder"] for r in tail])),
                 "in_batch_recall_last": float(np.mean([r["recall"] for r in tail])),
                 "pairs_per_s": pairs / (time.perf_counter() - start), "batches": n_batches,
                 "plateau": plateau(t.batch_size, t.margin), "lr": self.lr_for(self.epoch)}
@@ -235,7 +231,7 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
         trainer.history.append(stats)
         print(f"epoch {trainer.epoch} ({'hardest' if stats['hardest'] else 'all'} negatives): "
               f"hardest-negative loss {stats['loss_hardest_last']:.2f} (plateau {stats['plateau']:.1f}), "
-              f"globals {stats['loss_hardest_globals_last']:.2f}, encoders {stats['loss_hardest_encoder_last']:.2f}, in-batch R@1 {stats['in_batch_recall_last']:.2f}, "
+              f"globals {stats['loss_hardest_globals_last']:.2f}, in-batch R@1 {stats['in_batch_recall_last']:.2f}, "
               f"{stats['pairs_per_s']:.0f} pairs/s | dev {format_recall(result['scorer'])} | "
               f"globals-only rSum {result['globals']['rsum']:.1f}", flush=True)
         if stats["dev_rsum"] > trainer.best_rsum:
