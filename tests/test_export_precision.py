@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from kidrr.checkpoint import save_checkpoint
+from kidrr.checkpoint import save_checkpoint, shipped_checkpoint
 from kidrr.config import ModelConfig
 from kidrr.export.bundle import export_bundle
 from kidrr.export.lint import lint_bundle
@@ -15,7 +15,7 @@ from kidrr.tokenizer import Vocabulary
 
 @pytest.fixture(scope="module")
 def synthetic_checkpoint(tmp_path_factory):
-    """A random model reading the synthetic set's 128-d features, so the recall delta runs."""
+    """A random model reading the synthetic set's 128-d features."""
     split = make_synthetic("dev")
     vocab = Vocabulary.build(split.captions, min_count=1)
     cfg = ModelConfig.small(vocab_size=len(vocab), feature_size=SyntheticConfig().feature_size, embed_size=48,
@@ -31,9 +31,11 @@ def synthetic_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_precision_variant(synthetic_checkpoint, tmp_path, precision):
+def test_precision_variant(tmp_path, precision):
+    # The shipped model (trained on the synthetic set): on a random model the recall delta is the
+    # noise of near-chance ranks, which says nothing about the precision.
     out = str(tmp_path / precision)
-    manifest = export_bundle(synthetic_checkpoint, out, precision=precision, recall_images=40, progress=False,
+    manifest = export_bundle(shipped_checkpoint(), out, precision=precision, recall_images=40, progress=False,
                              log=lambda m: None)
     assert manifest["precision"] == precision
     assert manifest["graphs"]["similarity"]["precision"] == precision
