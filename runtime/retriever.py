@@ -97,8 +97,8 @@ class Retriever:
         def plan_for(length, n, m):
             def measure(shape):
                 a, b = shape
-                m = len(captions)  # the longest captions: a safe upper bound on cost
-                cap = captions.padded_locals(max(0, m - b), m)
+                total = len(captions)  # the longest captions: a safe upper bound on cost
+                cap = captions.padded_locals(max(0, total - b), total)
                 return timer(lambda: self.runner.score(gallery.locals[:a], gallery.globals[:a], cap,
                                                        captions.globals[-b:], captions.lengths[-b:]))
             return self.planner.plan(regions, length, len(gallery), len(captions), measure, force=force)
