@@ -7,10 +7,15 @@ import shutil
 import tempfile
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, process-wide, and the runtime's
+# writers (Gallery.save) may run in several threads at once.
+_UMASK = _read_umask()
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -18,7 +23,7 @@ def write_atomic(path: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode instead
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode instead
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
