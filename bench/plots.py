@@ -1,18 +1,11 @@
 """PNG plots (matplotlib, Agg): latency against batch size per target; recall against speed for two-stage."""
 from __future__ import annotations
 
-import io
 import os
 
-from kidrr.fileio import write_atomic
+from kidrr.fileio import write_figure
 
 from .report import OPS
-
-
-def _save(fig, path: str) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    write_atomic(path, buf.getvalue())
 
 
 def latency_plot(results: dict, path: str) -> bool:
@@ -37,7 +30,7 @@ def latency_plot(results: dict, path: str) -> bool:
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    _save(fig, path)
+    write_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -67,7 +60,7 @@ def two_stage_plot(results: dict, path: str) -> bool:
     ax.set_title("two-stage: recall against speed")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    write_figure(fig, path)
     plt.close(fig)
     return True
 

@@ -5,11 +5,10 @@ redraws one from any run's history.json.
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 
-from .fileio import write_atomic
+from .fileio import write_figure
 
 
 def curve_plot(history: list, path: str) -> None:
@@ -33,10 +32,8 @@ def curve_plot(history: list, path: str) -> None:
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    write_figure(fig, path)
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
 
 
 def main(argv=None) -> None:

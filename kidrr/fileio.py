@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -33,6 +34,13 @@ def write_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_figure(fig, path: str, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG, written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    write_atomic(path, buf.getvalue())
 
 
 def replace_dir_atomic(staging: str, final: str) -> None:
