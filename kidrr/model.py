@@ -237,18 +237,23 @@ class KIDRR(nn.Module):
         a = cfg.smooth_lambda * a
         return torch.softmax(a if mask is None else a.masked_fill(~mask, float("-inf")), dim=softmax_dim)
 
+    def attend_words(self, img_locals, cap_locals):
+        """Local-local attention: every word over the regions, l2-normalised over the words.
+
+        Returns the weights (n, m, L, R) and each word's attended region vector (n, m, L, D).
+        Padded words are exact zeros, so they add nothing to that norm; callers mask their rows.
+        """
+        a = torch.einsum("nrd,mld->nmlr", img_locals, cap_locals)
+        alpha = self._smooth(a, None, -2, -1)
+        return alpha, l2norm(torch.einsum("nmlr,nrd->nmld", alpha, img_locals))
+
     def similarity_nodes(self, img_locals, img_glob, cap_locals, cap_glob, cap_len):
         """Similarity nodes (n, m, 3 + L, S) and their mask (m, 3 + L): gg, tv, vt, then words."""
         m, length, _ = cap_locals.shape
         word_mask = length_mask(cap_len, length)                                   # (m, L)
         ctx_norm = -1 if self.cfg.global_attn_norm == "context" else None
         gg = self.sv_gg(img_glob.unsqueeze(1), cap_glob.unsqueeze(0))              # (n, m, S)
-        # local-local: every word attends over the regions, l2-normalised over the words. Padded
-        # words are exact zeros, so they add nothing to that norm; their nodes are masked below.
-        a = torch.einsum("nrd,mld->nmlr", img_locals, cap_locals)
-        alpha = self._smooth(a, None, -2, -1)
-        attended = l2norm(torch.einsum("nmlr,nrd->nmld", alpha, img_locals))
-        ll = self.sv_ll(attended, cap_locals.unsqueeze(0))                          # (n, m, L, S)
+        ll = self.sv_ll(self.attend_words(img_locals, cap_locals)[1], cap_locals.unsqueeze(0))  # (n, m, L, S)
         # global-local: the caption's global over the regions ...
         alpha = self._smooth(torch.einsum("nrd,md->nmr", img_locals, cap_glob), None, ctx_norm, -1)
         tv = self.sv_gl(l2norm(torch.einsum("nmr,nrd->nmd", alpha, img_locals)), cap_glob.unsqueeze(0))

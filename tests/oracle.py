@@ -26,6 +26,19 @@ def attend_one(query, context, lam, slope, norm):
     return l2n(alpha @ context)
 
 
+def attend_words(cfg, V, T):
+    """Local-local: each word (len, D) over the regions (R, D); attention l2-normalised over the words."""
+    A = torch.nn.functional.leaky_relu(V @ T.T, cfg.leaky_slope)          # (R, len)
+    A = A / (A.pow(2).sum(1, keepdim=True).sqrt() + EPS)
+    return [l2n(torch.softmax(cfg.smooth_lambda * A[:, j], dim=0) @ V) for j in range(T.shape[0])]
+
+
+def local_alignment(model, img_locals, cap_locals):
+    """One pair's SCAN text-to-image average: mean over the words of cos(word, its attended regions)."""
+    V, T = img_locals.double(), cap_locals.double()
+    return torch.stack([a @ T[j] for j, a in enumerate(attend_words(model.cfg, V, T))]).mean()
+
+
 def pair_score(model, img_locals, img_glob, cap_locals, cap_glob):
     """Score of one image (R, D) + (D,) against one caption (len, D) + (D,)."""
     cfg = model.cfg
@@ -33,12 +46,8 @@ def pair_score(model, img_locals, img_glob, cap_locals, cap_glob):
     nodes = [sv(model.sv_gg, gv, gt)]
     nodes.append(sv(model.sv_gl, attend_one(gt, V, cfg.smooth_lambda, cfg.leaky_slope, cfg.global_attn_norm), gt))
     nodes.append(sv(model.sv_gl, attend_one(gv, T, cfg.smooth_lambda, cfg.leaky_slope, cfg.global_attn_norm), gv))
-    # local-local: each word over the regions; the attention is l2-normalised over the words.
-    A = torch.nn.functional.leaky_relu(V @ T.T, cfg.leaky_slope)          # (R, len)
-    A = A / (A.pow(2).sum(1, keepdim=True).sqrt() + EPS)
-    for j in range(T.shape[0]):
-        alpha = torch.softmax(cfg.smooth_lambda * A[:, j], dim=0)
-        nodes.append(sv(model.sv_ll, l2n(alpha @ V), T[j]))
+    for j, attended in enumerate(attend_words(cfg, V, T)):
+        nodes.append(sv(model.sv_ll, attended, T[j]))
     s = torch.stack(nodes)                                                # (len + 3, S)
     prev = None
     for step in model.relation:
