@@ -352,8 +352,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--shortlists", default="10,20,50,100", help="k' values for two-stage")
     p.add_argument("--json", default=None, help="also write every result to this file")
-    p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--part", choices=sorted(PARTS),
+                   help="run one part in this process, printing RESULT lines (run 'prepare' first: it builds the bundles)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="for --part ort and eval")
     p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.shortlists = [int(x) for x in str(args.shortlists).split(",") if x]
