@@ -58,6 +58,12 @@ def attention_profile(model, images, captions, caption_image: np.ndarray) -> dic
     }
 
 
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho over all pairs: rankings are what retrieval uses (the sigmoid score is not linear in anything)."""
+    ranks = [np.argsort(np.argsort(x.ravel(), kind="stable"), kind="stable").astype(np.float64) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
 def diagnose(model, vocab, split, progress: bool = True) -> dict:
     """Scorer, globals and local alignment on one split (one fold), and the attention profile."""
     model.eval()
@@ -66,7 +72,7 @@ def diagnose(model, vocab, split, progress: bool = True) -> dict:
     rankings = {"scorer": score_matrix(model, images, captions, progress=progress),
                 "globals": (images[1] @ captions[1].T).numpy(),
                 "local_alignment": local_alignment(model, images, captions)}
-    corr = {f"{name}_vs_globals": float(np.corrcoef(rankings[name].ravel(), rankings["globals"].ravel())[0, 1])
+    corr = {f"{name}_vs_globals": rank_correlation(rankings[name], rankings["globals"])
             for name in ("scorer", "local_alignment")}
     return {"images": len(split.images), "captions": len(split.captions),
             "rsum": {name: metrics.recall(s, split.caption_image)["rsum"] for name, s in rankings.items()},
@@ -80,7 +86,7 @@ def summary(result: dict) -> str:
         f"{result['images']} images x {result['captions']} captions",
         f"rSum  scorer {rsum['scorer']:.1f} | globals alone {rsum['globals']:.1f} | "
         f"local alignment alone {rsum['local_alignment']:.1f}  (scorer - globals: {rsum['scorer'] - rsum['globals']:+.1f})",
-        f"correlation with the globals' cosine over all pairs: scorer {corr['scorer_vs_globals']:.3f}, "
+        f"rank correlation with the globals' cosine over all pairs: scorer {corr['scorer_vs_globals']:.3f}, "
         f"local alignment {corr['local_alignment_vs_globals']:.3f}",
         f"words' attention on matching pairs: {att['effective_regions_per_word']:.1f} of {att['regions']} regions "
         f"effective (exp entropy); attended vector's cosine to the image global {att['cos_attended_to_image_global']:.2f}",

@@ -59,3 +59,10 @@ def test_diagnose_reports_the_three_rankings(tiny_model):
     assert all(0.0 <= v <= 600.0 for v in result["rsum"].values())
     assert all(-1.0 <= v <= 1.0 for v in result["score_correlation"].values())
     assert 1.0 <= result["attention"]["effective_regions_per_word"] <= 7.0
+
+
+def test_rank_correlation_ignores_monotone_maps():
+    from kidrr.diagnose import rank_correlation
+    x = np.random.default_rng(0).standard_normal((20, 30))
+    assert rank_correlation(1 / (1 + np.exp(-5 * x)), x) == pytest.approx(1.0)
+    assert rank_correlation(-x ** 3, x) == pytest.approx(-1.0)
