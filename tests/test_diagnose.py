@@ -6,7 +6,8 @@ import torch
 
 from kidrr.data import Split
 from kidrr.diagnose import attention_profile, diagnose, local_alignment
-from kidrr.evaluate import encode_captions, encode_images, tokenize_split
+from kidrr.evaluate import encode_captions, encode_images, evaluate_split, tokenize_split
+from kidrr.metrics import recall
 from oracle import local_alignment as pair_local_alignment
 
 CAPTIONS = ["a dog runs on the grass", "a red car", "two cats sleep", "a dog", "the red car runs on the grass ."]
@@ -51,14 +52,20 @@ def test_attention_profile_extremes(tiny_model, smooth, expected):
         assert profile["cos_attended_to_image_global"] == pytest.approx(float(cos.mean()), abs=1e-5)
 
 
-def test_diagnose_reports_the_three_rankings(tiny_model):
+def test_diagnose_agrees_with_kidrr_eval_and_the_per_pair_loop(tiny_model):
     model, vocab = tiny_model
-    result = diagnose(model, vocab, _split(model, n_images=6), progress=False)
+    split = _split(model, n_images=6)
+    result = diagnose(model, vocab, split, progress=False)
     assert (result["images"], result["captions"]) == (6, 30)
-    assert set(result["rsum"]) == {"scorer", "globals", "local_alignment"}
-    assert all(0.0 <= v <= 600.0 for v in result["rsum"].values())
-    assert all(-1.0 <= v <= 1.0 for v in result["score_correlation"].values())
-    assert 1.0 <= result["attention"]["effective_regions_per_word"] <= 7.0
+    # The scorer's and the globals' rSum are what kidrr-eval reports for the same split.
+    evaluated = evaluate_split(model, vocab, split, progress=False)
+    assert result["rsum"]["scorer"] == pytest.approx(evaluated["scorer"]["rsum"])
+    assert result["rsum"]["globals"] == pytest.approx(evaluated["globals"]["rsum"])
+    # The local alignment's rSum, from a matrix built pair by pair.
+    images, captions = _encoded(model, vocab, split)
+    by_pair = np.array([[float(pair_local_alignment(model, images[0][i], captions[0][j, :n]))
+                         for j, n in enumerate(captions[2].tolist())] for i in range(6)])
+    assert result["rsum"]["local_alignment"] == pytest.approx(recall(by_pair, split.caption_image)["rsum"])
 
 
 def test_rank_correlation_ignores_monotone_maps():
