@@ -80,7 +80,7 @@ def main():
     for harness in ("npz", "gallery"):
         write(harness, "gallery.npz", good)
         overflow = gallery(locs, globs)
-        overflow["locals"] = npy_with_shape("(4611686018427387905, 1, %d)" % D, b"\0" * (16 * D))
+        overflow["locals"] = npy_with_shape("(4611686018427387905, 1, %d)" % D, b"\0" * (4 * D))
         write(harness, "overflow.npz", npz(overflow))
         flipped = bytearray(good)
         flipped[good.index(npy(locs)) + 200] ^= 1  # a data byte of locals: only the CRC notices
