@@ -8,6 +8,7 @@ clear message before any port is opened.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,14 @@ def read_ids(path: str | None, size: int) -> list:
 def open_catalog(retriever, gallery_path: str, ids_path: str | None = None,
                  captions_path: str | None = None):
     """(Catalog, Gallery): the gallery verified against the retriever's bundle, ids, captions."""
-    gallery = retriever.load_gallery(gallery_path)    # BundleError if another bundle made it
+    try:
+        gallery = retriever.load_gallery(gallery_path)    # BundleError if another bundle made it
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        # Gallery.load lets a damaged zip container through as BadZipFile: say what it is here.
+        if isinstance(exc, InputError):
+            raise
+        raise DataError(f"{gallery_path} is not a kidrr gallery file ({type(exc).__name__}: {exc}); "
+                        f"rebuild it with encode_images(...).save()") from exc
     if len(gallery) == 0:
         raise InputError(f"gallery {gallery_path} is empty; encode at least one image")
     if not (np.isfinite(gallery.globals).all() and np.isfinite(gallery.locals).all()):

@@ -1,5 +1,6 @@
 """A small Python client for kidrr-serve (httpx). Errors come back as ServiceError with the
-service's own kind and message; retries only on 503 (queue full, shard restarting)."""
+service's own kind and message; retries (with backoff) only on 503 (queue full, shard restarting)
+and on connection errors, since every call is read-only."""
 from __future__ import annotations
 
 import time
@@ -36,9 +37,14 @@ class Client:
 
     def _call(self, method: str, path: str, body=None) -> dict:
         for attempt in range(self.retries + 1):
-            response = self.http.request(method, path, json=body)
-            if response.status_code != 503 or attempt == self.retries:
-                break
+            try:
+                response = self.http.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise ServiceError(0, "unreachable", f"{self.http.base_url}: {exc}") from exc
+            else:
+                if response.status_code != 503 or attempt == self.retries:
+                    break
             time.sleep(self.backoff_s * (attempt + 1))
         try:
             data = response.json()
@@ -55,9 +61,10 @@ class Client:
         return self._call("GET", "/v1/health")
 
     def ready(self) -> bool:
+        """True once the service answers queries; False while it starts, restarts or is unreachable."""
         try:
-            return bool(self._call("GET", "/v1/ready")["ready"])
-        except ServiceError:
+            return bool(self.http.get("/v1/ready").json().get("ready"))
+        except (httpx.TransportError, ValueError, AttributeError):
             return False
 
     def info(self) -> dict:
