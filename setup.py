@@ -49,6 +49,7 @@ setup(
             "kidrr-eval=kidrr.evaluate:main",
             "kidrr-export=kidrr.export.cli:main",
             "kidrr-bench=kidrr.bench.cli:main",
+            "kidrr-render=kidrr.render:main",
         ]
     },
 )
