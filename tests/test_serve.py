@@ -270,7 +270,7 @@ def test_start_up_refuses_bad_bundle_gallery_or_ids(built, tmp_path):
     assert r.exit_code == 2 and "2 lines but the gallery holds 60" in r.output
     (tmp_path / "g.npz").write_bytes(b"PK\x03\x04 not a gallery")
     r = _invoke(["--bundle", bundle, "--gallery", str(tmp_path / "g.npz")])
-    assert r.exit_code == 2 and "not a kidrr gallery" in r.output
+    assert r.exit_code == 2 and "kidrr gallery file" in r.output
     r = _invoke(["--bundle", bundle, "--gallery", gallery_path, "--host", "0.0.0.0"], env={"KIDRR_SERVE_TOKEN": ""})
     assert r.exit_code == 2 and "--insecure" in r.output
 
