@@ -55,6 +55,47 @@ def _version(package: str):
         return None
 
 
+def _writable_folder(folder: str, what: str) -> None:
+    """InputError unless files can be created in folder (made if missing): checked before a long run."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a writable "
+                         f"folder") from exc
+
+
+def _is_bench_report(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh).get("format") == "kidrr-bench/1"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_outputs(out: str, json_path: str | None) -> None:
+    """Refuse unusable or foreign outputs before the run, so no report is lost and nothing else overwritten.
+
+    --out may be new, empty, or a previous bench's folder (its results.json says so): kidrr-bench
+    overwrites its own reports there and nothing else. --json must be a file path, not a folder,
+    and may replace only a previous bench JSON.
+    """
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} exists and is not a folder; give a folder for the reports")
+    if os.path.isdir(out) and os.listdir(out) and not _is_bench_report(os.path.join(out, "results.json")):
+        raise InputError(f"--out {out} is not empty and holds no kidrr-bench results.json; the reports would "
+                         f"overwrite files there. Choose a new or empty folder")
+    _writable_folder(out, "--out")
+    if json_path:
+        if os.path.isdir(json_path):
+            raise InputError(f"--json {json_path} is a folder; give a file name, e.g. {json_path}/results.json")
+        if os.path.lexists(json_path) and not _is_bench_report(json_path):
+            raise InputError(f"--json {json_path} exists and is not a kidrr-bench report; it was not "
+                             f"overwritten. Choose another file name")
+        _writable_folder(os.path.dirname(json_path), "--json")
+
+
 def run_worker(spec: dict, work: str, bar) -> dict:
     """Run one target in a fresh interpreter; its PROGRESS lines become the bar's status."""
     tag = f"{spec['name']}-{spec['precision']}"
@@ -92,6 +133,9 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
         raise InputError(f"--duration must be > 0 seconds, got {duration}")
     if threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
+    out = os.path.abspath(out)
+    json_path = os.path.abspath(json_path) if json_path else None
+    check_outputs(out, json_path)
     targets, skipped = plan_targets(backends, precisions)
     wanted = sorted({t.precision for t in targets})
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if progress else None
@@ -111,8 +155,6 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     if any_bundle:
         dataset.check_matches_model(split, sources.bundle_manifest(any_bundle)["model"], data)
     parity_n = len(split.images) if parity_images == 0 else min(parity_images, len(split.images))
-    out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="kidrr-bench-") as work:
         data_dir = os.path.abspath(data) if data else dataset.materialise(split, work)
@@ -144,8 +186,8 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     blob = json.dumps(run, indent=1).encode()
     write_atomic(os.path.join(out, "results.json"), blob)
     if json_path:
-        write_atomic(os.path.abspath(json_path), blob)
-        run["files"].append(os.path.abspath(json_path))
+        write_atomic(json_path, blob)
+        run["files"].append(json_path)
     write_atomic(os.path.join(out, "report.md"), report.markdown(run, written).encode())
     return run
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import resources
 
 import torch
@@ -16,13 +15,15 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, dump_json
 from .errors import CheckpointError, ConfigError
-from .fileio import replace_dir_atomic, sha256_file
+from .fileio import follow_umask, foreign_entries, replace_dir_atomic, sha256_file, staging_dir
 from .model import KIDRR
 from .tokenizer import Vocabulary
 
 WEIGHTS, CONFIG, VOCAB = "model.safetensors", "config.json", "vocab.json"
 TRAIN_STATE, OPTIMIZER = "train_state.json", "optimizer.safetensors"
 CHECKPOINT_FORMAT = "kidrr-checkpoint/1"
+CHECKPOINT_FILES = (WEIGHTS, CONFIG, VOCAB, TRAIN_STATE, OPTIMIZER)
+STAGING_PREFIX = ".tmp-ckpt-"
 
 
 def shipped_checkpoint() -> str:
@@ -30,24 +31,49 @@ def shipped_checkpoint() -> str:
     return str(resources.files("kidrr") / "shipped")
 
 
+def check_replaceable_checkpoint(folder: str) -> None:
+    """CheckpointError unless folder is empty or a kidrr checkpoint holding only a checkpoint's files."""
+    entries = os.listdir(folder)
+    if not entries:
+        return
+    try:
+        with open(os.path.join(folder, CONFIG), encoding="utf-8") as fh:
+            is_ours = json.load(fh).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_ours = False
+    if not is_ours:
+        raise CheckpointError(f"{folder} exists and is not a kidrr checkpoint; it was not replaced. Move it "
+                              f"away or choose another output folder")
+    foreign = foreign_entries(folder, CHECKPOINT_FILES)
+    if foreign:
+        raise CheckpointError(f"checkpoint folder {folder} also holds {foreign[:5]}, which kidrr did not write; "
+                              f"writing the checkpoint would delete them. Move them out first")
+
+
 def save_checkpoint(folder: str, model: KIDRR, vocab: Vocabulary, optimizer=None, train_state=None) -> None:
-    parent = os.path.dirname(os.path.abspath(folder))
+    """Write folder atomically; an existing folder is replaced only if it is a kidrr checkpoint."""
+    folder = os.path.abspath(folder)
+    if os.path.isdir(folder):
+        check_replaceable_checkpoint(folder)  # before the work, not only at the move
+    parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".tmp-ckpt-")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(staging, WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
-    with open(os.path.join(staging, CONFIG), "w") as fh:
-        fh.write(dump_json({"format": CHECKPOINT_FORMAT, "model": model.cfg.to_dict()}))
-    with open(os.path.join(staging, VOCAB), "w", encoding="utf-8") as fh:
-        json.dump(vocab.to_json(), fh, ensure_ascii=False)
-    if optimizer is not None:
-        tensors, meta = _flatten_optimizer(optimizer)
-        save_file(tensors, os.path.join(staging, OPTIMIZER))
-        train_state = dict(train_state or {}, optimizer=meta)
-    if train_state is not None:
-        with open(os.path.join(staging, TRAIN_STATE), "w") as fh:
-            fh.write(dump_json(train_state))
-    replace_dir_atomic(staging, folder)
+    with staging_dir(parent, STAGING_PREFIX) as staging:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, os.path.join(staging, WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
+        follow_umask(os.path.join(staging, WEIGHTS))
+        with open(os.path.join(staging, CONFIG), "w") as fh:
+            fh.write(dump_json({"format": CHECKPOINT_FORMAT, "model": model.cfg.to_dict()}))
+        with open(os.path.join(staging, VOCAB), "w", encoding="utf-8") as fh:
+            json.dump(vocab.to_json(), fh, ensure_ascii=False)
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            save_file(tensors, os.path.join(staging, OPTIMIZER))
+            follow_umask(os.path.join(staging, OPTIMIZER))
+            train_state = dict(train_state or {}, optimizer=meta)
+        if train_state is not None:
+            with open(os.path.join(staging, TRAIN_STATE), "w") as fh:
+                fh.write(dump_json(train_state))
+        replace_dir_atomic(staging, folder, check_replaceable_checkpoint)
 
 
 def load_config(folder: str) -> ModelConfig:

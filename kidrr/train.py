@@ -26,6 +26,9 @@ from .model import KIDRR
 from .tokenizer import Vocabulary, pad_batch
 
 
+RUN_OUTPUTS = ("last", "best", "history.json", "curve.png")
+
+
 def triplet_loss(scores: torch.Tensor, image_ids: torch.Tensor, margin: float, hardest: bool,
                  mask_same_image: bool = True) -> torch.Tensor:
     """Bidirectional hinge loss on a (B, B) score matrix whose diagonal holds the positives.
@@ -188,17 +191,22 @@ def main(data, out, size, model_set, train_set, epochs, dev_images, max_batches,
 
 
 def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, max_batches=0, resume=False):
+    last_dir, best_dir = os.path.join(out, "last"), os.path.join(out, "best")
+    if not resume:
+        if os.path.exists(last_dir):
+            raise KidrrError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        # A new run writes these; any already there belong to someone else and would be overwritten.
+        taken = [e for e in RUN_OUTPUTS if os.path.lexists(os.path.join(out, e))]
+        if taken:
+            raise KidrrError(f"{out} already holds {taken}, which a new run would overwrite; choose another --out")
     train, dev = resolve_split(data, "train"), resolve_split(data, "dev")
     if dev_images:
         dev = dev.subset(dev_images)
-    last_dir, best_dir = os.path.join(out, "last"), os.path.join(out, "best")
     if resume:
         model, vocab, _ = load_checkpoint(last_dir)
         with open(os.path.join(last_dir, "train_state.json")) as fh:
             tcfg = _set_overrides(TrainConfig.from_dict(json.load(fh)["train_config"]), train_set, "train-set")
     else:
-        if os.path.exists(last_dir):
-            raise KidrrError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         vocab = Vocabulary.build(train.captions)
         base = ModelConfig.small() if size == "small" else ModelConfig()
         mcfg = _set_overrides(base, model_set, "model-set")
