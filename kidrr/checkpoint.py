@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, dump_json
 from .errors import CheckpointError, ConfigError
-from .fileio import follow_umask, foreign_entries, replace_dir_atomic, sha256_file, staging_dir
+from .fileio import follow_umask, foreign_entries, replace_dir_atomic, staging_dir
+from .identity import checkpoint_id
 from .model import KIDRR
 from .tokenizer import Vocabulary
 
@@ -91,7 +92,11 @@ def load_config(folder: str) -> ModelConfig:
 
 
 def load_checkpoint(folder: str | None = None, device: str = "cpu"):
-    """(model in eval mode, vocabulary, checkpoint sha256). None loads the shipped model."""
+    """(model in eval mode, vocabulary, checkpoint id). None loads the shipped model.
+
+    The id (kidrr.identity.checkpoint_id) covers weights, config and vocabulary, so a bundle or
+    cache entry paired with it is never reused for a checkpoint whose config alone changed.
+    """
     folder = folder or shipped_checkpoint()
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
@@ -118,7 +123,7 @@ def load_checkpoint(folder: str | None = None, device: str = "cpu"):
         raise CheckpointError(f"{folder}: config.json and {WEIGHTS} disagree ({detail}); "
                               f"use the config the weights were trained with")
     model.load_state_dict(state)
-    return model.to(device).eval(), vocab, sha256_file(weights_path)
+    return model.to(device).eval(), vocab, checkpoint_id(folder)
 
 
 def load_train_state(folder: str, optimizer) -> dict:

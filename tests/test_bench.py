@@ -202,9 +202,9 @@ def test_missing_shipped_checkpoint_is_a_clear_error(setup, tmp_path, monkeypatc
 
 def test_cached_bundle_is_reused(run, setup, monkeypatch):
     from kidrr.bench import sources
-    from kidrr.fileio import sha256_file
+    from kidrr.identity import checkpoint_id
     monkeypatch.setenv("KIDRR_CACHE", setup["cache"])
-    sha = sha256_file(os.path.join(setup["ckpt"], "model.safetensors"))
+    sha = checkpoint_id(setup["ckpt"])
     folder = sources.cached_bundle_dir(sha, "fp32")
     assert run["results"]["setup"]["bundles"]["fp32"] == folder
     before = os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns
