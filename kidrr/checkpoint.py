@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, dump_json
+from .config import ModelConfig, TrainConfig, dump_json
 from .errors import CheckpointError, ConfigError
 from .fileio import follow_umask, foreign_entries, replace_dir_atomic, staging_dir
 from .identity import checkpoint_id
@@ -77,18 +77,62 @@ def save_checkpoint(folder: str, model: KIDRR, vocab: Vocabulary, optimizer=None
         replace_dir_atomic(staging, folder, check_replaceable_checkpoint)
 
 
+MAX_JSON_BYTES = 64 << 20   # config, vocabulary and training state are kB to a few MB
+
+
+def read_json(path: str, what: str):
+    """A small JSON file, size-checked before reading; CheckpointError names what is wrong."""
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} is {size} bytes, too large for a {what} ({MAX_JSON_BYTES} at most)")
+        with open(path, "rb") as fh:
+            return json.loads(fh.read(MAX_JSON_BYTES + 1).decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; a checkpoint folder needs {WEIGHTS}, {CONFIG} and {VOCAB}"
+                              + (f" ({TRAIN_STATE} to resume)" if what == "training state" else "")) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not a valid {what} (not JSON: {str(exc)[:200]})") from exc
+
+
 def load_config(folder: str) -> ModelConfig:
     path = os.path.join(folder, CONFIG)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path} is missing; a checkpoint folder needs {WEIGHTS}, {CONFIG} and {VOCAB}")
+    data = read_json(path, "kidrr config")
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found!r} is not {CHECKPOINT_FORMAT}")
     try:
-        with open(path) as fh:
-            data = json.load(fh)
-        if data.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: checkpoint format {data.get('format')!r} is not {CHECKPOINT_FORMAT}")
-        return ModelConfig.from_dict(data["model"])
-    except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        return ModelConfig.from_dict(data.get("model"))
+    except ConfigError as exc:
         raise CheckpointError(f"{path} is not a valid kidrr config ({exc})") from exc
+
+
+def read_train_state(folder: str) -> tuple[dict, TrainConfig]:
+    """(training state, its TrainConfig) of a resumable checkpoint, every field checked."""
+    path = os.path.join(folder, TRAIN_STATE)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} is missing: {folder} is not a resumable training checkpoint (only "
+                              f"OUT/last written by kidrr-train is); start a new run instead of --resume")
+    state = read_json(path, "training state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(state).__name__}")
+    epoch, best, history = state.get("epoch"), state.get("best_rsum"), state.get("history")
+    checks = ((isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0, "epoch must be an integer >= 0"),
+              (isinstance(best, (int, float)) and not isinstance(best, bool), "best_rsum must be a number"),
+              (isinstance(history, list) and all(isinstance(h, dict) for h in history),
+               "history must be a list of objects"),
+              (isinstance(state.get("optimizer"), dict) and isinstance(state["optimizer"].get("param_groups"), list)
+               and isinstance(state["optimizer"].get("scalars"), dict), "optimizer state is missing or malformed"))
+    for ok, what in checks:
+        if not ok:
+            raise CheckpointError(f"{path}: {what}; the file was edited or damaged, start a new run")
+    try:
+        tcfg = TrainConfig.from_dict(state.get("train_config"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: train_config is invalid ({exc})") from exc
+    return state, tcfg
 
 
 def load_checkpoint(folder: str | None = None, device: str = "cpu"):
@@ -128,12 +172,16 @@ def load_checkpoint(folder: str | None = None, device: str = "cpu"):
 
 def load_train_state(folder: str, optimizer) -> dict:
     """Training position saved with a checkpoint; restores the optimizer in place."""
-    path = os.path.join(folder, TRAIN_STATE)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path} is missing: {folder} is not a resumable training checkpoint")
-    with open(path) as fh:
-        state = json.load(fh)
-    _restore_optimizer(optimizer, load_file(os.path.join(folder, OPTIMIZER)), state.pop("optimizer"))
+    state, _ = read_train_state(folder)
+    state = dict(state)
+    weights = os.path.join(folder, OPTIMIZER)
+    if not os.path.exists(weights):
+        raise CheckpointError(f"{weights} is missing: {folder} is not a resumable training checkpoint")
+    try:
+        _restore_optimizer(optimizer, load_file(weights), state.pop("optimizer"))
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{weights} does not match this model's optimizer ({str(exc)[:200]}); "
+                              f"start a new run") from exc
     return state
 
 
