@@ -18,7 +18,7 @@ from importlib import metadata
 import click
 from tqdm import tqdm
 
-from kidrr import __version__
+from kidrr import __version__, metrics
 from kidrr.errors import InputError, KidrrError
 from kidrr.fileio import write_atomic
 
@@ -152,6 +152,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     targets.sort(key=lambda t: (not t.is_reference, list(BACKENDS).index(t.name), PRECISIONS.index(t.precision)))
     any_bundle = bundles.get("fp32") or next(iter(bundles.values()), None)
     split = dataset.load_test_split(data)
+    metrics.folds(len(split.images), protocol)   # a split the protocol cannot take fails now, not in every worker
     if any_bundle:
         dataset.check_matches_model(split, sources.bundle_manifest(any_bundle)["model"], data)
     parity_n = len(split.images) if parity_images == 0 else min(parity_images, len(split.images))
@@ -199,8 +200,8 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
               help="an exported bundle to bench (its precision); must come from --checkpoint")
 @click.option("--data", type=click.Path(), default=None,
               help="folder in the published precomputed layout (test_ims.npy, test_caps.txt); default: synthetic test set")
-@click.option("--protocol", type=click.Choice(["1k", "5k", "5fold"]), default="5fold", show_default=True,
-              help="folds to rank within (kidrr.metrics.folds)")
+@click.option("--protocol", type=click.Choice(["all", "1k", "5k", "5fold"]), default="5fold", show_default=True,
+              help="folds to rank within (kidrr.metrics.folds; a split that does not fit is refused)")
 @click.option("--backends", default="all", show_default=True, help=f"comma-separated: {', '.join(BACKENDS)}")
 @click.option("--precisions", default="all", show_default=True, help=f"comma-separated: {', '.join(PRECISIONS)}")
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True,

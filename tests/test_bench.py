@@ -282,7 +282,7 @@ def test_bundle_without_its_checkpoint_runs_what_it_can(setup, tmp_path, monkeyp
     export_bundle(setup["ckpt"], bundle, verify=False, progress=False, log=lambda m: None)
     out = tmp_path / "out"
     r = _cli(["--bundle", bundle, "--data", setup["data"], "--backends", "torch,ort", "--precisions", "fp32,int8",
-              "--batch-sizes", "2", "--duration", "0.01", "--shortlists", "none", "--protocol", "1k",
+              "--batch-sizes", "2", "--duration", "0.01", "--shortlists", "none", "--protocol", "all",
               "--threads", "1", "--out", str(out)], setup["cache"])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
