@@ -10,6 +10,13 @@ def _rows(run: dict):
             yield int(n), method, res
 
 
+def _parts(c: dict) -> str:
+    b = c.get("breakdown_p50_ms")
+    if not b:
+        return f"- / {c['first_stage_p50_ms']:.2f} / - / -"
+    return " / ".join(f"{b[k]:.1f}" for k in ("encode", "first_stage", "gather", "rerank"))
+
+
 def markdown(run: dict) -> str:
     lines = [f"# kidrr-bench scale (R={run['regions']}, D={run['dim']}, {run['locals_dtype']} locals, "
              f"{run['queries']} text queries, {run['threads']} threads)", "",
@@ -21,7 +28,8 @@ def markdown(run: dict) -> str:
                   f"exhaustive): rSum fp32 {p['rsum']['fp32']:.2f}, fp16 {p['rsum']['fp16']:.2f} "
                   f"(delta {p['delta_fp16']:+.2f}), int8 {p['rsum']['int8']:.2f} (delta {p['delta_int8']:+.2f}).", ""]
     lines += ["| items | index | build s | add 10k s | disk GiB | open ms | anon RSS MB | first stage @k' | "
-              "p50 ms | p99 ms | batched p50 ms/q | first stage p50 ms | top-10 overlap vs exact | recall@10 vs exhaustive |",
+              "p50 ms | p99 ms | batched p50 ms/q | p50 ms: encode / first stage / gather / rerank | top-10 overlap vs exact | "
+              "recall@10 vs exhaustive |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, method, res in _rows(run):
         if res.get("status") != "ok":
@@ -33,7 +41,7 @@ def markdown(run: dict) -> str:
             lines.append(f"| {n:,} | {method} | {res['build_s']:.1f} | {res['add_10k_s']:.2f} | "
                          f"{res['disk_bytes'] / 2**30:.2f} | {res['open_ms']:.1f} | {res['rss_anon_mb']:.0f} | {name} | "
                          f"{c['single_p50_ms']:.1f} | {c['single_p99_ms']:.1f} | {f(c['batched_p50_ms_per_query'])} | "
-                         f"{c['first_stage_p50_ms']:.2f} | {f(c.get('overlap_exact'), '{:.3f}')} | "
+                         f"{_parts(c)} | {f(c.get('overlap_exact'), '{:.3f}')} | "
                          f"{f(c.get('recall_vs_exhaustive'), '{:.3f}')} |")
     return "\n".join(lines) + "\n"
 
