@@ -40,7 +40,7 @@ def test_v1_loader_refuses_damaged_and_odd_files(tmp_path):
     raw, l, g = _v1_bytes()
     path = tmp_path / "g.npz"
     path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="not a readable kidrr gallery file"):
+    with pytest.raises(DataError, match="not a kidrr gallery file, or a damaged one"):
         Gallery.load(str(path))
     flipped = bytearray(raw)
     info = zipfile.ZipFile(io.BytesIO(raw)).getinfo("locals.npy")
@@ -49,7 +49,7 @@ def test_v1_loader_refuses_damaged_and_odd_files(tmp_path):
     with pytest.raises(DataError, match="CRC"):
         Gallery.load(str(path))
     np.save(tmp_path / "plain.npy", l)
-    with pytest.raises(DataError, match="not a readable kidrr gallery file"):
+    with pytest.raises(DataError, match="not a kidrr gallery file, or a damaged one"):
         Gallery.load(str(tmp_path / "plain.npy"))
     with pytest.raises(InputError, match="is a folder, not a .npz file"):
         Gallery.load(str(tmp_path))
