@@ -136,8 +136,23 @@ def start_ray(address: str | None, num_cpus: int | None):
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # A local Ray stays on the loopback interface: nothing of it is reachable from outside.
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     return True
+
+
+def replica_actor_names(deployment: str) -> list:
+    """Names of the live replica actors of one deployment of the app (for the replica-kill test)."""
+    import ray
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in names
+                  if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#{deployment}#"))
+
+
+def kill_replica(name: str) -> None:
+    """Kill one replica actor as a crash would; Serve notices and starts a replacement."""
+    import ray
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
 
 def deploy(app, host: str, port: int):
