@@ -63,8 +63,10 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--token-file", type=click.Path(), default=None,
               help=f"file holding the bearer token (default: ${TOKEN_ENV}); needed for a non-loopback host")
 @click.option("--insecure", is_flag=True, help="allow a non-loopback host without a token")
-@click.option("--threads", type=click.IntRange(0), default=None,
-              help="onnxruntime threads per process (default: 2 local, 1 per ray replica)")
+@click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
+              help="onnxruntime threads per session (local process, each ray replica)")
+@click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
+              help="local: search batches run at once (one thread each)")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True)
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
@@ -75,7 +77,7 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--max-shortlist", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=8 << 20, show_default=True)
 def main(bundle, gallery, ids_path, captions_path, engine, shards, replicas, address, num_cpus, host, port,
-         token_file, insecure, threads, max_batch, batch_wait_ms, max_queue, timeout_s, max_k, max_shortlist,
+         token_file, insecure, threads, workers, max_batch, batch_wait_ms, max_queue, timeout_s, max_k, max_shortlist,
          max_body_bytes):
     """Serve a bundle and a gallery over HTTP (docs/serve.md)."""
     require(SERVE_DEPS + (("ray.serve",) if engine == "ray" else ()))
@@ -85,13 +87,12 @@ def main(bundle, gallery, ids_path, captions_path, engine, shards, replicas, add
         check_bind(host, token, insecure)
         settings = Settings(Limits(max_k=max_k, max_shortlist=max_shortlist, max_body_bytes=max_body_bytes),
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                            timeout_s=timeout_s, token=token)
+                            timeout_s=timeout_s, token=token, workers=workers)
         if engine == "local":
-            serve_local(bundle, gallery, ids_path, captions_path, settings, shards, host, port,
-                        2 if threads is None else threads)
+            serve_local(bundle, gallery, ids_path, captions_path, settings, shards, host, port, threads)
         else:
             serve_ray(bundle, gallery, ids_path, captions_path, settings, shards, replicas, address, num_cpus,
-                      host, port, 1 if threads is None else threads)
+                      host, port, threads)
     except KidrrError as exc:
         click.echo(f"kidrr-serve: {type(exc).__name__}: {exc}", err=True)
         sys.exit(2)

@@ -107,7 +107,7 @@ class LocalEngine(Engine):
                        for a, b in split_rows(len(gallery), shards)]
         self.batcher = MicroBatcher(self._search_batch, max_batch=settings.max_batch,
                                     max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
-                                    name="text-search")
+                                    workers=settings.workers, name="text-search")
 
     def info(self) -> dict:
         return dict(super().info(), shards=len(self.shards), replicas=1)
