@@ -177,9 +177,12 @@ class RayServices:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def deploy(self, bundle, gallery, ids, items, shards, replicas, settings):
-        app = self.ray_engine.build_application(bundle, gallery, items, settings, shards=shards, replicas=replicas,
-                                                threads=1, ids_path=ids)
+    def deploy(self, bundle, gallery, ids, shards, replicas, settings):
+        from kidrr.runtime import Retriever
+        from kidrr.serve.catalog import open_catalog
+        with Retriever(bundle, threads=1) as front:
+            catalog, _ = open_catalog(front, [gallery], shards, ids)
+        app = self.ray_engine.build_application(bundle, catalog, settings, replicas=replicas, threads=1)
         self.ray_engine.deploy(app, "127.0.0.1", self.port)
         wait_ready(self.url, 180)
 
@@ -373,7 +376,7 @@ def main(bundle, items, regions, queries, k, shortlist, configs, concurrency, re
                 url = service.url
             else:
                 ray_services = ray_services or RayServices()
-                ray_services.deploy(bundle, gallery_path, ids_path, items, shards, 1, settings)
+                ray_services.deploy(bundle, gallery_path, ids_path, shards, 1, settings)
                 url = ray_services.url
             try:
                 asyncio.run(drive(url, pool, expected[shards], 2, 20, 30, k, shortlist))   # warm-up, not reported
@@ -392,7 +395,7 @@ def main(bundle, items, regions, queries, k, shortlist, configs, concurrency, re
                     service.stop()
         if kill:
             ray_services = ray_services or RayServices()
-            ray_services.deploy(bundle, gallery_path, ids_path, items, 2, 2, settings)
+            ray_services.deploy(bundle, gallery_path, ids_path, 2, 2, settings)
             asyncio.run(drive(ray_services.url, pool, expected[2], 2, 20, 30, k, shortlist))
             report["kill"] = kill_run(ray_services, pool, expected[2], kill_seconds, min(10.0, kill_seconds / 4), k,
                                       shortlist, 2)

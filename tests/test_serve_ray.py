@@ -41,8 +41,10 @@ def service(built, gallery):
     started = ray_engine.start_ray(None, num_cpus=2)
     try:
         port = sh.free_port()
-        app = ray_engine.build_application(built[0], built[1], len(gallery), Settings(timeout_s=3.0), shards=SHARDS,
-                                           replicas=1, threads=1, ids_path=built[2], captions_path=built[3])
+        from kidrr.serve.catalog import open_catalog
+        with Retriever(built[0], threads=1) as front:
+            catalog, _ = open_catalog(front, [built[1]], SHARDS, built[2], built[3])
+        app = ray_engine.build_application(built[0], catalog, Settings(timeout_s=3.0), replicas=1, threads=1)
         ray_engine.deploy(app, "127.0.0.1", port)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False) as client:
             yield client, ray_engine
