@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import test_runtime_helpers as helpers
-from kidrr.errors import BackendUnavailable, BundleError, InputError
+from kidrr.errors import BackendUnavailable, BundleError, DataError, InputError
 from kidrr.optional import tensorrt_missing
 from kidrr.runtime import CaptionTruncatedWarning, Gallery, load_bundle, open_bundle
 
@@ -135,7 +135,7 @@ def test_bad_k_and_empty_gallery(rt):
 def test_corrupted_gallery_file(rt, tmp_path):
     path = tmp_path / "g.npz"
     path.write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="not a kidrr gallery"):
+    with pytest.raises(DataError, match="not a readable kidrr gallery"):
         rt.load_gallery(str(path))
     with pytest.raises(InputError, match="does not exist"):
         rt.load_gallery(str(tmp_path / "none.npz"))
