@@ -192,8 +192,8 @@ def create_app(engine, settings) -> FastAPI:
         return await asyncio.wait_for(coro, settings.timeout_s)
 
     def finite(x: float) -> float:
-        if not math.isfinite(x):
-            raise KidrrError("the model produced a non-finite score; the bundle or gallery is broken")
+        if not math.isfinite(x):   # never send a NaN ranking: a server-side fault (500), logged
+            raise RuntimeError("the model produced a non-finite score; the bundle or gallery is broken")
         return x
 
     @app.get("/v1/health", summary="liveness: the process answers")

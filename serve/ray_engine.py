@@ -38,8 +38,8 @@ class Shard:
         self.retriever = Retriever(bundle, threads=threads)
         self.searcher = ShardSearcher(self.retriever, spec.open(self.retriever), spec.start)
         self.spec = spec
-        self.search.set_max_batch_size(max_batch)
-        self.search.set_batch_wait_timeout_s(batch_wait_s)
+        self.search.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
+        self.search.set_batch_wait_timeout_s(batch_wait_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def search(self, queries: list) -> list:
@@ -93,8 +93,8 @@ class Ingress:
     def __init__(self, bundle: str, catalog, settings, threads: int, shards: list, replicas: int):
         retriever = Retriever(bundle, threads=threads)
         self.retriever, self.settings = retriever, settings
-        self.encode_queries.set_max_batch_size(settings.max_batch)
-        self.encode_queries.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
+        self.encode_queries.set_max_batch_size(settings.max_batch)  # type: ignore[attr-defined]
+        self.encode_queries.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)  # type: ignore[attr-defined]
         self.engine = RayEngine(retriever, catalog, settings, shards, self.encode_queries, replicas)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
@@ -112,10 +112,12 @@ def build_application(bundle: str, catalog, settings, replicas: int = 1, threads
     """The Serve application: one shard deployment per catalog shard, N replicas each, behind one ingress.
     The catalog (ids, captions, shard specs: paths, never arrays) travels with the ingress's arguments."""
     per_replica = 2 * settings.max_batch            # room for a full batch while the previous one runs
-    shard_apps = [Shard.options(name=f"shard{i}", num_replicas=replicas, max_ongoing_requests=per_replica)
+    shard = Shard.options  # type: ignore[attr-defined]  # the decorator returns a Deployment
+    shard_apps = [shard(name=f"shard{i}", num_replicas=replicas, max_ongoing_requests=per_replica)
                   .bind(bundle, spec, threads, settings.max_batch, settings.batch_wait_ms / 1000)
                   for i, spec in enumerate(catalog.shards)]
-    return Ingress.options(max_ongoing_requests=per_replica, max_queued_requests=settings.max_queue).bind(
+    return Ingress.options(  # type: ignore[attr-defined]
+        max_ongoing_requests=per_replica, max_queued_requests=settings.max_queue).bind(
         bundle, catalog, settings, threads, shard_apps, replicas)
 
 

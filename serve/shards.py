@@ -68,7 +68,7 @@ def is_v1_file(path: str) -> bool:
 
 def queries_from_index(index: CaptionIndex, ks, shortlists) -> list:
     """An encoded batch (CaptionIndex, sorted by length) -> EncodedQuery per caption, in caller order."""
-    out = [None] * len(index)
+    out: list = [None] * len(index)
     for row in range(len(index)):
         original = int(index.order[row])
         words = index.words[index.starts[row]:index.starts[row + 1]]
