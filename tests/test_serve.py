@@ -351,3 +351,20 @@ def test_real_uvicorn_client_errors_and_graceful_shutdown(built, rt, gallery):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_load_test_is_bounded_and_checks_every_answer(built, tmp_path):
+    from click.testing import CliRunner
+
+    from kidrr.bench.load import main
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["--bundle", built[0], "--items", "100", "--regions", "5", "--queries", "4",
+                                  "--configs", "local", "--concurrency", "1,4", "--requests", "12", "--seconds", "5",
+                                  "--no-kill", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "load.json").read_text())
+    rows = report["sweeps"]["local"]
+    assert [row["concurrency"] for row in rows] == [1, 4]
+    for row in rows:
+        assert row["requests"] <= 12 and row["answered"] == row["requests"] and row["wrong"] == 0
+    assert "local" in report["overhead"] and (out / "load.png").stat().st_size > 1000
