@@ -8,12 +8,13 @@ setup(
     python_requires=">=3.10",
     # Generic folder names live under the kidrr namespace so nothing called `export` or
     # `runtime` lands at the top level of site-packages.
-    packages=["kidrr", "kidrr.export", "kidrr.runtime", "kidrr.bench"],
+    packages=["kidrr", "kidrr.export", "kidrr.runtime", "kidrr.bench", "kidrr.images"],
     package_dir={
         "kidrr": "kidrr",
         "kidrr.export": "export",
         "kidrr.runtime": "runtime",
         "kidrr.bench": "bench",
+        "kidrr.images": "images",
     },
     package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors"]},
     install_requires=[
@@ -50,6 +51,7 @@ setup(
             "kidrr-export=kidrr.export.cli:main",
             "kidrr-bench=kidrr.bench.cli:main",
             "kidrr-render=kidrr.render:main",
+            "kidrr-features=kidrr.images.features:main",
         ]
     },
 )

@@ -50,6 +50,9 @@ class ModelConfig:
     rgr_steps: int = 3                # U
     rgr_adaptive: bool = True         # (ours) A_u = gamma A_{u-1} + (1-gamma) E_u; False: plain SGRAF steps
     score_activation: str = "sigmoid"  # sigmoid (as published) or identity
+    # What made the image features (kidrr-features' record: backbone, weights sha256, preprocessing);
+    # None for features from elsewhere. Export puts that backbone in the bundle (docs/images.md).
+    image_backbone: dict | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "feature_size", "embed_size", "sim_size", "word_dim", "max_caption_len"):
@@ -64,6 +67,18 @@ class ModelConfig:
             raise ConfigError(f"global_attn_norm must be 'context' or 'none', got {self.global_attn_norm!r}")
         if self.score_activation not in ("sigmoid", "identity"):
             raise ConfigError(f"score_activation must be 'sigmoid' or 'identity', got {self.score_activation!r}")
+        if self.image_backbone is not None:
+            self._check_image_backbone()
+
+    def _check_image_backbone(self) -> None:
+        from kidrr.images.spec import BACKBONES   # torch-free table
+        rec = self.image_backbone
+        if not isinstance(rec, dict) or rec.get("backbone") not in BACKBONES:
+            raise ConfigError(f"image_backbone must be a kidrr-features record naming one of {sorted(BACKBONES)}, "
+                              f"got {rec!r}")
+        if rec.get("feature_size") != self.feature_size:
+            raise ConfigError(f"image_backbone {rec['backbone']} makes {rec.get('feature_size')}-d features but "
+                              f"feature_size is {self.feature_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
