@@ -16,13 +16,13 @@ import subprocess
 import tempfile
 
 from ..errors import BackendUnavailable, BundleError, InputError
+from .. import optional
 from ..fileio import replace_dir_atomic, write_atomic
 from .lint import lint_bundle
 from .manifest import check_bundle
 
 DEFAULT_SHAPES = "n=1:32:64,m=1:8:64,R=1:36:64,L=1:16:64"
 TIMING_CACHE = "timing.cache"
-INSTALL_HINT = "TensorRT is not installed: `pip install kidrr[trt]` (tensorrt>=10) on an NVIDIA host"
 
 
 def parse_shapes(text: str | None, max_caption_len: int | None = None) -> dict:
@@ -64,11 +64,7 @@ def engine_key(onnx_sha256: str, trt_version: str, compute_capability: str, prec
 
 
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailable(INSTALL_HINT) from exc
-    return tensorrt
+    return optional.import_tensorrt()
 
 
 def compute_capability() -> str:
