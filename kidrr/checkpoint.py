@@ -30,6 +30,12 @@ def shipped_checkpoint() -> str:
     return str(resources.files("kidrr") / "shipped")
 
 
+def shipped_pixel_checkpoint() -> str:
+    """Folder of the second shipped model: trained on the pixel synthetic set's EfficientNet-Lite0
+    features (kidrr-render + kidrr-features); its config names the backbone, so its bundle takes images."""
+    return str(resources.files("kidrr") / "shipped_pixels")
+
+
 def save_checkpoint(folder: str, model: KIDRR, vocab: Vocabulary, optimizer=None, train_state=None) -> None:
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
