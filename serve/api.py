@@ -192,8 +192,8 @@ def create_app(engine, settings) -> FastAPI:
         return await asyncio.wait_for(coro, settings.timeout_s)
 
     def finite(x: float) -> float:
-        if not math.isfinite(x):
-            raise KidrrError("the model produced a non-finite score; the bundle or gallery is broken")
+        if not math.isfinite(x):   # never send a NaN ranking: a server-side fault (500), logged
+            raise RuntimeError("the model produced a non-finite score; the bundle or gallery is broken")
         return x
 
     @app.get("/v1/health", summary="liveness: the process answers")
@@ -218,9 +218,10 @@ def create_app(engine, settings) -> FastAPI:
     async def search_images(body: schemas.TextSearch):
         _check_limits(limits, body.k, body.shortlist, [body.query])
         hits = await within_timeout(engine.search_text(body.query, body.k, body.shortlist))
-        ids = engine.catalog.ids
+        ids = engine.catalog.ids      # v1 gallery: labels are positions; format 2: labels are the ids
         return {"bundle": bundle, "k": body.k, "shortlist": body.shortlist,
-                "results": [{"id": ids[p], "position": p, "score": finite(s)} for p, s in hits]}
+                "results": [{"id": ids[p], "position": p, "score": finite(s)} if ids is not None else
+                            {"id": p, "position": None, "score": finite(s)} for p, s in hits]}
 
     @app.post("/v1/search/captions", response_model=schemas.ImageSearchResponse,
               summary="captions for an image given as region features (R, F)")

@@ -26,7 +26,7 @@ class MicroBatcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"kidrr-{name}")
         self._slots = asyncio.Semaphore(workers)
         self._waiting: list = []          # [(item, future)] not yet in a batch
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._running: set = set()
         self.batch_sizes: list = []       # sizes of the last batches run (metrics, tests)
@@ -36,7 +36,7 @@ class MicroBatcher:
         return len(self._waiting)
 
     def start(self) -> None:
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()   # bound to the running loop (Python < 3.10 binds at creation)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, item):

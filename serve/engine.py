@@ -19,16 +19,16 @@ from kidrr.runtime.captions import tokenize_captions
 from kidrr.runtime.search import check_k, check_shortlist
 
 from .batching import MicroBatcher
-from .shards import ShardSearcher, merge_top_k, queries_from_index, shard_of, split_rows
+from .shards import ShardSearcher, merge_top_k, queries_from_index
 
 
 class Engine:
     name = "abstract"
 
-    def __init__(self, retriever, catalog, gallery_size: int, settings, progress: bool = False):
+    def __init__(self, retriever, catalog, settings):
         self.retriever = retriever
         self.catalog = catalog
-        self.gallery_size = gallery_size
+        self.gallery_size = catalog.size
         self.settings = settings
         # Score / encode / image queries run here; a small pool so they cannot starve the batches.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kidrr-work")
@@ -42,6 +42,7 @@ class Engine:
 
     def info(self) -> dict:
         return {"engine": self.name, "bundle": self.bundle_id, "gallery_items": self.gallery_size,
+                "gallery_format": "kidrr-gallery/2 folders" if self.catalog.ids is None else "kidrr-gallery/1 file",
                 "captions": len(self.catalog.captions or []), "feature_size": self.retriever.feature_size,
                 "max_caption_len": self.retriever.bundle.max_caption_len}
 
@@ -97,17 +98,16 @@ class Engine:
 
 
 class LocalEngine(Engine):
-    """One process: the thread-safe Retriever, S in-process shards (1 by default), batched queries."""
+    """One process: the thread-safe Retriever, its shards searched in turn (one by default), batched queries."""
 
     name = "local"
 
-    def __init__(self, retriever, catalog, gallery, settings, shards: int = 1):
-        super().__init__(retriever, catalog, len(gallery), settings)
-        self.shards = [ShardSearcher(retriever, gallery if shards == 1 else shard_of(gallery, a, b), a)
-                       for a, b in split_rows(len(gallery), shards)]
+    def __init__(self, retriever, catalog, sources: list, settings):
+        super().__init__(retriever, catalog, settings)
+        self.shards = [ShardSearcher(retriever, source, spec.start) for spec, source in zip(catalog.shards, sources)]
         self.batcher = MicroBatcher(self._search_batch, max_batch=settings.max_batch,
                                     max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
-                                    name="text-search")
+                                    workers=settings.workers, name="text-search")
 
     def info(self) -> dict:
         return dict(super().info(), shards=len(self.shards), replicas=1)

@@ -20,9 +20,8 @@ from kidrr.runtime import Retriever
 
 from .api import ShardUnavailable, create_app
 from .batching import Overloaded
-from .catalog import Catalog, read_ids, read_lines
 from .engine import Engine
-from .shards import ShardSearcher, merge_top_k, queries_from_index, shard_of, split_rows
+from .shards import ShardSearcher, merge_top_k, queries_from_index
 
 log = logging.getLogger("kidrr.serve")
 APP_NAME = "kidrr"
@@ -33,36 +32,32 @@ GRACEFUL_S = 10.0            # replicas finish in-flight requests for up to this
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=GRACEFUL_S)
 class Shard:
-    """One part of the gallery: rows [start, stop) of the gallery file, first stage and rerank."""
+    """One part of the collection (a ShardSpec: rows of a .npz gallery, or a format-2 folder)."""
 
-    def __init__(self, bundle: str, gallery_path: str, start: int, stop: int, threads: int, max_batch: int,
-                 batch_wait_s: float):
+    def __init__(self, bundle: str, spec, threads: int, max_batch: int, batch_wait_s: float):
         self.retriever = Retriever(bundle, threads=threads)
-        gallery = self.retriever.load_gallery(gallery_path)
-        self.searcher = ShardSearcher(self.retriever, shard_of(gallery, start, stop), start)
-        del gallery
-        self.rows = (start, stop)
-        self.search.set_max_batch_size(max_batch)
-        self.search.set_batch_wait_timeout_s(batch_wait_s)
+        self.searcher = ShardSearcher(self.retriever, spec.open(self.retriever), spec.start)
+        self.spec = spec
+        self.search.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
+        self.search.set_batch_wait_timeout_s(batch_wait_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def search(self, queries: list) -> list:
         return await asyncio.get_running_loop().run_in_executor(None, self.searcher.search, queries)
 
-    def ping(self) -> tuple:
-        return self.rows
+    def ping(self) -> int:
+        return len(self.searcher)
 
 
 class RayEngine(Engine):
     name = "ray"
 
-    def __init__(self, retriever, catalog, gallery_size, settings, shards: list, ranges: list, encode, replicas):
-        super().__init__(retriever, catalog, gallery_size, settings)
-        self.shards, self.ranges, self.encode_queries, self.replicas = shards, ranges, encode, replicas
+    def __init__(self, retriever, catalog, settings, shards: list, encode, replicas):
+        super().__init__(retriever, catalog, settings)
+        self.shards, self.encode_queries, self.replicas = shards, encode, replicas
 
     def info(self) -> dict:
-        return dict(super().info(), shards=len(self.shards), replicas=self.replicas,
-                    shard_rows=[list(r) for r in self.ranges])
+        return dict(super().info(), shards=len(self.shards), replicas=self.replicas)
 
     async def _ask(self, shard, query):
         for attempt in range(RETRIES):
@@ -84,10 +79,10 @@ class RayEngine(Engine):
 
     async def ready(self) -> tuple:
         try:
-            rows = await asyncio.wait_for(asyncio.gather(*(s.ping.remote() for s in self.shards)), 5.0)
+            sizes = await asyncio.wait_for(asyncio.gather(*(s.ping.remote() for s in self.shards)), 5.0)
         except Exception as exc:   # any shard that cannot answer a ping makes the service not ready
             return False, f"a shard does not answer ({type(exc).__name__})"
-        return True, f"{len(rows)} shard(s) answering"
+        return True, f"{len(sizes)} shard(s) answering, {sum(sizes)} items"
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=GRACEFUL_S)
@@ -95,16 +90,12 @@ class RayEngine(Engine):
 class Ingress:
     """The HTTP front: encodes queries once, fans out to the shards, merges."""
 
-    def __init__(self, bundle: str, gallery_path: str, gallery_size: int, ids_path, captions_path, settings,
-                 threads: int, shards: list, ranges: list, replicas: int):
+    def __init__(self, bundle: str, catalog, settings, threads: int, shards: list, replicas: int):
         retriever = Retriever(bundle, threads=threads)
-        catalog = Catalog(bundle, gallery_path, read_ids(ids_path, gallery_size),
-                          read_lines(captions_path, "captions") if captions_path else None)
         self.retriever, self.settings = retriever, settings
-        self.encode_queries.set_max_batch_size(settings.max_batch)
-        self.encode_queries.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
-        self.engine = RayEngine(retriever, catalog, gallery_size, settings, shards, ranges, self.encode_queries,
-                                replicas)
+        self.encode_queries.set_max_batch_size(settings.max_batch)  # type: ignore[attr-defined]
+        self.encode_queries.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)  # type: ignore[attr-defined]
+        self.engine = RayEngine(retriever, catalog, settings, shards, self.encode_queries, replicas)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def encode_queries(self, items: list) -> list:
@@ -117,17 +108,17 @@ class Ingress:
         return create_app(self.engine, self.settings)
 
 
-def build_application(bundle: str, gallery_path: str, gallery_size: int, settings, shards: int = 1,
-                      replicas: int = 1, threads: int = 1, ids_path=None, captions_path=None):
-    """The Serve application: S shard deployments x N replicas behind one ingress."""
-    ranges = split_rows(gallery_size, shards)
+def build_application(bundle: str, catalog, settings, replicas: int = 1, threads: int = 1):
+    """The Serve application: one shard deployment per catalog shard, N replicas each, behind one ingress.
+    The catalog (ids, captions, shard specs: paths, never arrays) travels with the ingress's arguments."""
     per_replica = 2 * settings.max_batch            # room for a full batch while the previous one runs
-    shard_apps = [Shard.options(name=f"shard{i}", num_replicas=replicas, max_ongoing_requests=per_replica)
-                  .bind(bundle, gallery_path, a, b, threads, settings.max_batch, settings.batch_wait_ms / 1000)
-                  for i, (a, b) in enumerate(ranges)]
-    return Ingress.options(max_ongoing_requests=per_replica, max_queued_requests=settings.max_queue).bind(
-        bundle, gallery_path, gallery_size, ids_path, captions_path, settings, threads, shard_apps, ranges,
-        replicas)
+    shard = Shard.options  # type: ignore[attr-defined]  # the decorator returns a Deployment
+    shard_apps = [shard(name=f"shard{i}", num_replicas=replicas, max_ongoing_requests=per_replica)
+                  .bind(bundle, spec, threads, settings.max_batch, settings.batch_wait_ms / 1000)
+                  for i, spec in enumerate(catalog.shards)]
+    return Ingress.options(  # type: ignore[attr-defined]
+        max_ongoing_requests=per_replica, max_queued_requests=settings.max_queue).bind(
+        bundle, catalog, settings, threads, shard_apps, replicas)
 
 
 def start_ray(address: str | None, num_cpus: int | None):
@@ -136,8 +127,23 @@ def start_ray(address: str | None, num_cpus: int | None):
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # A local Ray stays on the loopback interface: nothing of it is reachable from outside.
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     return True
+
+
+def replica_actor_names(deployment: str) -> list:
+    """Names of the live replica actors of one deployment of the app (for the replica-kill test)."""
+    import ray
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in names
+                  if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#{deployment}#"))
+
+
+def kill_replica(name: str) -> None:
+    """Kill one replica actor as a crash would; Serve notices and starts a replacement."""
+    import ray
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
 
 def deploy(app, host: str, port: int):

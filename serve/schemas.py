@@ -41,7 +41,7 @@ class EncodeRequest(Body):
 
 class ImageHit(BaseModel):
     id: Union[StrictStr, StrictInt]
-    position: int
+    position: Optional[int]                   # row in a v1 gallery; None for format-2 galleries (ids only)
     score: float
 
 

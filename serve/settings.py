@@ -25,6 +25,7 @@ class Settings:
     max_batch: int = 16              # queries encoded / searched together
     batch_wait_ms: float = 5.0       # how long a first request waits for company
     max_queue: int = 64              # waiting requests before 503
+    workers: int = 2                 # local engine: batches run at once (each on its own thread)
     timeout_s: float = 10.0          # per request, then 504
     token: str | None = None         # bearer token; None: no auth (loopback, or --insecure)
 

@@ -1,20 +1,21 @@
-"""Shards: parts of one gallery, each searched on its own; their top-k lists merged into one.
+"""Shards: parts of one collection, each searched on its own; their top-k lists merged into one.
 
-A shard owns a contiguous range of gallery rows [start, stop). It does its own first stage (the
-globals' shortlist of k' of *its* items) and its own rerank, and returns gallery positions (start +
-row), so results from any number of shards merge into the list one process would give: exact search
-is the same top-k; two-stage search is the top-k of a rerank of the union of the shards' shortlists.
-Ties break by the smaller gallery position, as kidrr.runtime.search.top_k does in one process.
+A shard is any GallerySource the Retriever searches: rows [start, stop) of an in-memory v1
+gallery (labels: gallery positions), or one format-2 gallery folder (labels: its ids). Each shard
+does its own first stage (k' of *its* items) and its own rerank through Retriever.search_text, so
+merged results equal what one process gives: exact search is the same top-k; two-stage search is
+the top-k of a rerank of the union of the shards' shortlists. Ties keep the single-process order:
+by shard (shards are consecutive row ranges), then by the shard's own order (smaller row first).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from kidrr.errors import InputError
 from kidrr.runtime import CaptionIndex, Gallery
-from kidrr.runtime.search import shortlist_rows, top_k
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,31 @@ class EncodedQuery:
     global_: np.ndarray
     k: int
     shortlist: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Where a shard's items live: rows [start, stop) of a v1 .npz gallery file, or a format-2 folder."""
+    path: str
+    start: int | None = None
+    stop: int | None = None
+
+    @property
+    def on_disk(self) -> bool:
+        return self.start is None
+
+    def open(self, retriever, whole: Gallery | None = None):
+        """The shard's GallerySource (verified against the retriever's bundle)."""
+        if self.on_disk:
+            from kidrr.gallery import open_gallery     # format-2 galleries: only when a shard is one
+            gallery = open_gallery(self.path, bundle_id=retriever.bundle_id, dim=retriever.planner.dim)
+            gallery.load_indexes()                     # checksum any ANN index now, not on a first query
+            return gallery
+        whole = whole if whole is not None else retriever.load_gallery(self.path)
+        if (self.start, self.stop) == (0, len(whole)):
+            return whole
+        return Gallery(np.array(whole.locals[self.start:self.stop]), np.array(whole.globals[self.start:self.stop]),
+                       whole.bundle_id)                # copies: a shard outlives the whole
 
 
 def split_rows(size: int, shards: int) -> list:
@@ -36,15 +62,13 @@ def split_rows(size: int, shards: int) -> list:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def shard_of(gallery: Gallery, start: int, stop: int) -> Gallery:
-    """Rows start..stop of a gallery as a gallery of their own (copies: a shard outlives the whole)."""
-    return Gallery(np.array(gallery.locals[start:stop]), np.array(gallery.globals[start:stop]),
-                   gallery.bundle_id)
+def is_v1_file(path: str) -> bool:
+    return os.path.isfile(path)
 
 
 def queries_from_index(index: CaptionIndex, ks, shortlists) -> list:
     """An encoded batch (CaptionIndex, sorted by length) -> EncodedQuery per caption, in caller order."""
-    out = [None] * len(index)
+    out: list = [None] * len(index)
     for row in range(len(index)):
         original = int(index.order[row])
         words = index.words[index.starts[row]:index.starts[row + 1]]
@@ -52,58 +76,42 @@ def queries_from_index(index: CaptionIndex, ks, shortlists) -> list:
     return out
 
 
-class ShardSearcher:
-    """Searches one shard for encoded captions; any retriever on the shard's bundle does the scoring."""
+def _index_of(queries: list, bundle_id: str) -> CaptionIndex:
+    lengths = np.array([len(q.words) for q in queries], dtype=np.int64)
+    padded = np.zeros((len(queries), int(lengths.max()), queries[0].words.shape[1]), dtype=np.float32)
+    for i, q in enumerate(queries):
+        padded[i, :len(q.words)] = q.words
+    return CaptionIndex.from_encoded(padded, np.stack([q.global_ for q in queries]), lengths, bundle_id)
 
-    def __init__(self, retriever, gallery: Gallery, start: int = 0):
-        if gallery.bundle_id != retriever.bundle_id:
-            raise InputError("the shard's gallery was encoded by another bundle than the retriever's")
-        self.retriever = retriever
-        self.gallery = gallery
-        self.start = int(start)
+
+class ShardSearcher:
+    """Searches one shard for encoded captions with the Retriever (its first stage and rerank)."""
+
+    def __init__(self, retriever, source, offset: int | None = None):
+        self.retriever, self.source = retriever, source
+        self.offset = offset              # in-memory rows: labels become gallery positions offset + row
 
     def __len__(self) -> int:
-        return len(self.gallery)
+        return len(self.source)
 
     def search(self, queries: list) -> list:
-        """[EncodedQuery] -> per query [(gallery position, score)] best first, at most k of them."""
-        n = len(self.gallery)
+        """[EncodedQuery] -> per query [(label, score)] best first, at most k of them. Queries with the
+        same k and k' are searched together (one scoring pass for exact search)."""
+        n = len(self.source)
         results: list = [None] * len(queries)
-        exact = [i for i, q in enumerate(queries) if q.shortlist is None or q.shortlist >= n]
-        if exact:
-            index = self._index([queries[i] for i in exact])
-            scores = self.retriever.score(self.gallery, index)          # (n, q): all exact queries at once
-            for col, i in enumerate(exact):
-                results[i] = self._positions(top_k(scores[:, col], min(queries[i].k, n)))
-        staged = [i for i in range(len(queries)) if results[i] is None]
-        if staged:
-            globs = np.stack([queries[i].global_ for i in staged])
-            for kp in sorted({queries[i].shortlist for i in staged}):
-                group = [j for j, i in enumerate(staged) if queries[i].shortlist == kp]
-                rows = shortlist_rows(globs[group], self.gallery.globals, kp)
-                for j, row in zip(group, rows):
-                    q = queries[staged[j]]
-                    idx = np.sort(row)
-                    s = self.retriever.runner.score(self.gallery.locals[idx], self.gallery.globals[idx],
-                                                    q.words[None], q.global_[None], np.array([len(q.words)]))
-                    results[staged[j]] = self._positions(top_k(s[:, 0], min(q.k, len(idx)), ids=idx))
-        return results
-
-    def _index(self, queries: list) -> CaptionIndex:
-        lengths = np.array([len(q.words) for q in queries], dtype=np.int64)
-        dim = queries[0].words.shape[1]
-        padded = np.zeros((len(queries), int(lengths.max()), dim), dtype=np.float32)
+        groups: dict = {}
         for i, q in enumerate(queries):
-            padded[i, :len(q.words)] = q.words
-        return CaptionIndex.from_encoded(padded, np.stack([q.global_ for q in queries]), lengths,
-                                         self.gallery.bundle_id)
-
-    def _positions(self, hits: list) -> list:
-        return [(self.start + i, s) for i, s in hits]
+            groups.setdefault((min(q.k, n), q.shortlist), []).append(i)
+        for (k, kp), members in groups.items():
+            index = _index_of([queries[i] for i in members], self.source.bundle_id)
+            found = self.retriever.search_text(index, k, gallery=self.source, shortlist=kp)
+            for i, hits in zip(members, found):
+                results[i] = hits if self.offset is None else [(self.offset + p, s) for p, s in hits]
+        return results
 
 
 def merge_top_k(per_shard: list, k: int) -> list:
-    """Per-shard [(position, score)] lists -> the best k overall; ties by the smaller position."""
-    hits = [h for hits in per_shard for h in hits]
-    hits.sort(key=lambda h: (-h[1], h[0]))
-    return hits[:k]
+    """Per-shard [(label, score)] lists, in shard order -> the best k; ties: earlier shard, then its order."""
+    keyed = [(-s, shard, rank, label) for shard, hits in enumerate(per_shard) for rank, (label, s) in enumerate(hits)]
+    keyed.sort(key=lambda x: x[:3])
+    return [(label, -neg) for neg, _, _, label in keyed[:k]]

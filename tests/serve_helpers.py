@@ -72,3 +72,23 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def disk_shards(gallery, root, ranges):
+    """Format-2 gallery folders (fp32 locals, exact first stage), one per row range, ids img-NNNN."""
+    from kidrr.gallery import GalleryWriter, create_gallery
+    folders = []
+    for i, (start, stop) in enumerate(ranges):
+        folder = os.path.join(root, f"shard{i}.gallery")
+        create_gallery(folder, gallery.bundle_id, regions=gallery.locals.shape[1], dim=gallery.globals.shape[1],
+                       locals_dtype="fp32")
+        with GalleryWriter(folder) as writer:
+            mid = (start + stop) // 2          # two segments: rows keep their order across them
+            for a, b in ((start, mid), (mid, stop)):
+                writer.add(gallery.globals[a:b], gallery.locals[a:b], [f"img-{r:04d}" for r in range(a, b)])
+        folders.append(folder)
+    return folders
+
+
+def as_ids(hits):
+    return [(f"img-{p:04d}", s) for p, s in hits]

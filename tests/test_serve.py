@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient  # the [serve] extra: the README's set-up command installs it
 
 import serve_helpers as sh  # noqa: E402
-from kidrr.errors import ConfigError  # noqa: E402
+from kidrr.errors import ConfigError, DataError, InputError  # noqa: E402
 from kidrr.runtime import Retriever  # noqa: E402
 from kidrr.serve.api import create_app  # noqa: E402
 from kidrr.serve.catalog import open_catalog  # noqa: E402
@@ -45,9 +45,9 @@ def gallery(built, rt):
     return rt.load_gallery(built[1])
 
 
-def make_client(built, rt, settings=Settings(), shards=1):
-    catalog, gallery = open_catalog(rt, built[1], built[2], built[3])
-    return TestClient(create_app(LocalEngine(rt, catalog, gallery, settings, shards=shards), settings))
+def make_client(built, rt, settings=Settings(), shards=1, galleries=None):
+    catalog, sources = open_catalog(rt, galleries or [built[1]], shards, None if galleries else built[2], built[3])
+    return TestClient(create_app(LocalEngine(rt, catalog, sources, settings), settings))
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,37 @@ def test_one_shard_two_stage_is_the_runtime_two_stage(built, rt, gallery):
         for query in sh.QUERIES[:3]:
             got = sh.hits_of(c.post("/v1/search/images", json={"query": query, "k": 4, "shortlist": 9}).json())
             sh.assert_same_hits(got, rt.search_text(query, 4, gallery=gallery, shortlist=9))
+
+
+@pytest.fixture(scope="module")
+def disk_client(built, rt, gallery, tmp_path_factory):
+    folders = sh.disk_shards(gallery, str(tmp_path_factory.mktemp("disk")), split_rows(len(gallery), 2))
+    with make_client(built, rt, galleries=folders) as c:
+        yield c
+
+
+def test_format2_shards_exact_and_two_stage_equal_the_references(disk_client, rt, gallery):
+    ranges = split_rows(len(gallery), 2)
+    for query in sh.QUERIES:
+        r = disk_client.post("/v1/search/images", json={"query": query, "k": 6})
+        got = [(x["id"], x["score"]) for x in r.json()["results"]]
+        assert all(x["position"] is None for x in r.json()["results"])
+        want = sh.as_ids(sh.exact_reference(rt, gallery, query, 6))
+        assert [i for i, _ in got] == [i for i, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=sh.SCORE_TOL)
+        r = disk_client.post("/v1/search/images", json={"query": query, "k": 4, "shortlist": 9})
+        got = [(x["id"], x["score"]) for x in r.json()["results"]]
+        want = sh.as_ids(sh.union_rerank_reference(rt, gallery, query, 4, 9, ranges))
+        assert [i for i, _ in got] == [i for i, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=sh.SCORE_TOL)
+
+
+def test_format2_shards_with_a_repeated_id_are_refused(built, rt, gallery, tmp_path):
+    folders = sh.disk_shards(gallery, str(tmp_path), [(0, 10), (9, 20)])   # row 9 in both
+    with pytest.raises(DataError, match="img-0009"):
+        open_catalog(rt, folders, 1, None, None)
+    with pytest.raises(InputError, match="--shards 3"):
+        open_catalog(rt, folders[:1] + folders[1:], 3, None, None)
 
 
 def test_caption_search_score_and_encode_match_the_runtime(client3, rt, built):
@@ -320,3 +351,20 @@ def test_real_uvicorn_client_errors_and_graceful_shutdown(built, rt, gallery):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_load_test_is_bounded_and_checks_every_answer(built, tmp_path):
+    from click.testing import CliRunner
+
+    from kidrr.bench.load import main
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["--bundle", built[0], "--items", "100", "--regions", "5", "--queries", "4",
+                                  "--configs", "local", "--concurrency", "1,4", "--requests", "12", "--seconds", "5",
+                                  "--no-kill", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "load.json").read_text())
+    rows = report["sweeps"]["local"]
+    assert [row["concurrency"] for row in rows] == [1, 4]
+    for row in rows:
+        assert row["requests"] <= 12 and row["answered"] == row["requests"] and row["wrong"] == 0
+    assert "local" in report["overhead"] and (out / "load.png").stat().st_size > 1000
