@@ -1,6 +1,8 @@
 """The C ABI on format-2 gallery folders (kidrr.gallery, docs/gallery.md): memory-mapped, searched in
-place, with the Python reader's checks. The reference is the Python runtime searching the same
-folder (Retriever.search_text on kidrr.gallery.open_gallery): same ids, scores within 1e-5.
+place, with the Python reader's checks. The reference is Python on the same folder: the Python
+reader (kidrr.gallery.open_gallery) reads every live row, the Python runtime searches them
+(Retriever.search_text on an in-memory Gallery of those rows, exact or two-stage), and the reader
+names the hits: same ids, scores within 1e-5.
 """
 import json
 import os
@@ -9,7 +11,6 @@ import numpy as np
 import pytest
 
 import test_cpp_support as cpp
-from kidrr.errors import KidrrError
 from kidrr.gallery import GalleryWriter, create_gallery, open_gallery
 from test_cpp_runtime import EMBED, bundle, features, retriever  # noqa: F401 (fixtures)
 
@@ -34,6 +35,16 @@ def _make(retriever, folder, locals_dtype, removed=("img-3", "café-7")):  # noq
     return str(folder)
 
 
+def _python_search(retriever, folder, k, shortlist):  # noqa: F811
+    from kidrr.runtime.gallery import Gallery
+    disk = open_gallery(folder, bundle_id=retriever.bundle_id)
+    tiles = list(disk.tiles(1000))
+    rows = np.concatenate([t[0] for t in tiles])
+    live = Gallery(np.concatenate([t[1] for t in tiles]), np.concatenate([t[2] for t in tiles]), disk.bundle_id)
+    hits = retriever.search_text(QUERY, k, gallery=live, shortlist=shortlist or None)
+    return list(zip(disk.labels(rows[[i for i, _ in hits]]), [s for _, s in hits]))
+
+
 def _search(built, bundle_dir, gallery, k=None, shortlist=0):
     args = [os.path.join(built, "kidrr_search"), bundle_dir, gallery, QUERY]
     if k:
@@ -53,8 +64,7 @@ def _hits(proc):
 @pytest.mark.parametrize("k,shortlist", [(5, 0), (3, 6), (14, 0)])
 def test_search_on_format2_gallery_matches_python(built, bundle, retriever, tmp_path, locals_dtype, k, shortlist):  # noqa: F811
     folder = _make(retriever, tmp_path / "g", locals_dtype)
-    want = retriever.search_text(QUERY, k, gallery=open_gallery(folder, bundle_id=retriever.bundle_id),
-                                 shortlist=shortlist or None)
+    want = _python_search(retriever, folder, k, shortlist)
     got = _hits(_search(built, bundle[0], folder, k, shortlist))
     assert [i for i, _ in got] == [i for i, _ in want]
     assert not {"img-3", "café-7"} & {i for i, _ in got}  # removed items never come back
@@ -69,10 +79,12 @@ def test_k_beyond_the_live_items_is_refused(built, bundle, retriever, tmp_path):
 
 
 def _python_refuses(folder, retriever, search=False):  # noqa: F811
-    with pytest.raises(KidrrError):
+    """The Python reader refuses the folder at open, or (search=True) when its rows are read."""
+    from kidrr.errors import DataError
+    with pytest.raises(DataError):
         g = open_gallery(folder, bundle_id=retriever.bundle_id)
         if search:
-            retriever.search_text(QUERY, 3, gallery=g)
+            list(g.tiles(1000))
 
 
 def test_damaged_galleries_are_refused_as_python_refuses_them(built, bundle, retriever, tmp_path):  # noqa: F811
@@ -122,3 +134,18 @@ def test_gallery_of_another_bundle_or_size_is_refused(built, bundle, retriever, 
     os.makedirs(tmp_path / "empty")
     proc = _search(built, bundle[0], str(tmp_path / "empty"))
     assert proc.returncode == 1 and "not a kidrr gallery" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["-k", "2", "--shortlist", "5"]])
+def test_format2_search_is_clean_under_asan_ubsan(bundle, retriever, tmp_path, extra):  # noqa: F811
+    """The memory-mapped reader and the streamed search under ASan + UBSan + LeakSanitizer, on the
+    int8 layout (scales) and on an error path (a truncated segment file)."""
+    asan = cpp.build("asan")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    folder = _make(retriever, tmp_path / "g", "int8")
+    proc = cpp.run([os.path.join(asan, "kidrr_search"), bundle[0], folder, QUERY, *extra], env=env)
+    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-4000:]
+    path = os.path.join(folder, "seg-000001", "id_offsets.npy")
+    os.truncate(path, os.path.getsize(path) - 8)
+    proc = cpp.run([os.path.join(asan, "kidrr_search"), bundle[0], folder, QUERY, *extra], env=env)
+    assert proc.returncode == 1 and "Sanitizer" not in proc.stderr and "bytes" in proc.stderr, proc.stderr[-4000:]

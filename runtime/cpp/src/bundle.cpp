@@ -80,12 +80,12 @@ Bundle::Bundle(const std::string& folder, const Options& options)
     if (!is_file(manifest_path))
         throw Error(KIDRR_ERR_BUNDLE, manifest_path + " is missing: " + folder + " is not a kidrr bundle (re-export it)");
     const std::string raw = read_file(manifest_path);
+    const Manifest m = parse_manifest(raw, manifest_path);
     {
         Sha256 h;
-        h.update(raw.data(), raw.size());
-        identity_ = h.hex_digest();  // the same identity the Python runtime tags galleries with
+        h.update(m.identity_text.data(), m.identity_text.size());
+        identity_ = h.hex_digest();  // the identity the Python runtime tags galleries with (kidrr/identity.py)
     }
-    const Manifest m = parse_manifest(raw, manifest_path);
     feature_size_ = m.feature_size;
     embed_size_ = m.embed_size;
     max_caption_len_ = m.max_caption_len;
