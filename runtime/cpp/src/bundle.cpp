@@ -14,6 +14,7 @@
 #include "checked.hpp"
 #include "error.hpp"
 #include "manifest.hpp"
+#include "npy.hpp"
 #include "sha256.hpp"
 
 namespace kidrr {
@@ -29,13 +30,10 @@ bool is_file(const std::string& p) {
     return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(KIDRR_ERR_BUNDLE, "cannot read " + path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
+// manifest.json is a few KB: a huge one is not ours, and is refused before it is read.
+constexpr size_t kMaxManifestBytes = size_t(64) << 20;
+
+std::string read_file(const std::string& path) { return read_file_bytes(path, kMaxManifestBytes, KIDRR_ERR_BUNDLE); }
 
 // Shapes here come from sizes already checked by the callers; the byte count is checked again.
 size_t byte_count(const std::string& name, const std::vector<int64_t>& shape, size_t item) {
