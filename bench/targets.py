@@ -66,7 +66,8 @@ def unavailable_reason(name: str) -> str | None:
     if backend == "torch":
         return None if importlib.util.find_spec("torch") else "python package 'torch' is not installed"
     if backend == "trt":
-        if importlib.util.find_spec("tensorrt") is None:
+        spec = importlib.util.find_spec("tensorrt")
+        if spec is None or spec.origin is None:   # origin None: tensorrt-stubs' namespace package, not TensorRT
             return "python package 'tensorrt' is not installed (NVIDIA hosts only: pip install tensorrt)"
         return None
     available, missing_ort = _ort_providers()

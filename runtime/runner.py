@@ -129,7 +129,8 @@ def available_backends() -> dict:
     """backend -> None if it can run here, else the reason it cannot (imports nothing heavy twice)."""
     out = {}
     for name, mod in (("ort", "onnxruntime"), ("trt", "tensorrt"), ("torch", "torch")):
-        out[name] = None if importlib.util.find_spec(mod) is not None else f"python package {mod!r} is not installed"
+        spec = importlib.util.find_spec(mod)   # origin None: a namespace package (tensorrt-stubs), not the library
+        out[name] = None if spec is not None and spec.origin is not None else f"python package {mod!r} is not installed"
     return out
 
 

@@ -37,11 +37,16 @@ def engine_folder(bundle: Bundle, key: str | None = None) -> str:
 
 
 def _import_stack():
+    """(tensorrt, torch) or BackendUnavailable. Methods then `import tensorrt as trt` themselves, so a
+    type checker knows every TensorRT call (tests/test_trt_api.py checks them against tensorrt-stubs)."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailable(f"backend 'trt' needs the tensorrt package ({exc}); it installs only on "
                                  f"NVIDIA hosts (pip install tensorrt); use backend='ort' elsewhere") from exc
+    if not hasattr(trt, "__version__"):   # tensorrt-stubs alone: an empty namespace package
+        raise BackendUnavailable("backend 'trt' needs TensorRT; only its type stubs (tensorrt-stubs) are "
+                                 "installed here. Install tensorrt on an NVIDIA host, or use backend='ort'")
     try:
         import torch
     except ImportError as exc:
@@ -57,12 +62,13 @@ class TrtRunner(Runner):
 
     def __init__(self, bundle: Bundle, threads: int = 0, engine_key: str | None = None):
         super().__init__(bundle, threads)
-        trt, torch = _import_stack()
+        _, torch = _import_stack()
+        import tensorrt as trt
         folder = engine_folder(bundle, engine_key)
-        self.trt, self.torch = trt, torch
+        self.torch = torch
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
-        self.engines = {}
+        self.engines: dict[str, trt.ICudaEngine] = {}
         for graph in GRAPHS:
             with open(os.path.join(folder, graph + ".plan"), "rb") as fh:
                 engine = runtime.deserialize_cuda_engine(fh.read())
@@ -74,7 +80,8 @@ class TrtRunner(Runner):
 
     def _run(self, graph: str, feeds: dict) -> dict:
         """One execution context per call: contexts are not thread-safe, engines are."""
-        torch, trt = self.torch, self.trt
+        import tensorrt as trt
+        torch = self.torch
         engine = self.engines[graph]
         context = engine.create_execution_context()
         keep, outputs = [], []
