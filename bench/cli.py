@@ -193,7 +193,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     return run
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
               help="checkpoint folder (default: the shipped model)")
 @click.option("--bundle", type=click.Path(file_okay=False), default=None,
@@ -215,10 +215,13 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
 @click.option("--out", "out", default=DEFAULT_OUT, show_default=True, help="folder for report.md, results.json, PNGs")
 @click.option("--json", "json_path", default=None, help="also write the results JSON to this file")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def main(checkpoint, bundle, data, protocol, backends, precisions, threads, batch_sizes, duration, shortlists,
+@click.pass_context
+def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads, batch_sizes, duration, shortlists,
          parity_images, out, json_path, quiet):
     """Latency, Recall@K and parity per backend and precision; no arguments: the shipped model on the
-    synthetic test set, every backend available here."""
+    synthetic test set, every backend available here. `kidrr-bench scale`: galleries on disk."""
+    if ctx.invoked_subcommand:
+        return
     if parity_images < 0:
         raise click.BadParameter("must be >= 0", param_hint="--parity-images")
     try:
@@ -233,6 +236,42 @@ def main(checkpoint, bundle, data, protocol, backends, precisions, threads, batc
     if failed:
         click.echo(f"kidrr-bench: {len(failed)} target(s) failed: {', '.join(failed)}", err=True)
         sys.exit(1)
+
+
+@main.command("scale", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--max-images", type=int, default=100_000, show_default=True,
+              help="largest gallery of 10k / 100k / 1M (1M: ~25 GB of disk, tens of minutes)")
+@click.option("--shortlists", default="50,100,200", show_default=True, help="k' values")
+@click.option("--queries", type=int, default=60, show_default=True, help="text queries per configuration")
+@click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--methods", default="ivf,hnsw", show_default=True, help="ANN indexes to build (hnsw up to 100k)")
+@click.option("--precision-folds", type=int, default=1, show_default=True,
+              help="5fold folds of the synthetic test set scored exhaustively per locals dtype (0: skip)")
+@click.option("--work", default=None, help="folder for the galleries (default: a temporary one, deleted)")
+@click.option("--keep", is_flag=True, help="keep the galleries")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="folder for scale.json, scale.md, scale_latency.png")
+@click.option("--json", "json_path", default=None, help="also write the results JSON to this file")
+@click.option("--quiet", is_flag=True)
+def scale_command(max_images, shortlists, queries, threads, methods, precision_folds, work, keep, out, json_path,
+                  quiet):
+    """Format-2 galleries of 10k / 100k (/ 1M) synthetic items at R=49, D=256: build, add, disk, open time,
+    anonymous RSS, text-query latency for exact and ANN first stages, top-10 overlap, recall."""
+    from .scale import run_scale
+    from .scale_report import markdown
+    try:
+        kps = _ints(shortlists, "--shortlists")
+        chosen = [m for m in methods.split(",") if m]
+        if not chosen or set(chosen) - {"ivf", "hnsw"}:
+            raise InputError(f"--methods must be ivf and/or hnsw, got {methods!r}")
+        if queries < 16 or threads < 1 or precision_folds < 0 or precision_folds > 5:
+            raise InputError("--queries must be >= 16, --threads >= 1, --precision-folds in 0..5")
+        run = run_scale(max_images, kps, queries, threads, work, out, json_path, chosen, precision_folds, keep,
+                        progress=not quiet)
+    except KidrrError as exc:
+        click.echo(f"kidrr-bench scale: error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(markdown(run))
+    click.echo(f"wall time {run['wall_s']:.0f} s; wrote {out}/scale.json, scale.md, scale_latency.png")
 
 
 if __name__ == "__main__":

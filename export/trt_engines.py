@@ -14,13 +14,13 @@ import os
 import subprocess
 
 from ..errors import BackendUnavailable, BundleError, InputError
+from .. import optional
 from ..fileio import foreign_entries, replace_dir_atomic, staging_dir, write_atomic
 from .lint import lint_bundle
 from .manifest import check_bundle
 
 DEFAULT_SHAPES = "n=1:32:64,m=1:8:64,R=1:36:64,L=1:16:64"
 TIMING_CACHE = "timing.cache"
-INSTALL_HINT = "TensorRT is not installed: `pip install kidrr[trt]` (tensorrt>=10) on an NVIDIA host"
 
 
 def parse_shapes(text: str | None, max_caption_len: int | None = None) -> dict:
@@ -62,18 +62,9 @@ def engine_key(onnx_sha256: str, trt_version: str, compute_capability: str, prec
 
 
 def import_tensorrt():
-    """The tensorrt module, or BackendUnavailable. tensorrt-stubs alone (type stubs, installed for the
-    static API check) imports as an empty namespace package: that is not TensorRT either.
-
-    Callers then `import tensorrt as trt` themselves, so a type checker knows every TensorRT call
-    (tests/test_trt_api.py checks them against tensorrt-stubs)."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailable(INSTALL_HINT) from exc
-    if not hasattr(tensorrt, "__version__"):
-        raise BackendUnavailable(INSTALL_HINT + " (only its type stubs are installed here)")
-    return tensorrt
+    """The tensorrt module, or BackendUnavailable (kidrr.optional). Callers then `import tensorrt as trt`
+    themselves, so a type checker sees every TensorRT call (tests/test_trt_api.py checks them)."""
+    return optional.import_tensorrt()
 
 
 def compute_capability() -> str:

@@ -27,11 +27,14 @@ def _check_value(what: str, name: str, kind: str, value, lo=None, hi=None, hi_op
         ok = isinstance(value, bool)
     elif kind == "str":
         ok = isinstance(value, str)
+    elif kind == "record":   # a JSON object or null (checked further by the field's own method)
+        ok = value is None or isinstance(value, dict)
     else:  # "list of int"
         ok = isinstance(value, list) and all(_is_int(v) for v in value)
     if not ok:
         example = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
-                   "ints": "a list of integers, e.g. [30]"}[kind]
+                   "ints": "a list of integers, e.g. [30]",
+                   "record": "a JSON object or null"}[kind]
         raise ConfigError(f"{what} field {name} must be {example}, got {value!r} ({type(value).__name__})")
     for v in (value if kind == "ints" else [value] if kind in ("int", "float") else []):
         if (lo is not None and v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
@@ -92,9 +95,24 @@ class ModelConfig:
     rgr_steps: int = 3                # U
     rgr_adaptive: bool = True         # (ours) A_u = gamma A_{u-1} + (1-gamma) E_u; False: plain SGRAF steps
     score_activation: str = "sigmoid"  # sigmoid (as published) or identity
+    # What made the image features (kidrr-features' record: backbone, weights sha256, preprocessing);
+    # None for features from elsewhere. Export puts that backbone in the bundle (docs/images.md).
+    image_backbone: dict | None = None
 
     def __post_init__(self):
         _validate(self, "model config", MODEL_RULES)
+        if self.image_backbone is not None:
+            self._check_image_backbone()
+
+    def _check_image_backbone(self) -> None:
+        from kidrr.images.spec import BACKBONES   # torch-free table
+        rec = self.image_backbone
+        if rec.get("backbone") not in BACKBONES:
+            raise ConfigError(f"image_backbone must be a kidrr-features record naming one of {sorted(BACKBONES)}, "
+                              f"got {rec!r}")
+        if rec.get("feature_size") != self.feature_size:
+            raise ConfigError(f"image_backbone {rec['backbone']} makes {rec.get('feature_size')}-d features but "
+                              f"feature_size is {self.feature_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,6 +179,7 @@ MODEL_RULES = {
     "global_attn_norm": ("str", {"choices": ("context", "none")}),
     "rgr_adaptive": ("bool",),
     "score_activation": ("str", {"choices": ("sigmoid", "identity")}),
+    "image_backbone": ("record",),
 }
 TRAIN_RULES = {
     "epochs": ("int", COUNT),

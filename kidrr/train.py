@@ -191,6 +191,24 @@ def main(data, out, size, model_set, train_set, epochs, dev_images, max_batches,
         raise click.ClickException(str(exc)) from exc
 
 
+def image_backbone_of(data: str) -> dict | None:
+    """The kidrr-features record of a data folder (train and dev must agree), or None."""
+    if data == "synthetic":
+        return None
+    from kidrr.images.features import read_features_record
+    train, dev = read_features_record(data, "train"), read_features_record(data, "dev")
+    if (train is None) != (dev is None):
+        raise KidrrError(f"{data}: only one of train/dev has a {{split}}_features.json record; extract both "
+                         f"splits with kidrr-features (same --backbone)")
+    if train is None:
+        return None
+    keys = ("backbone", "weights_sha256", "preprocessing", "feature_size", "regions")
+    if any(train.get(k) != dev.get(k) for k in keys):
+        raise KidrrError(f"{data}: train and dev features come from different backbones or preprocessing "
+                         f"({train['backbone']} vs {dev['backbone']}); re-extract one of them")
+    return {k: train[k] for k in ("format",) + keys}
+
+
 def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, max_batches=0, resume=False):
     last_dir, best_dir = os.path.join(out, "last"), os.path.join(out, "best")
     if not resume:
@@ -212,11 +230,18 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
     if epochs is not None:
         tcfg = dataclasses.replace(tcfg, epochs=epochs)   # re-validated like every other field
     train, dev = resolve_split(data, "train"), resolve_split(data, "dev")
+    image_backbone = image_backbone_of(data)
     if dev_images:
         dev = dev.subset(dev_images)
+    if resume and model.cfg.image_backbone != image_backbone:
+        raise KidrrError(f"{out} was trained on features from "
+                         f"{(model.cfg.image_backbone or {}).get('backbone', 'elsewhere')}, but {data} holds "
+                         f"features from {(image_backbone or {}).get('backbone', 'elsewhere')}; resume on the "
+                         f"data it started with")
     if not resume:
         vocab = Vocabulary.build(train.captions)
-        mcfg = ModelConfig.from_dict(dict(mcfg.to_dict(), vocab_size=len(vocab), feature_size=train.feature_size))
+        mcfg = ModelConfig.from_dict(dict(mcfg.to_dict(), vocab_size=len(vocab), feature_size=train.feature_size,
+                                          image_backbone=image_backbone))
         torch.manual_seed(tcfg.seed)
         model = KIDRR(mcfg)
     if tcfg.threads:

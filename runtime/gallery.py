@@ -8,14 +8,37 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from kidrr.errors import BundleError, InputError
+from kidrr.errors import BundleError, DataError, InputError
 from kidrr.fileio import write_atomic
 
+from .search import shortlist_rows
+
 GALLERY_FORMAT = "kidrr-gallery/1"
+V1_MEMBERS = {"format", "bundle_id", "locals", "globals"}
+
+
+@runtime_checkable
+class GallerySource(Protocol):
+    """What the Retriever needs from a gallery, in memory (Gallery) or on disk (kidrr.gallery.DiskGallery).
+
+    Rows are the source's own item numbers; labels(rows) turns them into what search returns
+    (positions for Gallery, id strings on disk).
+    """
+    bundle_id: str
+
+    def __len__(self) -> int: ...
+    def shortlist(self, query_globals: np.ndarray, size: int) -> list: ...          # per query: rows
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...        # float32 locals, globals
+    def labels(self, rows: np.ndarray) -> list: ...
+    def tiles(self, rows_per_tile: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
 
 
 def _freeze(*arrays):
@@ -39,6 +62,21 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.globals)
 
+    # GallerySource: rows are positions, and so are the labels.
+    def shortlist(self, query_globals: np.ndarray, size: int) -> list:
+        return list(shortlist_rows(query_globals, self.globals, size))
+
+    def gather(self, rows):
+        return self.locals[rows], self.globals[rows]
+
+    def labels(self, rows) -> list:
+        return [int(r) for r in rows]
+
+    def tiles(self, rows_per_tile: int):
+        for i in range(0, len(self), rows_per_tile):
+            rows = np.arange(i, min(len(self), i + rows_per_tile))
+            yield rows, self.locals[i:i + rows_per_tile], self.globals[i:i + rows_per_tile]
+
     @property
     def nbytes(self) -> int:
         return self.locals.nbytes + self.globals.nbytes
@@ -50,23 +88,75 @@ class Gallery:
         write_atomic(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str, bundle_id: str | None = None) -> "Gallery":
-        """Read a gallery file; with bundle_id, refuse one encoded by another bundle."""
+    def load(cls, path: str, bundle_id: str | None = None, dim: int | None = None) -> "Gallery":
+        """Read a v1 gallery file; with bundle_id, refuse one encoded by another bundle; with dim, one of
+        another embedding size. Every way the file can be damaged is a DataError naming it."""
+        if os.path.isdir(path):
+            hint = ("it is a format-2 gallery folder: open it with kidrr.gallery.open_gallery"
+                    if os.path.isfile(os.path.join(path, "manifest.json")) else "give a .npz gallery file")
+            raise InputError(f"gallery {path} is a folder, not a .npz file; {hint}")
         if not os.path.isfile(path):
             raise InputError(f"gallery file {path} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                fmt = str(data["format"])
-                tag = str(data["bundle_id"])
-                locs, globs = data["locals"], data["globals"]
-        except (ValueError, KeyError, OSError, EOFError) as exc:
-            raise InputError(f"{path} is not a kidrr gallery file ({exc}); rebuild it with encode_images") from exc
-        if fmt != GALLERY_FORMAT:
-            raise InputError(f"{path}: gallery format {fmt!r} is not {GALLERY_FORMAT}; rebuild it")
+        arrays = _read_v1(path)
+        fmt, tag = arrays["format"], arrays["bundle_id"]
+        if fmt.dtype.kind != "U" or fmt.shape != () or str(fmt) != GALLERY_FORMAT:
+            raise DataError(f"{path}: gallery format {str(fmt)[:40]!r} is not {GALLERY_FORMAT}; rebuild it")
+        if tag.dtype.kind != "U" or tag.shape != ():
+            raise DataError(f"{path}: bundle_id is not a string; the gallery file is damaged, rebuild it")
+        tag = str(tag)
         if bundle_id is not None and tag != bundle_id:
             raise BundleError(f"gallery {path} was encoded by another bundle ({tag[:12]}...), not this one "
                               f"({bundle_id[:12]}...); re-encode the images with this bundle")
+        locs, globs = arrays["locals"], arrays["globals"]
+        for name, arr, nd in (("locals", locs, 3), ("globals", globs, 2)):
+            if arr.ndim != nd or not np.issubdtype(arr.dtype, np.floating):
+                raise DataError(f"{path}: {name} must be a {nd}-D float array, got {arr.dtype} {arr.shape}; "
+                                f"the gallery file is damaged, rebuild it")
+        if len(locs) != len(globs) or locs.shape[2] != globs.shape[1]:
+            raise DataError(f"{path}: locals {locs.shape} and globals {globs.shape} disagree; rebuild the gallery")
+        if dim is not None and globs.shape[1] != dim:
+            raise DataError(f"{path} holds {globs.shape[1]}-d vectors but the model's embedding is {dim}-d; "
+                            f"it was not encoded by this model")
+        locs, globs = locs.astype(np.float32, copy=False), globs.astype(np.float32, copy=False)
+        bad = ~(np.isfinite(locs).all(axis=(1, 2)) & np.isfinite(globs).all(axis=1))
+        if bad.any():
+            raise DataError(f"{path}: items {np.flatnonzero(bad)[:5].tolist()} hold NaN or inf; rebuild the gallery")
         return cls(locs, globs, tag)
+
+
+def _read_v1(path: str) -> dict:
+    """The four arrays of a v1 .npz, with each member's declared size checked against the zip before
+    anything is allocated, and every zip/npy error turned into a DataError."""
+    def damaged(why):
+        return DataError(f"{path} is not a kidrr gallery file, or a damaged one ({why}); rebuild it with "
+                         f"encode_images")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            if set(infos) != V1_MEMBERS:
+                raise damaged(f"members {sorted(infos)}, expected {sorted(V1_MEMBERS)}")
+            out = {}
+            for name, info in infos.items():
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                    if version not in readers:
+                        raise damaged(f"{name}: npy version {version}")
+                    shape, fortran, dtype = readers[version](fh, max_header_size=10000)
+                    if dtype.hasobject:
+                        raise damaged(f"{name}: object arrays are never part of a gallery")
+                    count = int(np.prod(shape, dtype=object))
+                    if count * dtype.itemsize > info.file_size:
+                        raise damaged(f"{name}: header declares {shape} {dtype}, more than the "
+                                      f"{info.file_size}-byte member holds (truncated or crafted)")
+                with zf.open(info) as fh:
+                    out[name] = np.lib.format.read_array(fh, allow_pickle=False)
+            return out
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, struct.error, ValueError, KeyError, OSError, EOFError, TypeError,
+            IndexError, UnicodeDecodeError, NotImplementedError, SyntaxError, OverflowError, MemoryError) as exc:
+        raise damaged(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 @dataclass(frozen=True)

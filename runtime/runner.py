@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from kidrr.errors import BackendUnavailable, InputError
+from kidrr.optional import tensorrt_missing
 
 from .bundle import Bundle
 
@@ -128,9 +129,9 @@ def load_runner(backend: str, bundle: Bundle, threads: int = 0, **options) -> Ru
 def available_backends() -> dict:
     """backend -> None if it can run here, else the reason it cannot (imports nothing heavy twice)."""
     out = {}
-    for name, mod in (("ort", "onnxruntime"), ("trt", "tensorrt"), ("torch", "torch")):
-        spec = importlib.util.find_spec(mod)   # origin None: a namespace package (tensorrt-stubs), not the library
-        out[name] = None if spec is not None and spec.origin is not None else f"python package {mod!r} is not installed"
+    for name, mod in (("ort", "onnxruntime"), ("torch", "torch")):
+        out[name] = None if importlib.util.find_spec(mod) is not None else f"python package {mod!r} is not installed"
+    out["trt"] = tensorrt_missing()
     return out
 
 

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from kidrr.errors import BackendUnavailable, BundleError
+from kidrr.optional import import_tensorrt
 
 from .bundle import Bundle
 from .runner import Runner, as_float32, as_int64
@@ -40,13 +41,9 @@ def _import_stack():
     """(tensorrt, torch) or BackendUnavailable. Methods then `import tensorrt as trt` themselves, so a
     type checker knows every TensorRT call (tests/test_trt_api.py checks them against tensorrt-stubs)."""
     try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable(f"backend 'trt' needs the tensorrt package ({exc}); it installs only on "
-                                 f"NVIDIA hosts (pip install tensorrt); use backend='ort' elsewhere") from exc
-    if not hasattr(trt, "__version__"):   # tensorrt-stubs alone: an empty namespace package
-        raise BackendUnavailable("backend 'trt' needs TensorRT; only its type stubs (tensorrt-stubs) are "
-                                 "installed here. Install tensorrt on an NVIDIA host, or use backend='ort'")
+        trt = import_tensorrt()
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"backend 'trt' needs tensorrt: {exc}; use backend='ort' elsewhere") from exc
     try:
         import torch
     except ImportError as exc:
@@ -94,7 +91,7 @@ class TrtRunner(Runner):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
                 continue
-            shape = tuple(context.get_tensor_shape(name))
+            shape = context.get_tensor_shape(name)[:]   # Dims slices to a tuple (the stubs know it; tuple(Dims) they do not)
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
             out = torch.empty(shape, dtype=dtype, device="cuda")
             context.set_tensor_address(name, out.data_ptr())

@@ -93,7 +93,8 @@ def test_engine_set_is_what_the_trt_runtime_loads(monkeypatch, tmp_path):
     logger.WARNING = 0
     fake = types.SimpleNamespace(__version__="10.9.0", Logger=logger)
     built = []
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)   # what `import tensorrt as trt` then finds
+    monkeypatch.setattr(te.optional, "tensorrt_missing", lambda: None)
     monkeypatch.setattr(te, "compute_capability", lambda: "9.0")
     monkeypatch.setattr(te, "_build_one", lambda major, logger, path, *a: built.append(path) or b"plan")
     plans = te.build_engines(str(tmp_path / "b"), log=lambda m: None)
