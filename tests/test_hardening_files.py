@@ -84,8 +84,8 @@ def test_force_keeps_user_files_beside_a_bundle(ckpt, tmp_path):
     os.unlink(os.path.join(out, "my_gallery.npz"))
     os.makedirs(os.path.join(out, "engines", "somekey"))  # kidrr-export trt's own output belongs to the bundle
     export_bundle(ckpt, out, force=True, **QUIET)
-    assert sorted(os.listdir(out)) == ["image_encoder.onnx", "manifest.json", "similarity.onnx", "text_encoder.onnx",
-                                       "vocab.json"]
+    assert sorted(os.listdir(out)) == ["export_report.json", "image_encoder.onnx", "manifest.json", "similarity.onnx",
+                                       "text_encoder.onnx", "vocab.json"]
 
 
 def test_checkpoint_never_replaces_a_foreign_folder(tmp_path):
