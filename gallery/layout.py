@@ -230,6 +230,9 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
 
 def read_manifest(folder: str) -> tuple[Manifest, bytes]:
     path = os.path.join(folder, MANIFEST)
+    if os.path.isfile(folder):
+        raise DataError(f"{folder} is a file, not a gallery folder; a v1 .npz gallery loads with Gallery.load "
+                        f"or converts with `kidrr-gallery convert`")
     if not os.path.isdir(folder):
         raise DataError(f"gallery folder {folder} does not exist; create one with `kidrr-gallery create`")
     try:

@@ -89,6 +89,9 @@ def test_bad_manifests_are_refused(tmp_path):
         open_gallery(folder)
     with pytest.raises(DataError, match="does not exist"):
         open_gallery(str(tmp_path / "nowhere"))
+    (tmp_path / "old.npz").write_bytes(b"PK")
+    with pytest.raises(DataError, match="is a file, not a gallery folder"):
+        open_gallery(str(tmp_path / "old.npz"))
 
 
 # ---- writer -----------------------------------------------------------------------------------
