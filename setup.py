@@ -8,13 +8,23 @@ setup(
     python_requires=">=3.10",
     # Generic folder names live under the kidrr namespace so nothing called `export` or
     # `runtime` lands at the top level of site-packages.
-    packages=["kidrr", "kidrr.export", "kidrr.runtime", "kidrr.bench", "kidrr.gallery"],
+    packages=[
+        "kidrr",
+        "kidrr.bench",
+        "kidrr.export",
+        "kidrr.gallery",
+        "kidrr.images",
+        "kidrr.runtime",
+        "kidrr.serve",
+    ],
     package_dir={
         "kidrr": "kidrr",
         "kidrr.export": "export",
         "kidrr.runtime": "runtime",
         "kidrr.bench": "bench",
         "kidrr.gallery": "gallery",
+        "kidrr.images": "images",
+        "kidrr.serve": "serve",
     },
     package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors"]},
     install_requires=[
@@ -51,6 +61,9 @@ setup(
             "kidrr-export=kidrr.export.cli:main",
             "kidrr-bench=kidrr.bench.cli:main",
             "kidrr-gallery=kidrr.gallery.cli:main",
+            "kidrr-features=kidrr.images.features:main",
+            "kidrr-render=kidrr.render:main",
+            "kidrr-serve=kidrr.serve.cli:main",
         ]
     },
 )

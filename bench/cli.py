@@ -18,7 +18,7 @@ from importlib import metadata
 import click
 from tqdm import tqdm
 
-from kidrr import __version__
+from kidrr import __version__, metrics
 from kidrr.errors import InputError, KidrrError
 from kidrr.fileio import write_atomic
 
@@ -53,6 +53,47 @@ def _version(package: str):
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _writable_folder(folder: str, what: str) -> None:
+    """InputError unless files can be created in folder (made if missing): checked before a long run."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a writable "
+                         f"folder") from exc
+
+
+def _is_bench_report(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh).get("format") == "kidrr-bench/1"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_outputs(out: str, json_path: str | None) -> None:
+    """Refuse unusable or foreign outputs before the run, so no report is lost and nothing else overwritten.
+
+    --out may be new, empty, or a previous bench's folder (its results.json says so): kidrr-bench
+    overwrites its own reports there and nothing else. --json must be a file path, not a folder,
+    and may replace only a previous bench JSON.
+    """
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} exists and is not a folder; give a folder for the reports")
+    if os.path.isdir(out) and os.listdir(out) and not _is_bench_report(os.path.join(out, "results.json")):
+        raise InputError(f"--out {out} is not empty and holds no kidrr-bench results.json; the reports would "
+                         f"overwrite files there. Choose a new or empty folder")
+    _writable_folder(out, "--out")
+    if json_path:
+        if os.path.isdir(json_path):
+            raise InputError(f"--json {json_path} is a folder; give a file name, e.g. {json_path}/results.json")
+        if os.path.lexists(json_path) and not _is_bench_report(json_path):
+            raise InputError(f"--json {json_path} exists and is not a kidrr-bench report; it was not "
+                             f"overwritten. Choose another file name")
+        _writable_folder(os.path.dirname(json_path), "--json")
 
 
 def run_worker(spec: dict, work: str, bar) -> dict:
@@ -92,6 +133,9 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
         raise InputError(f"--duration must be > 0 seconds, got {duration}")
     if threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
+    out = os.path.abspath(out)
+    json_path = os.path.abspath(json_path) if json_path else None
+    check_outputs(out, json_path)
     targets, skipped = plan_targets(backends, precisions)
     wanted = sorted({t.precision for t in targets})
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if progress else None
@@ -108,11 +152,10 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     targets.sort(key=lambda t: (not t.is_reference, list(BACKENDS).index(t.name), PRECISIONS.index(t.precision)))
     any_bundle = bundles.get("fp32") or next(iter(bundles.values()), None)
     split = dataset.load_test_split(data)
+    metrics.folds(len(split.images), protocol)   # a split the protocol cannot take fails now, not in every worker
     if any_bundle:
         dataset.check_matches_model(split, sources.bundle_manifest(any_bundle)["model"], data)
     parity_n = len(split.images) if parity_images == 0 else min(parity_images, len(split.images))
-    out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="kidrr-bench-") as work:
         data_dir = os.path.abspath(data) if data else dataset.materialise(split, work)
@@ -144,8 +187,8 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     blob = json.dumps(run, indent=1).encode()
     write_atomic(os.path.join(out, "results.json"), blob)
     if json_path:
-        write_atomic(os.path.abspath(json_path), blob)
-        run["files"].append(os.path.abspath(json_path))
+        write_atomic(json_path, blob)
+        run["files"].append(json_path)
     write_atomic(os.path.join(out, "report.md"), report.markdown(run, written).encode())
     return run
 
@@ -157,8 +200,8 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
               help="an exported bundle to bench (its precision); must come from --checkpoint")
 @click.option("--data", type=click.Path(), default=None,
               help="folder in the published precomputed layout (test_ims.npy, test_caps.txt); default: synthetic test set")
-@click.option("--protocol", type=click.Choice(["1k", "5k", "5fold"]), default="5fold", show_default=True,
-              help="folds to rank within (kidrr.metrics.folds)")
+@click.option("--protocol", type=click.Choice(["all", "1k", "5k", "5fold"]), default="5fold", show_default=True,
+              help="folds to rank within (kidrr.metrics.folds; a split that does not fit is refused)")
 @click.option("--backends", default="all", show_default=True, help=f"comma-separated: {', '.join(BACKENDS)}")
 @click.option("--precisions", default="all", show_default=True, help=f"comma-separated: {', '.join(PRECISIONS)}")
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True,

@@ -30,3 +30,16 @@ class BundleError(KidrrError):
 
 class BackendUnavailable(KidrrError):
     """A backend (tensorrt, onnxruntime-gpu, torch) is not installed or has no device here."""
+
+
+class ImageError(InputError):
+    """An image file cannot be used: corrupt, truncated, not an image, unsupported format or mode, too large.
+
+    `reason` is a short machine-readable tag (corrupt, unsupported-format, too-large, ...) for the
+    skip reports of batch indexing; the message says what to do.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable", path: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.path = path

@@ -1,0 +1,254 @@
+"""`kidrr-features`: a folder of photos + a caption file -> the published precomputed layout.
+
+Writes, in --out: `{split}_ims.npy` (N, R, F) float16, `{split}_caps.txt` (5 per image, image order),
+`{split}_ids.txt` (the image file names) and `{split}_features.json` (which backbone and
+preprocessing made them, and what was skipped and why). Resumable: rows go into a memory-mapped
+`.{split}_ims.partial.npy` and `.{split}_progress.json` records, after each flushed batch, how far
+it got; the final files appear only at the end (the captions file last), so nothing half-written
+looks complete. `kidrr-train --data OUT` trains on the folder unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from kidrr.config import dump_json
+from kidrr.data import CAPTIONS_PER_IMAGE
+from kidrr.errors import DataError, ImageError, KidrrError
+from kidrr.fileio import write_atomic
+
+from .batch import SkipReport, decode_batch, unique_names
+from .caption_files import read_caption_file, safe_relative
+from .decode import MAX_PIXELS
+from .preprocess import Preprocessor, preprocessing_graph
+from .spec import BACKBONES, DEFAULT_BACKBONE, backbone_spec
+
+COPY_ROWS = 1024   # rows per chunk when compacting the partial array (bounded memory)
+
+
+def _paths(out: str, split: str) -> dict:
+    return {"ims": os.path.join(out, f"{split}_ims.npy"), "caps": os.path.join(out, f"{split}_caps.txt"),
+            "ids": os.path.join(out, f"{split}_ids.txt"), "record": os.path.join(out, f"{split}_features.json"),
+            "skipped": os.path.join(out, f"{split}_skipped.tsv"),
+            "partial": os.path.join(out, f".{split}_ims.partial.npy"),
+            "progress": os.path.join(out, f".{split}_progress.json")}
+
+
+def plan_images(images_dir: str, entries: list, report: SkipReport) -> list:
+    """[(name, path, five captions)] of the usable caption entries; the others go to the report."""
+    if not os.path.isdir(images_dir):
+        raise DataError(f"image folder {images_dir} does not exist or is not a folder")
+    names = [name for name, _ in entries]
+    plan = []
+    for i in unique_names(names, report):
+        name, captions = entries[i]
+        captions = [c.strip() for c in captions if c.strip()]
+        path = os.path.join(images_dir, name)
+        if not safe_relative(name):
+            report.add(name, "outside-folder", "the caption file names a path outside the image folder")
+        elif not os.path.isfile(path):
+            report.add(name, "missing", f"the caption file names it but {path} does not exist")
+        elif len(captions) < CAPTIONS_PER_IMAGE:
+            report.add(name, "captions", f"{len(captions)} non-empty caption(s); the layout needs "
+                                         f"{CAPTIONS_PER_IMAGE} per image")
+        else:
+            plan.append((name, path, captions[:CAPTIONS_PER_IMAGE]))
+    return plan
+
+
+def _plan_digest(plan: list, record: dict) -> str:
+    """Identity of a job: names, captions, file sizes and times, and the backbone record."""
+    h = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    for name, path, captions in plan:
+        st = os.stat(path)
+        h.update(json.dumps([name, captions, st.st_size, st.st_mtime_ns]).encode())
+    return h.hexdigest()
+
+
+def _load_progress(paths: dict, digest: str, restart: bool):
+    if not os.path.exists(paths["progress"]):
+        return None
+    if restart:
+        return None
+    try:
+        with open(paths["progress"]) as fh:
+            progress = json.load(fh)
+    except ValueError as exc:
+        raise DataError(f"{paths['progress']} is unreadable ({exc}); pass --restart to start over") from exc
+    if progress.get("digest") != digest:
+        raise DataError(f"{paths['progress']} belongs to another job (other images, captions or backbone); "
+                        f"pass --restart to start this one over")
+    if not os.path.exists(paths["partial"]):
+        raise DataError(f"{paths['partial']} is missing but {paths['progress']} says rows were written; "
+                        f"pass --restart")
+    return progress
+
+
+def extract_features(images_dir: str, captions: str, out: str, split: str = "train",
+                     backbone: str = DEFAULT_BACKBONE, ids: str | None = None, batch_size: int = 32,
+                     threads: int = 0, strict: bool = False, restart: bool = False, force: bool = False,
+                     max_pixels: int = MAX_PIXELS, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Run the job; returns the record written to {split}_features.json.
+
+    stop_after (tests: an interrupt) stops after that many batches, leaving a resumable job.
+    """
+    import torch
+    from kidrr.backbone import features_record, load_backbone
+
+    if batch_size < 1:
+        raise DataError(f"batch size must be >= 1, got {batch_size}")
+    spec = backbone_spec(backbone)
+    paths = _paths(out, split)
+    existing = [p for k, p in paths.items() if k in ("ims", "caps", "ids") and os.path.exists(p)]
+    if existing and not force:
+        raise DataError(f"{out} already holds {split} features ({', '.join(map(os.path.basename, existing))}); "
+                        f"choose another --out or --split, or pass --force to replace them")
+    report = SkipReport()
+    plan = plan_images(images_dir, read_caption_file(captions, ids), report)
+    if strict and len(report):
+        name, reason, message = report.skipped[0]
+        raise ImageError(f"{name}: [{reason}] {message}", reason=reason, path=name)
+    if not plan:
+        report.print_summary(len(report), 0)
+        raise DataError(f"no usable image in {images_dir} for {captions}; see the skipped files above")
+    record = features_record(backbone)
+    digest = _plan_digest(plan, record)
+    os.makedirs(out, exist_ok=True)
+    state = _load_progress(paths, digest, restart)
+    shape = (len(plan), spec.regions, spec.feature_size)
+    if state is None:
+        rows = np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=np.float16, shape=shape)
+        state = {"digest": digest, "done": 0, "rows": 0, "kept": [], "skipped": []}
+    else:
+        rows = np.lib.format.open_memmap(paths["partial"], mode="r+")
+        if rows.shape != shape or rows.dtype != np.float16:
+            raise DataError(f"{paths['partial']} has shape {rows.shape} {rows.dtype}, the job needs {shape} float16; "
+                            f"pass --restart")
+        print(f"resuming: {state['done']} of {len(plan)} images done, {state['rows']} rows kept", file=sys.stderr)
+    resumed_skips = SkipReport([tuple(s) for s in state["skipped"]])
+    if threads:
+        torch.set_num_threads(threads)
+    net = load_backbone(backbone)
+    pre = Preprocessor(preprocessing_graph(backbone), threads=threads)
+    start_time, start_done = time.perf_counter(), state["done"]
+    bar = tqdm(total=len(plan), initial=state["done"], desc=f"kidrr-features {split}", unit="img",
+               disable=not progress)
+    batches = 0
+    try:
+        while state["done"] < len(plan):
+            chunk = plan[state["done"]:state["done"] + batch_size]
+            batch, kept = decode_batch([p for _, p, _ in chunk], [n for n, _, _ in chunk], pre, resumed_skips,
+                                       strict=strict, max_pixels=max_pixels)
+            if batch is not None:
+                with torch.inference_mode():
+                    feats = net(torch.from_numpy(batch)).numpy()
+                r = state["rows"]
+                rows[r:r + len(kept)] = feats.astype(np.float16)
+                rows.flush()   # rows on disk before the progress record says so
+                state["rows"] = r + len(kept)
+                state["kept"].extend(kept)
+            state["done"] += len(chunk)
+            state["skipped"] = [list(s) for s in resumed_skips.skipped]
+            write_atomic(paths["progress"], json.dumps(state).encode())
+            bar.update(len(chunk))   # tqdm shows the rate in images/s
+            batches += 1
+            if stop_after is not None and batches >= stop_after and state["done"] < len(plan):
+                bar.close()
+                return {"interrupted": True, **state}
+    finally:
+        bar.close()
+    del rows
+    elapsed = time.perf_counter() - start_time
+    report.skipped.extend(resumed_skips.skipped)
+    if state["rows"] == 0:
+        report.print_summary(len(plan) + len(report) - len(resumed_skips), 0)
+        os.unlink(paths["partial"])
+        os.unlink(paths["progress"])
+        raise DataError(f"none of the images in {images_dir} could be used; see the skipped files above")
+    _finish(paths, state, plan)
+    total = len(plan) + len(report) - len(resumed_skips)
+    record.update(split=split, images=state["rows"], source_images=total, skipped=report.to_json(),
+                  images_per_s=round((state["done"] - start_done) / max(elapsed, 1e-9), 2))
+    write_atomic(paths["record"], dump_json(record).encode())
+    if len(report):
+        write_atomic(paths["skipped"], report.tsv().encode())
+    elif os.path.exists(paths["skipped"]) and force:
+        os.unlink(paths["skipped"])   # a stale report of the run being replaced
+    captions_of = {name: caps for name, _, caps in plan}
+    write_atomic(paths["ids"], "".join(f"{n}\n" for n in state["kept"]).encode())
+    write_atomic(paths["caps"], "".join(f"{c}\n" for n in state["kept"] for c in captions_of[n]).encode())
+    os.unlink(paths["progress"])
+    report.print_summary(total, state["rows"])
+    return record
+
+
+def _finish(paths: dict, state: dict, plan: list) -> None:
+    """Move the partial array into place, compacted to the rows kept (skipped files leave no row)."""
+    kept = state["rows"]
+    if kept == len(plan):
+        os.replace(paths["partial"], paths["ims"])
+        return
+    src = np.load(paths["partial"], mmap_mode="r")
+    tmp = paths["ims"] + ".tmp"
+    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(kept,) + src.shape[1:])
+    for i in range(0, kept, COPY_ROWS):
+        dst[i:i + COPY_ROWS] = src[i:min(i + COPY_ROWS, kept)]
+    dst.flush()
+    del dst, src
+    os.replace(tmp, paths["ims"])
+    os.unlink(paths["partial"])
+
+
+def read_features_record(folder: str, split: str) -> dict | None:
+    """The {split}_features.json of a data folder, or None when the features came from elsewhere."""
+    path = os.path.join(folder, f"{split}_features.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as fh:
+            record = json.load(fh)
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); rerun kidrr-features") from exc
+    if not isinstance(record, dict) or record.get("backbone") not in BACKBONES:
+        raise DataError(f"{path} does not name a known backbone ({sorted(BACKBONES)}); rerun kidrr-features")
+    return record
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--images", "images_dir", required=True, help="folder of image files")
+@click.option("--captions", required=True, help="{split}_caps.txt (with {split}_ids.txt) or a 'file<TAB>caption' TSV")
+@click.option("--ids", default=None, help="image file names for a {split}_caps.txt (default: {split}_ids.txt beside it)")
+@click.option("--out", required=True, help="data folder to write (the published precomputed layout)")
+@click.option("--split", default="train", show_default=True, help="split name: train, dev, test...")
+@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--threads", type=int, default=0, help="torch / onnxruntime threads (0: their default)")
+@click.option("--strict", is_flag=True, help="stop at the first bad file instead of skipping it")
+@click.option("--restart", is_flag=True, help="discard an interrupted run of this split and start over")
+@click.option("--force", is_flag=True, help="replace this split's finished features in --out")
+@click.option("--max-pixels", type=int, default=MAX_PIXELS, show_default=True, help="refuse larger images")
+def main(images_dir, captions, ids, out, split, backbone, batch_size, threads, strict, restart, force, max_pixels):
+    """Extract region features for a folder of photos. Exit code 0: all used; 1: some skipped; 2: error."""
+    try:
+        record = extract_features(images_dir, captions, out, split, backbone, ids, batch_size, threads, strict,
+                                  restart, force, max_pixels)
+    except ImageError as exc:
+        click.echo(f"error (--strict): {exc}", err=True)
+        sys.exit(2)
+    except KidrrError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {record['images']} images x {record['regions']} regions x {record['feature_size']} "
+               f"({record['backbone']}) to {out} at {record['images_per_s']} images/s", err=True)
+    sys.exit(1 if record["skipped"] else 0)
+
+
+if __name__ == "__main__":
+    main()
