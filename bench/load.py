@@ -12,10 +12,17 @@ is the runtime's own two-stage search. Writes load.json, load.md and load.png to
 """
 from __future__ import annotations
 
-import asyncio
+import os
+
+if __name__ == "__main__":
+    # Before numpy loads: the in-process reference timing runs with one BLAS thread, as kidrr-serve
+    # does (kidrr.serve.cli.one_blas_thread); the services it starts inherit it.
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+import asyncio  # noqa: E402
 import itertools
 import json
-import os
 import signal
 import socket
 import subprocess
