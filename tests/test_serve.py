@@ -195,6 +195,9 @@ def test_body_size_limit_answers_413(built, rt):
     with make_client(built, rt, settings) as c:
         r = c.post("/v1/score", json={"features": [_image(built)] * 4, "captions": ["a dog"]})
         assert r.status_code == 413 and r.json()["error"]["kind"] == "too_large"
+        streamed = iter([b'{"query": "' + b"a " * 1500, b"dog " * 1500 + b'"}'])   # no Content-Length: counted
+        r = c.post("/v1/search/images", content=streamed, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["kind"] == "too_large"
         assert c.post("/v1/search/images", json={"query": "a dog", "k": 2}).status_code == 200
 
 
