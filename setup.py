@@ -26,7 +26,8 @@ setup(
         "kidrr.images": "images",
         "kidrr.serve": "serve",
     },
-    package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors"]},
+    package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors",
+                            "shipped_pixels/*.json", "shipped_pixels/*.safetensors"]},
     install_requires=[
         # Pinned to the CPU build that pip finds locally; a range would pull a multi-GB CUDA wheel.
         "torch==2.13.0",

@@ -11,13 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 
 from ..errors import BackendUnavailable, BundleError, InputError
 from .. import optional
-from ..fileio import replace_dir_atomic, write_atomic
+from ..fileio import foreign_entries, replace_dir_atomic, staging_dir, write_atomic
 from .lint import lint_bundle
 from .manifest import check_bundle
 
@@ -130,8 +128,7 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
     if all(os.path.exists(p) for p in plans.values()):
         log(f"  cached engine set {key}")
         return plans
-    staging = tempfile.mkdtemp(dir=engines_dir, prefix=".tmp-engine-")
-    try:
+    with staging_dir(engines_dir, ".tmp-engine-") as staging:
         meta = {"tensorrt": trt.__version__, "compute_capability": sm, "precision": engine_precision, "graphs": {}}
         for graph, entry in manifest["graphs"].items():
             log(f"  {graph}: building engine (TensorRT {trt.__version__}, sm {sm}, {engine_precision})")
@@ -143,12 +140,17 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
                                      "profile": {k: [list(v) for v in s] for k, s in profiles[graph].items()}}
         with open(os.path.join(staging, "engine.json"), "w") as fh:
             json.dump(meta, fh, indent=2)
-        replace_dir_atomic(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        replace_dir_atomic(staging, final, _check_replaceable_engines)
     log(f"  engine set {key} written")
     return plans
+
+
+def _check_replaceable_engines(folder: str) -> None:
+    """An engine set folder holds plans and engine.json only; anything else is not ours to delete."""
+    foreign = [e for e in foreign_entries(folder, ["engine.json"]) if not e.endswith(".plan")]
+    if foreign:
+        raise BundleError(f"engine folder {folder} holds {foreign[:5]}, which kidrr did not write; move them out "
+                          f"before rebuilding")
 
 
 def _build_one(trt, major, logger, onnx_path, profile, fp16_flag, workspace_mb, cache_path) -> bytes:

@@ -15,14 +15,19 @@ from kidrr.errors import DataError, InputError
 EXACT_BLOCK_ROWS = 65536
 
 
+IVF_TRAIN_PER_LIST = 40    # k-means training points per list (faiss warns below 39)
+IVF_TRAIN_ITERATIONS = 10  # faiss' default is 25; the lists only route the search, 10 is plenty
+
+
 def ivf_nlist(rows: int) -> int:
-    """About 4 sqrt(n) lists (faiss' rule of thumb), at least 16 and at most rows / 39 (k-means needs ~39 per list)."""
-    return int(max(1, min(max(16, 4 * math.sqrt(rows)), rows // 39)))
+    """2 sqrt(n) lists (2,000 at 1M): at least 16, at most rows / 40 so k-means has enough points per list.
+    Fewer lists than faiss' 4-16 sqrt(n) keep training to a minute on two cores; nprobe makes up for it."""
+    return int(max(1, min(max(16, 2 * math.sqrt(rows)), rows // IVF_TRAIN_PER_LIST)))
 
 
 def default_nprobe(nlist: int) -> int:
-    # 1/32 of the lists, at least 16: measured by `kidrr-bench scale` to keep the final top-10 overlap
-    # with the exact first stage >= 0.95 at k'=100 (docs/gallery.md).
+    # 1/32 of the lists, at least 16 (1/32 of the items scanned: ~1 ms at 1M); `kidrr-bench scale`
+    # measures the final top-10 overlap with the exact first stage it gives (docs/gallery.md).
     return int(min(nlist, max(16, nlist // 32)))
 
 
@@ -37,8 +42,10 @@ def build_index(globals_: np.ndarray, method: str, seed: int = 0, progress=None)
     if method == "ivf":
         nlist = ivf_nlist(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = IVF_TRAIN_ITERATIONS
+        index.cp.seed = seed
         rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
+        sample = np.sort(rng.choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False))
         index.train(np.ascontiguousarray(globals_[sample], dtype=np.float32))
         params = {"nlist": nlist}
     elif method == "hnsw":

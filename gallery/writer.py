@@ -229,14 +229,15 @@ class GalleryWriter:
             ann = self._build_ann(staging, name, m.ann_method, int(rows), m.ann_min_rows)
             final = os.path.join(self.folder, name)
             os.rename(staging, final)
+            staging = final
             fsync_dir(self.folder)
+            info = SegmentInfo(name, int(rows), files, None, ann)
+            self._commit(replace(m, generation=m.generation + 1, segments=m.segments + (info,),
+                                 next_segment=m.next_segment + 1))
         except BaseException:
-            if os.path.isdir(staging):
+            if self.manifest is m and os.path.isdir(staging):    # not committed: the new folder is nobody's
                 shutil.rmtree(staging, ignore_errors=True)
             raise
-        info = SegmentInfo(name, int(rows), files, None, ann)
-        self._commit(replace(m, generation=m.generation + 1, segments=m.segments + (info,),
-                             next_segment=m.next_segment + 1))
         return self.manifest.live
 
     def _build_ann(self, seg_dir: str, name: str, method: str, rows: int, min_rows: int):
@@ -273,19 +274,26 @@ class GalleryWriter:
         rows = np.array(sorted(found.values()), dtype=np.int64)
         segments, drop = list(m.segments), []
         gen = m.generation + 1
-        for si, seg in enumerate(current.segments):
-            mine = rows[(rows >= seg.start) & (rows < seg.start + seg.rows)] - seg.start
-            if not len(mine):
-                continue
-            dead = np.union1d(seg.dead, mine).astype("<i8")
-            rel = f"{seg.name}/tombstones-{gen:06d}.npy"
-            entry = write_small_array(os.path.join(self.folder, rel), dead, self.opener)
-            os.chmod(os.path.join(self.folder, rel), 0o644)
-            if segments[si].tombstones:
-                drop.append(segments[si].tombstones["file"])
-            segments[si] = replace(segments[si], tombstones={"file": rel, "count": int(len(dead)), **entry})
-        fsync_dir(self.folder)
-        self._commit(replace(m, generation=gen, segments=tuple(segments)), drop)
+        written = []
+        try:
+            for si, seg in enumerate(current.segments):
+                mine = rows[(rows >= seg.start) & (rows < seg.start + seg.rows)] - seg.start
+                if not len(mine):
+                    continue
+                dead = np.union1d(seg.dead, mine).astype("<i8")
+                rel = f"{seg.name}/tombstones-{gen:06d}.npy"
+                written.append(rel)
+                entry = write_small_array(os.path.join(self.folder, rel), dead, self.opener)
+                os.chmod(os.path.join(self.folder, rel), 0o644)
+                if segments[si].tombstones:
+                    drop.append(segments[si].tombstones["file"])
+                segments[si] = replace(segments[si], tombstones={"file": rel, "count": int(len(dead)), **entry})
+            fsync_dir(self.folder)
+            self._commit(replace(m, generation=gen, segments=tuple(segments)), drop)
+        except BaseException:
+            if self.manifest is m:          # not committed: the new tombstone files are nobody's
+                self._drop(written)
+            raise
         return self.manifest.live
 
     # ---- compact ------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 from .data import CAPTIONS_PER_IMAGE, Split
 
 KINDS = ["dog", "cat", "horse", "bird", "car", "bus", "bike", "boat", "chair", "table", "ball", "kite",
@@ -156,7 +158,7 @@ def make_synthetic_scenes(split: str, cfg: SyntheticConfig | None = None, kind_n
         raise ValueError(f"kind_names needs {len(KINDS)} names (one per kind), got {len(kind_names)}")
     sizes = {"train": cfg.train_images, "dev": cfg.dev_images, "test": cfg.test_images}
     if split not in sizes:
-        raise ValueError(f"unknown synthetic split {split!r}; choose one of {sorted(sizes)}")
+        raise InputError(f"unknown synthetic split {split!r}; choose one of {sorted(sizes)}")
     if cfg.regions < 3:
         raise ValueError("synthetic scenes need at least 3 regions")
     space = _FeatureSpace(cfg)

@@ -128,7 +128,8 @@ def _read_v1(path: str) -> dict:
     """The four arrays of a v1 .npz, with each member's declared size checked against the zip before
     anything is allocated, and every zip/npy error turned into a DataError."""
     def damaged(why):
-        return DataError(f"{path} is not a readable kidrr gallery file ({why}); rebuild it with encode_images")
+        return DataError(f"{path} is not a kidrr gallery file, or a damaged one ({why}); rebuild it with "
+                         f"encode_images")
     try:
         with zipfile.ZipFile(path) as zf:
             infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}

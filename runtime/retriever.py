@@ -18,7 +18,7 @@ from kidrr.data import check_features
 from kidrr.errors import BundleError, InputError
 
 from .bundle import load_bundle
-from .captions import tokenize_captions
+from .captions import check_policies, tokenize_captions
 from .gallery import CaptionIndex, Gallery, GallerySource
 from .runner import load_runner
 from .search import check_k, check_shortlist, shortlist_rows, top_k
@@ -31,16 +31,18 @@ STREAM_TILE_ROWS = 2048   # items read at a time by exhaustive search over a gal
 class Retriever:
     def __init__(self, bundle_path: str, backend: str = "ort", threads: int = 0,
                  memory_budget_mb: float = 256.0, tiles: tuple | None = None, on_long: str = "refuse",
-                 verify: bool = True, **backend_options):
+                 verify: bool = True, on_unknown: str = "refuse", **backend_options):
         """backend: 'ort' | 'trt' | 'torch'. threads: 0 = the backend's default. tiles=(images, captions)
-        fixes the score tile instead of choosing it. on_long: 'refuse' | 'truncate' over-long captions."""
+        fixes the score tile instead of choosing it. on_long: 'refuse' | 'truncate' over-long captions.
+        on_unknown: 'refuse' | 'keep' captions with no known word ('keep' is evaluation's policy)."""
+        check_policies(on_long, on_unknown)   # a bad policy fails here, not on the first long caption
         self.bundle = load_bundle(bundle_path, verify=verify)
         self.runner = load_runner(backend, self.bundle, threads=threads, **backend_options)
         model = self.bundle.model
         self.feature_size = int(model["feature_size"])
         self.planner = TilePlanner(int(model["embed_size"]), int(model["sim_size"]),
                                    int(memory_budget_mb * 2**20), tiles)
-        self.on_long = on_long
+        self.on_long, self.on_unknown = on_long, on_unknown
         self._lock = threading.Lock()
         self._gallery: Gallery | None = None
         self._captions: CaptionIndex | None = None
@@ -60,10 +62,10 @@ class Retriever:
             globs.append(g)
         return Gallery(np.concatenate(locs), np.concatenate(globs), self.bundle_id)
 
-    def encode_texts(self, captions, on_long: str | None = None) -> CaptionIndex:
+    def encode_texts(self, captions, on_long: str | None = None, on_unknown: str | None = None) -> CaptionIndex:
         """list[str] -> CaptionIndex (sorted by length inside; scores come back in your order)."""
         ids, lengths = tokenize_captions(self.bundle.vocab, captions, self.bundle.max_caption_len,
-                                         on_long or self.on_long)
+                                         on_long or self.on_long, on_unknown or self.on_unknown)
         order = np.argsort(lengths, kind="stable")  # similar lengths per batch: less padding to encode
         words, globs = [], []
         for i in range(0, len(ids), ENCODE_BATCH):
@@ -81,6 +83,10 @@ class Retriever:
 
     # ---- scoring ---------------------------------------------------------------------------
     def _own(self, item, what: str):
+        kind = CaptionIndex if what == "caption index" else Gallery
+        if not isinstance(item, kind):
+            raise InputError(f"expected a {kind.__name__} as the {what}, got {type(item).__name__}; make one with "
+                             f"{'encode_texts' if kind is CaptionIndex else 'encode_images'}()")
         if item.bundle_id != self.bundle_id:
             raise BundleError(f"this {what} was encoded by another bundle ({item.bundle_id[:12]}...), not "
                               f"this one ({self.bundle_id[:12]}...); re-encode it with this retriever")

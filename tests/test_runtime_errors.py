@@ -135,7 +135,7 @@ def test_bad_k_and_empty_gallery(rt):
 def test_corrupted_gallery_file(rt, tmp_path):
     path = tmp_path / "g.npz"
     path.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable kidrr gallery"):
+    with pytest.raises(DataError, match="not a kidrr gallery"):
         rt.load_gallery(str(path))
     with pytest.raises(InputError, match="does not exist"):
         rt.load_gallery(str(tmp_path / "none.npz"))
