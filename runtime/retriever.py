@@ -82,9 +82,10 @@ class Retriever:
         return Gallery.load(path, bundle_id=self.bundle_id, dim=self.planner.dim)
 
     # ---- scoring ---------------------------------------------------------------------------
-    def _own(self, item, what: str):
+    def _own(self, item, what: str, any_source: bool = False):
+        """any_source: searches take any GallerySource (a format-2 DiskGallery too); scoring needs a Gallery."""
         kind = CaptionIndex if what == "caption index" else Gallery
-        if not isinstance(item, kind):
+        if not isinstance(item, kind) and not (any_source and kind is Gallery and isinstance(item, GallerySource)):
             raise InputError(f"expected a {kind.__name__} as the {what}, got {type(item).__name__}; make one with "
                              f"{'encode_texts' if kind is CaptionIndex else 'encode_images'}()")
         if item.bundle_id != self.bundle_id:
@@ -134,7 +135,7 @@ class Retriever:
     # ---- attached indexes ------------------------------------------------------------------
     def use_gallery(self, gallery: Gallery) -> None:
         with self._lock:
-            self._gallery = self._own(gallery, "gallery")
+            self._gallery = self._own(gallery, "gallery", any_source=True)
 
     def use_captions(self, captions) -> None:
         index = self._captions_arg(captions)
@@ -143,7 +144,7 @@ class Retriever:
 
     def _attached(self, given, attr: str, what: str):
         if given is not None:
-            return self._own(given, what)
+            return self._own(given, what, any_source=True)
         with self._lock:
             found = getattr(self, attr)
         if found is None:
@@ -201,7 +202,7 @@ class Retriever:
         if isinstance(features, Gallery):
             single, queries = False, self._own(features, "query gallery")
         elif isinstance(features, GallerySource):     # a gallery on disk as queries: read it whole
-            parts = list(self._own(features, "query gallery").tiles(STREAM_TILE_ROWS))
+            parts = list(self._own(features, "query gallery", any_source=True).tiles(STREAM_TILE_ROWS))
             single = False
             queries = Gallery(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
                               features.bundle_id)
