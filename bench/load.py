@@ -294,6 +294,7 @@ def plot(report: dict, path: str) -> None:
         axes[2].set(yscale="log", xlabel="seconds", ylabel="latency (ms)",
                     title=f"ray 2 shards x {kill['replicas_per_shard']} replicas, one killed (concurrency 8)")
         axes[2].legend(fontsize=7)
+    fig.tight_layout()
     write_figure(fig, path)
     plt.close(fig)
 
