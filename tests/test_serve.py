@@ -116,6 +116,8 @@ def test_format2_shards_with_a_repeated_id_are_refused(built, rt, gallery, tmp_p
 
 
 def test_caption_search_score_and_encode_match_the_runtime(client3, rt, built):
+    paths = client3.get("/openapi.json").json()["paths"]
+    assert {"/v1/search/images", "/v1/search/captions", "/v1/score", "/v1/encode", "/v1/ready"} <= set(paths)
     feats = built[4][:3]
     index = rt.encode_texts(built_captions(built))
     r = client3.post("/v1/search/captions", json={"features": feats[0].tolist(), "k": 3})
