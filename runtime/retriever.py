@@ -82,10 +82,10 @@ class Retriever:
         return Gallery.load(path, bundle_id=self.bundle_id, dim=self.planner.dim)
 
     # ---- scoring ---------------------------------------------------------------------------
-    def _own(self, item, what: str, any_source: bool = False):
-        """any_source: searches take any GallerySource (a format-2 DiskGallery too); scoring needs a Gallery."""
-        kind = CaptionIndex if what == "caption index" else Gallery
-        if not isinstance(item, kind) and not (any_source and kind is Gallery and isinstance(item, GallerySource)):
+    def _own(self, item, what: str, kind: type = Gallery):
+        """item, checked: its type (kind), its bundle, its vector size, not empty. Scoring needs an
+        in-memory Gallery; search takes any GallerySource (a Gallery or a gallery on disk)."""
+        if not isinstance(item, kind):
             raise InputError(f"expected a {kind.__name__} as the {what}, got {type(item).__name__}; make one with "
                              f"{'encode_texts' if kind is CaptionIndex else 'encode_images'}()")
         if item.bundle_id != self.bundle_id:
@@ -100,7 +100,7 @@ class Retriever:
 
     def _captions_arg(self, captions) -> CaptionIndex:
         if isinstance(captions, CaptionIndex):
-            return self._own(captions, "caption index")
+            return self._own(captions, "caption index", CaptionIndex)
         return self.encode_texts(captions)
 
     def _plan_for(self, gallery: Gallery, captions: CaptionIndex, force: bool = False):
@@ -133,9 +133,9 @@ class Retriever:
                              self._plan_for(gallery, captions), progress=bar if progress else None)
 
     # ---- attached indexes ------------------------------------------------------------------
-    def use_gallery(self, gallery: Gallery) -> None:
+    def use_gallery(self, gallery: GallerySource) -> None:
         with self._lock:
-            self._gallery = self._own(gallery, "gallery", any_source=True)
+            self._gallery = self._own(gallery, "gallery", GallerySource)
 
     def use_captions(self, captions) -> None:
         index = self._captions_arg(captions)
@@ -144,7 +144,7 @@ class Retriever:
 
     def _attached(self, given, attr: str, what: str):
         if given is not None:
-            return self._own(given, what, any_source=True)
+            return self._own(given, what, CaptionIndex if attr == "_captions" else GallerySource)
         with self._lock:
             found = getattr(self, attr)
         if found is None:
@@ -200,9 +200,9 @@ class Retriever:
         k = check_k(k, len(index), "caption index")
         kp = check_shortlist(shortlist, k, len(index))
         if isinstance(features, Gallery):
-            single, queries = False, self._own(features, "query gallery")
+            single, queries = False, self._own(features, "query gallery", Gallery)
         elif isinstance(features, GallerySource):     # a gallery on disk as queries: read it whole
-            parts = list(self._own(features, "query gallery", any_source=True).tiles(STREAM_TILE_ROWS))
+            parts = list(self._own(features, "query gallery", GallerySource).tiles(STREAM_TILE_ROWS))
             single = False
             queries = Gallery(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
                               features.bundle_id)

@@ -80,12 +80,8 @@ Bundle::Bundle(const std::string& folder, const Options& options)
     if (!is_file(manifest_path))
         throw Error(KIDRR_ERR_BUNDLE, manifest_path + " is missing: " + folder + " is not a kidrr bundle (re-export it)");
     const std::string raw = read_file(manifest_path);
-    {
-        Sha256 h;
-        h.update(raw.data(), raw.size());
-        identity_ = h.hex_digest();  // the same identity the Python runtime tags galleries with
-    }
     const Manifest m = parse_manifest(raw, manifest_path);
+    identity_ = m.identity;  // the same identity the Python runtime tags galleries with
     feature_size_ = m.feature_size;
     embed_size_ = m.embed_size;
     max_caption_len_ = m.max_caption_len;

@@ -5,6 +5,7 @@
 
 #include "error.hpp"
 #include "json.hpp"
+#include "sha256.hpp"
 #include "tokenizer.hpp"
 
 namespace kidrr {
@@ -76,6 +77,33 @@ GraphSpec graph(const Json& graphs, const char* name, size_t n_inputs, size_t n_
     return g;
 }
 
+// kidrr.identity.bundle_id: sha256 of the canonical JSON (sorted keys, no spaces, non-ASCII escaped,
+// as Python's json.dumps(sort_keys=True, separators=(",", ":"))) of only the fields that change the
+// numbers, so a re-export of the same checkpoint keeps its identity. Absent fields are null.
+std::string bundle_identity(const Json& m, const Json& graphs) {
+    static const char* const kBundleKeys[] = {"format", "model", "tokenizer", "precision", "files"};
+    static const char* const kGraphKeys[] = {"file", "sha256", "opset", "precision", "inputs", "outputs", "kidrr_functions"};
+    Json core = Json::object();
+    for (const char* k : kBundleKeys) {
+        const Json* v = member(m, k);
+        core[k] = v ? *v : Json(nullptr);
+    }
+    Json per_graph = Json::object();
+    for (const auto& [name, entry] : graphs.items()) {
+        Json g = Json::object();
+        for (const char* k : kGraphKeys) {
+            const Json* v = member(entry, k);
+            g[k] = v ? *v : Json(nullptr);
+        }
+        per_graph[name] = std::move(g);
+    }
+    core["graphs"] = std::move(per_graph);
+    const std::string canonical = core.dump(-1, ' ', /*ensure_ascii=*/true);
+    Sha256 h;
+    h.update(canonical.data(), canonical.size());
+    return h.hex_digest();
+}
+
 }  // namespace
 
 Manifest parse_manifest(std::string_view raw, const std::string& path) {
@@ -126,6 +154,7 @@ Manifest parse_manifest(std::string_view raw, const std::string& path) {
         if (sha.size() != 64 || sha.find_first_not_of("0123456789abcdef") != std::string::npos)
             bad(path, "the sha256 of " + rel + " is not 64 lower-case hex digits");
     }
+    out.identity = bundle_identity(m, graphs);
     return out;
 }
 

@@ -25,6 +25,8 @@ struct Manifest {
     std::string vocab_file;
     // Every file the manifest vouches for, (relative path, sha256): the three graphs, then `files`.
     std::vector<std::pair<std::string, std::string>> files;
+    // The bundle's identity, the one kidrr.identity.bundle_id gives (galleries are tagged with it).
+    std::string identity;
 };
 
 // Throws Error(KIDRR_ERR_BUNDLE) naming `path` and the field on anything malformed.
