@@ -65,6 +65,36 @@ def build_graphs(model, opset: int, precision: str) -> dict:
     return out
 
 
+def check_image_backbone(cfg, backbone: str | None) -> str | None:
+    """The backbone the bundle gets: the one that made the checkpoint's training features.
+
+    Refuses a --backbone other than that one, a backbone for a checkpoint trained on features from
+    elsewhere, and installed weights other than the ones that made the features.
+    """
+    record = cfg.image_backbone
+    if record is None:
+        if backbone is not None:
+            raise BundleError(f"the checkpoint was trained on features not made by kidrr-features (its config "
+                              f"has no image_backbone record), so --backbone {backbone} cannot be paired with it; "
+                              f"extract features with `kidrr-features --backbone {backbone}` and train on them")
+        return None
+    if backbone is not None and backbone != record["backbone"]:
+        raise BundleError(f"the checkpoint was trained on {record['backbone']} features; a bundle with {backbone} "
+                          f"would feed it features it never saw. Export without --backbone, or retrain on "
+                          f"`kidrr-features --backbone {backbone}` features")
+    from ..backbone import weights_sha256
+    installed = weights_sha256(record["backbone"])
+    if installed != record.get("weights_sha256"):
+        raise BundleError(f"the installed {record['backbone']} weights (sha256 {installed[:12]}...) are not the ones "
+                          f"that made the training features ({str(record.get('weights_sha256'))[:12]}...); install "
+                          f"the weights package version used for kidrr-features")
+    from ..images.spec import preprocessing_record
+    if record.get("preprocessing") != preprocessing_record(record["backbone"]):
+        raise BundleError(f"the checkpoint's features were made with preprocessing {record.get('preprocessing')}, "
+                          f"this kidrr writes {preprocessing_record(record['backbone'])}; re-extract the features")
+    return record["backbone"]
+
+
 def _synthetic_dev(model, n_images: int | None):
     """The synthetic dev split if the model reads its feature size, else None."""
     from ..synthetic import SyntheticConfig, make_synthetic
@@ -77,7 +107,8 @@ def _synthetic_dev(model, n_images: int | None):
 
 def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32", opset: int | None = None,
                   force: bool = False, verify_outputs: bool = True, verify: bool | None = None,
-                  recall_images: int | None = None, progress: bool = True, log=None) -> dict:
+                  recall_images: int | None = None, progress: bool = True, log=None,
+                  backbone: str | None = None) -> dict:
     """Write a bundle; returns its manifest. checkpoint None exports the shipped model.
 
     verify (default on): fp32 graphs must match PyTorch within 1e-5 (VerificationError otherwise);
@@ -94,6 +125,7 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
     bar = tqdm(stages, desc="kidrr-export", disable=not progress, leave=False)
     bar.set_postfix_str("load checkpoint")
     model, vocab, ckpt_sha = load_checkpoint(checkpoint)
+    backbone = check_image_backbone(model.cfg, backbone)
     bar.update(1)
     staging = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=".tmp-bundle-")
     try:
@@ -107,16 +139,29 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
                                            precision if name == "similarity" else "fp32")
             timings[name] = seconds
             log(f"  wrote {name}.onnx in {seconds:.2f}s ({os.path.getsize(path) / 1e6:.1f} MB)")
+        backbone_net = None
+        if backbone is not None:
+            from ..backbone import load_backbone
+            from .image_graphs import image_graphs
+            backbone_net = load_backbone(backbone)
+            for name, proto in image_graphs(backbone, opset, backbone_net).items():
+                path = os.path.join(staging, f"{name}.onnx")
+                onnx.save(proto, path)
+                entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, "fp32")
+                log(f"  wrote {name}.onnx ({os.path.getsize(path) / 1e6:.1f} MB)")
         vocab.save(os.path.join(staging, "vocab.json"))
         bar.update(1)
         bar.set_postfix_str("verify")
         report = _verify(model, vocab, staging, precision, opset, recall_images, progress, log) if do_verify else None
+        if do_verify and backbone is not None:
+            report["image"] = _verify_images(model, backbone_net, staging, precision, log)
         bar.update(1)
         bar.set_postfix_str("manifest")
         manifest = {
             "format": mf.FORMAT, "model": model.cfg.to_dict(),
             "tokenizer": {"rules": TOKENIZER_RULES, "vocab": "vocab.json", "max_caption_len": model.cfg.max_caption_len},
             "precision": precision, "graphs": entries,
+            "image": None if backbone is None else _image_section(model.cfg.image_backbone),
             "files": {"vocab.json": sha256_file(os.path.join(staging, "vocab.json"))},
             "source_checkpoint_sha256": ckpt_sha,
             "exporter": {"kidrr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -166,4 +211,26 @@ def _verify(model, vocab, folder, precision, opset, recall_images, progress, log
                 raise verify.VerificationError(
                     f"{precision} similarity graph loses {delta:+.2f} rSum against fp32 on the synthetic dev set "
                     f"(target |delta| <= {verify.RECALL_TARGETS[precision]}); the bundle was not written")
+    return report
+
+
+def _image_section(record: dict) -> dict:
+    """manifest["image"]: what the runtime and the C ABI need to turn files into backbone input."""
+    from ..images.decode import MAX_PIXELS
+    return {"backbone": record["backbone"], "weights_sha256": record["weights_sha256"],
+            "regions": record["regions"], "feature_size": record["feature_size"],
+            "preprocessing": record["preprocessing"], "max_pixels": MAX_PIXELS,
+            "graphs": {"preprocess": "preprocess", "backbone": "backbone"}}
+
+
+def _verify_images(model, backbone_net, folder, precision, log) -> dict:
+    from . import image_verify
+    sessions = {g: session(os.path.join(folder, f"{g}.onnx")) for g in mf.GRAPHS + ("backbone",)}
+    report = image_verify.image_parity(model, backbone_net, sessions, os.path.join(folder, "preprocess.onnx"))
+    for name, diff in report["max_abs_diff"].items():
+        log(f"  max |torch - onnxruntime| {name:28s} {diff:.3g}")
+    bad = image_verify.check_image_parity(report, precision)
+    if bad:
+        raise verify.VerificationError(f"the bundle's image graphs differ from the reference beyond their "
+                                       f"tolerances: {', '.join(bad)}; the bundle was not written")
     return report

@@ -17,6 +17,7 @@ from kidrr.tokenizer import TOKENIZER_RULES, Vocabulary
 MANIFEST = "manifest.json"
 KNOWN_FORMATS = ("kidrr-bundle/1",)
 GRAPHS = ("image_encoder", "text_encoder", "similarity")
+IMAGE_GRAPHS = ("preprocess", "backbone")   # present when manifest["image"] is (docs/images.md)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class Bundle:
 
     def graph_path(self, name: str) -> str:
         return os.path.join(self.path, self.graph(name)["file"])
+
+    @property
+    def image(self) -> dict | None:
+        """manifest["image"] (backbone, preprocessing, max_pixels) when the bundle takes pixels, else None."""
+        return self.manifest.get("image")
+
+    @property
+    def takes_pixels(self) -> bool:
+        return self.image is not None
 
 
 def _read_manifest(folder: str) -> tuple[dict, bytes]:
@@ -75,6 +85,15 @@ def _check_structure(manifest: dict, path: str) -> None:
         entry = manifest["graphs"].get(name)
         if not isinstance(entry, dict) or not entry.get("file") or not entry.get("sha256"):
             raise BundleError(f"{path}: graph {name!r} has no file/sha256 entry; re-export the bundle")
+    image = manifest.get("image")
+    if image is not None:
+        if not isinstance(image, dict) or not isinstance(image.get("backbone"), str):
+            raise BundleError(f"{path}: manifest field 'image' must be an object naming the backbone; re-export")
+        for name in IMAGE_GRAPHS:
+            entry = manifest["graphs"].get(name)
+            if not isinstance(entry, dict) or not entry.get("file") or not entry.get("sha256"):
+                raise BundleError(f"{path}: the bundle takes pixels but graph {name!r} has no file/sha256 entry; "
+                                  f"re-export the bundle")
     rules = manifest["tokenizer"].get("rules")
     if rules != TOKENIZER_RULES:
         raise BundleError(f"{path}: tokenizer rules {rules!r} differ from this runtime's {TOKENIZER_RULES}")

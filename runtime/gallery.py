@@ -25,15 +25,24 @@ def _freeze(*arrays):
 
 @dataclass(frozen=True)
 class Gallery:
-    """Image locals (n, R, D), globals (n, D), and the bundle identity they came from."""
+    """Image locals (n, R, D), globals (n, D), the bundle identity they came from, and optionally one
+    id (the image's file name) per row; search answers with the ids when there are some."""
     locals: np.ndarray
     globals: np.ndarray
     bundle_id: str
+    ids: tuple | None = None
 
     def __post_init__(self):
         if self.locals.ndim != 3 or self.globals.ndim != 2 or len(self.locals) != len(self.globals) \
                 or self.locals.shape[2] != self.globals.shape[1]:
             raise InputError(f"gallery arrays disagree: locals {self.locals.shape}, globals {self.globals.shape}")
+        if self.ids is not None:
+            if len(self.ids) != len(self.globals) or not all(isinstance(i, str) for i in self.ids):
+                raise InputError(f"gallery ids must be {len(self.globals)} strings (one per image), got "
+                                 f"{len(self.ids)}")
+            if len(set(self.ids)) != len(self.ids):
+                raise InputError("gallery ids must be unique (they name the images search answers with)")
+            object.__setattr__(self, "ids", tuple(self.ids))
         _freeze(self.locals, self.globals)
 
     def __len__(self) -> int:
@@ -45,8 +54,9 @@ class Gallery:
 
     def save(self, path: str) -> None:
         buf = io.BytesIO()
+        extra = {} if self.ids is None else {"ids": np.array(self.ids, dtype=str)}
         np.savez(buf, format=np.array(GALLERY_FORMAT), bundle_id=np.array(self.bundle_id),
-                 locals=self.locals, globals=self.globals)
+                 locals=self.locals, globals=self.globals, **extra)
         write_atomic(path, buf.getvalue())
 
     @classmethod
@@ -59,6 +69,7 @@ class Gallery:
                 fmt = str(data["format"])
                 tag = str(data["bundle_id"])
                 locs, globs = data["locals"], data["globals"]
+                ids = tuple(str(i) for i in data["ids"]) if "ids" in data.files else None
         except (ValueError, KeyError, OSError, EOFError) as exc:
             raise InputError(f"{path} is not a kidrr gallery file ({exc}); rebuild it with encode_images") from exc
         if fmt != GALLERY_FORMAT:
@@ -66,7 +77,7 @@ class Gallery:
         if bundle_id is not None and tag != bundle_id:
             raise BundleError(f"gallery {path} was encoded by another bundle ({tag[:12]}...), not this one "
                               f"({bundle_id[:12]}...); re-encode the images with this bundle")
-        return cls(locs, globs, tag)
+        return cls(locs, globs, tag, ids)
 
 
 @dataclass(frozen=True)
