@@ -8,15 +8,26 @@ setup(
     python_requires=">=3.10",
     # Generic folder names live under the kidrr namespace so nothing called `export` or
     # `runtime` lands at the top level of site-packages.
-    packages=["kidrr", "kidrr.export", "kidrr.runtime", "kidrr.bench", "kidrr.images"],
+    packages=[
+        "kidrr",
+        "kidrr.bench",
+        "kidrr.export",
+        "kidrr.gallery",
+        "kidrr.images",
+        "kidrr.runtime",
+        "kidrr.serve",
+    ],
     package_dir={
         "kidrr": "kidrr",
         "kidrr.export": "export",
         "kidrr.runtime": "runtime",
         "kidrr.bench": "bench",
+        "kidrr.gallery": "gallery",
         "kidrr.images": "images",
+        "kidrr.serve": "serve",
     },
-    package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors"]},
+    package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors",
+                            "shipped_pixels/*.json", "shipped_pixels/*.safetensors"]},
     install_requires=[
         # Pinned to the CPU build that pip finds locally; a range would pull a multi-GB CUDA wheel.
         "torch==2.13.0",
@@ -50,7 +61,10 @@ setup(
             "kidrr-eval=kidrr.evaluate:main",
             "kidrr-export=kidrr.export.cli:main",
             "kidrr-bench=kidrr.bench.cli:main",
+            "kidrr-gallery=kidrr.gallery.cli:main",
             "kidrr-features=kidrr.images.features:main",
+            "kidrr-render=kidrr.render:main",
+            "kidrr-serve=kidrr.serve.cli:main",
         ]
     },
 )

@@ -18,7 +18,7 @@ from importlib import metadata
 import click
 from tqdm import tqdm
 
-from kidrr import __version__
+from kidrr import __version__, metrics
 from kidrr.errors import InputError, KidrrError
 from kidrr.fileio import write_atomic
 
@@ -53,6 +53,47 @@ def _version(package: str):
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _writable_folder(folder: str, what: str) -> None:
+    """InputError unless files can be created in folder (made if missing): checked before a long run."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a writable "
+                         f"folder") from exc
+
+
+def _is_bench_report(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh).get("format") == "kidrr-bench/1"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_outputs(out: str, json_path: str | None) -> None:
+    """Refuse unusable or foreign outputs before the run, so no report is lost and nothing else overwritten.
+
+    --out may be new, empty, or a previous bench's folder (its results.json says so): kidrr-bench
+    overwrites its own reports there and nothing else. --json must be a file path, not a folder,
+    and may replace only a previous bench JSON.
+    """
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} exists and is not a folder; give a folder for the reports")
+    if os.path.isdir(out) and os.listdir(out) and not _is_bench_report(os.path.join(out, "results.json")):
+        raise InputError(f"--out {out} is not empty and holds no kidrr-bench results.json; the reports would "
+                         f"overwrite files there. Choose a new or empty folder")
+    _writable_folder(out, "--out")
+    if json_path:
+        if os.path.isdir(json_path):
+            raise InputError(f"--json {json_path} is a folder; give a file name, e.g. {json_path}/results.json")
+        if os.path.lexists(json_path) and not _is_bench_report(json_path):
+            raise InputError(f"--json {json_path} exists and is not a kidrr-bench report; it was not "
+                             f"overwritten. Choose another file name")
+        _writable_folder(os.path.dirname(json_path), "--json")
 
 
 def run_worker(spec: dict, work: str, bar) -> dict:
@@ -92,6 +133,9 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
         raise InputError(f"--duration must be > 0 seconds, got {duration}")
     if threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
+    out = os.path.abspath(out)
+    json_path = os.path.abspath(json_path) if json_path else None
+    check_outputs(out, json_path)
     targets, skipped = plan_targets(backends, precisions)
     wanted = sorted({t.precision for t in targets})
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if progress else None
@@ -108,11 +152,10 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     targets.sort(key=lambda t: (not t.is_reference, list(BACKENDS).index(t.name), PRECISIONS.index(t.precision)))
     any_bundle = bundles.get("fp32") or next(iter(bundles.values()), None)
     split = dataset.load_test_split(data)
+    metrics.folds(len(split.images), protocol)   # a split the protocol cannot take fails now, not in every worker
     if any_bundle:
         dataset.check_matches_model(split, sources.bundle_manifest(any_bundle)["model"], data)
     parity_n = len(split.images) if parity_images == 0 else min(parity_images, len(split.images))
-    out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="kidrr-bench-") as work:
         data_dir = os.path.abspath(data) if data else dataset.materialise(split, work)
@@ -144,21 +187,21 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     blob = json.dumps(run, indent=1).encode()
     write_atomic(os.path.join(out, "results.json"), blob)
     if json_path:
-        write_atomic(os.path.abspath(json_path), blob)
-        run["files"].append(os.path.abspath(json_path))
+        write_atomic(json_path, blob)
+        run["files"].append(json_path)
     write_atomic(os.path.join(out, "report.md"), report.markdown(run, written).encode())
     return run
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
               help="checkpoint folder (default: the shipped model)")
 @click.option("--bundle", type=click.Path(file_okay=False), default=None,
               help="an exported bundle to bench (its precision); must come from --checkpoint")
 @click.option("--data", type=click.Path(), default=None,
               help="folder in the published precomputed layout (test_ims.npy, test_caps.txt); default: synthetic test set")
-@click.option("--protocol", type=click.Choice(["1k", "5k", "5fold"]), default="5fold", show_default=True,
-              help="folds to rank within (kidrr.metrics.folds)")
+@click.option("--protocol", type=click.Choice(["all", "1k", "5k", "5fold"]), default="5fold", show_default=True,
+              help="folds to rank within (kidrr.metrics.folds; a split that does not fit is refused)")
 @click.option("--backends", default="all", show_default=True, help=f"comma-separated: {', '.join(BACKENDS)}")
 @click.option("--precisions", default="all", show_default=True, help=f"comma-separated: {', '.join(PRECISIONS)}")
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True,
@@ -172,10 +215,13 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
 @click.option("--out", "out", default=DEFAULT_OUT, show_default=True, help="folder for report.md, results.json, PNGs")
 @click.option("--json", "json_path", default=None, help="also write the results JSON to this file")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def main(checkpoint, bundle, data, protocol, backends, precisions, threads, batch_sizes, duration, shortlists,
+@click.pass_context
+def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads, batch_sizes, duration, shortlists,
          parity_images, out, json_path, quiet):
     """Latency, Recall@K and parity per backend and precision; no arguments: the shipped model on the
-    synthetic test set, every backend available here."""
+    synthetic test set, every backend available here. `kidrr-bench scale`: galleries on disk."""
+    if ctx.invoked_subcommand:
+        return
     if parity_images < 0:
         raise click.BadParameter("must be >= 0", param_hint="--parity-images")
     try:
@@ -190,6 +236,42 @@ def main(checkpoint, bundle, data, protocol, backends, precisions, threads, batc
     if failed:
         click.echo(f"kidrr-bench: {len(failed)} target(s) failed: {', '.join(failed)}", err=True)
         sys.exit(1)
+
+
+@main.command("scale", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--max-images", type=int, default=100_000, show_default=True,
+              help="largest gallery of 10k / 100k / 1M (1M: ~25 GB of disk, tens of minutes)")
+@click.option("--shortlists", default="50,100,200", show_default=True, help="k' values")
+@click.option("--queries", type=int, default=60, show_default=True, help="text queries per configuration")
+@click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--methods", default="ivf,hnsw", show_default=True, help="ANN indexes to build (hnsw up to 100k)")
+@click.option("--precision-folds", type=int, default=1, show_default=True,
+              help="5fold folds of the synthetic test set scored exhaustively per locals dtype (0: skip)")
+@click.option("--work", default=None, help="folder for the galleries (default: a temporary one, deleted)")
+@click.option("--keep", is_flag=True, help="keep the galleries")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="folder for scale.json, scale.md, scale_latency.png")
+@click.option("--json", "json_path", default=None, help="also write the results JSON to this file")
+@click.option("--quiet", is_flag=True)
+def scale_command(max_images, shortlists, queries, threads, methods, precision_folds, work, keep, out, json_path,
+                  quiet):
+    """Format-2 galleries of 10k / 100k (/ 1M) synthetic items at R=49, D=256: build, add, disk, open time,
+    anonymous RSS, text-query latency for exact and ANN first stages, top-10 overlap, recall."""
+    from .scale import run_scale
+    from .scale_report import markdown
+    try:
+        kps = _ints(shortlists, "--shortlists")
+        chosen = [m for m in methods.split(",") if m]
+        if not chosen or set(chosen) - {"ivf", "hnsw"}:
+            raise InputError(f"--methods must be ivf and/or hnsw, got {methods!r}")
+        if queries < 16 or threads < 1 or precision_folds < 0 or precision_folds > 5:
+            raise InputError("--queries must be >= 16, --threads >= 1, --precision-folds in 0..5")
+        run = run_scale(max_images, kps, queries, threads, work, out, json_path, chosen, precision_folds, keep,
+                        progress=not quiet)
+    except KidrrError as exc:
+        click.echo(f"kidrr-bench scale: error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(markdown(run))
+    click.echo(f"wall time {run['wall_s']:.0f} s; wrote {out}/scale.json, scale.md, scale_latency.png")
 
 
 if __name__ == "__main__":

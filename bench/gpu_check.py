@@ -297,6 +297,8 @@ def run_check(images, captions, dims_name, shortlists, tile, budget_s, seed, all
 
 def _runtime_paths(torch, model, device, report, feats, ids, lengths, clock, reference) -> None:
     import importlib.util
+
+    from kidrr.optional import tensorrt_missing
     ort_providers = []
     if importlib.util.find_spec("onnxruntime"):
         import onnxruntime
@@ -311,8 +313,8 @@ def _runtime_paths(torch, model, device, report, feats, ids, lengths, clock, ref
         if providers and providers[0] not in ort_providers:
             report["paths"][name] = {"status": "skipped", "reason": f"onnxruntime here has no {providers[0]} "
                                      f"(available: {ort_providers or 'onnxruntime not installed'}); pip install onnxruntime-gpu"}
-        elif backend == "trt" and importlib.util.find_spec("tensorrt") is None:
-            report["paths"][name] = {"status": "skipped", "reason": "python package 'tensorrt' is not installed"}
+        elif backend == "trt" and tensorrt_missing():
+            report["paths"][name] = {"status": "skipped", "reason": tensorrt_missing()}
         else:
             runnable.append((name, backend, providers))
     if not runnable:

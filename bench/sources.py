@@ -1,7 +1,7 @@
 """Which checkpoint and which bundles the bench runs: the shipped model by default, bundles cached.
 
 Bundles exported here are cached under $KIDRR_CACHE (default ~/.cache/kidrr)/bundles/, keyed by the
-checkpoint's weights sha256, the precision, the kidrr version and a fingerprint of the exporter's
+checkpoint's id (weights + config + vocabulary, kidrr.identity), the precision, the kidrr version and a fingerprint of the exporter's
 source (so a changed graph is never served from a stale bundle), and a second run reuses them.
 Exporting needs torch, so it runs in a child process (export_job.py); this module stays torch-free.
 """
@@ -16,9 +16,8 @@ from importlib import resources
 
 from kidrr import __version__
 from kidrr.errors import BundleError, CheckpointError
-from kidrr.fileio import sha256_file
+from kidrr.identity import CHECKPOINT_PARTS, checkpoint_id
 
-WEIGHTS = "model.safetensors"
 
 
 def shipped_checkpoint_dir() -> str:
@@ -26,22 +25,27 @@ def shipped_checkpoint_dir() -> str:
     return str(resources.files("kidrr") / "shipped")
 
 
+def shipped_pixel_checkpoint_dir() -> str:
+    # Same folder as kidrr.checkpoint.shipped_pixel_checkpoint(), without importing torch.
+    return str(resources.files("kidrr") / "shipped_pixels")
+
+
 def cache_root() -> str:
     return os.path.abspath(os.environ.get("KIDRR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kidrr"))
 
 
 def resolve_checkpoint(path: str | None) -> tuple[str, str]:
-    """(folder, weights sha256). None: the shipped checkpoint, which must exist (never trained here)."""
+    """(folder, checkpoint id). None: the shipped checkpoint, which must exist (never trained here)."""
     folder = os.path.abspath(path) if path else shipped_checkpoint_dir()
-    weights = os.path.join(folder, WEIGHTS)
-    if not os.path.isfile(weights):
+    absent = [name for name in CHECKPOINT_PARTS if not os.path.isfile(os.path.join(folder, name))]
+    if absent:
         if path is None:
-            raise CheckpointError(f"the shipped checkpoint is missing ({weights} does not exist): this kidrr "
+            raise CheckpointError(f"the shipped checkpoint is missing ({folder} lacks {absent}): this kidrr "
                                   f"install has no trained model; pass --checkpoint DIR (model.safetensors, "
                                   f"config.json, vocab.json) or --bundle DIR")
-        raise CheckpointError(f"--checkpoint {folder} has no {WEIGHTS}; give a folder written by kidrr-train "
+        raise CheckpointError(f"--checkpoint {folder} has no {absent}; give a folder written by kidrr-train "
                               f"(model.safetensors, config.json, vocab.json)")
-    return folder, sha256_file(weights)
+    return folder, checkpoint_id(folder)
 
 
 def bundle_manifest(folder: str) -> dict:
@@ -62,7 +66,8 @@ def check_bundle_source(folder: str, checkpoint_sha: str, checkpoint: str) -> di
     source = manifest.get("source_checkpoint_sha256")
     if source != checkpoint_sha:
         raise BundleError(f"bundle {folder} was exported from another checkpoint (source_checkpoint_sha256 "
-                          f"{str(source)[:12]}...) than {checkpoint} (weights sha256 {checkpoint_sha[:12]}...); "
+                          f"{str(source)[:12]}...) than {checkpoint} (weights + config + vocabulary id "
+                          f"{checkpoint_sha[:12]}...); "
                           f"pass the matching --checkpoint, or drop --bundle to export one from this checkpoint")
     return manifest
 

@@ -88,9 +88,9 @@ def part_prepare(args) -> None:
 
 
 def _source_changed(manifest_path: str, checkpoint: str) -> bool:
-    from kidrr.fileio import sha256_file
+    from kidrr.identity import checkpoint_id
     with open(manifest_path) as fh:
-        return json.load(fh)["source_checkpoint_sha256"] != sha256_file(os.path.join(checkpoint, "model.safetensors"))
+        return json.load(fh)["source_checkpoint_sha256"] != checkpoint_id(checkpoint)
 
 
 def _quick_train(work: str) -> str:

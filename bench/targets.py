@@ -9,6 +9,7 @@ import importlib.util
 from dataclasses import dataclass, field
 
 from kidrr.errors import InputError
+from kidrr.optional import tensorrt_missing
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # bench name -> (runtime backend, onnxruntime providers or None, precisions it takes)
@@ -66,9 +67,7 @@ def unavailable_reason(name: str) -> str | None:
     if backend == "torch":
         return None if importlib.util.find_spec("torch") else "python package 'torch' is not installed"
     if backend == "trt":
-        if importlib.util.find_spec("tensorrt") is None:
-            return "python package 'tensorrt' is not installed (NVIDIA hosts only: pip install tensorrt)"
-        return None
+        return tensorrt_missing()
     available, missing_ort = _ort_providers()
     if missing_ort:
         return missing_ort

@@ -29,9 +29,10 @@ def _open(spec: dict):
         options["checkpoint"] = spec["checkpoint"]
     if spec.get("providers"):
         options["providers"] = list(spec["providers"])
-    # Data sets hold captions longer than a bundle may take: cut them, as kidrr-eval does.
+    # Evaluation's caption policy (kidrr.evaluate.tokenize_split): over-long captions are cut and
+    # all-unknown ones kept, so the bench scores exactly the captions kidrr-eval scores.
     return open_bundle(spec["bundle"], backend=spec["backend"], threads=spec["threads"], on_long="truncate",
-                       **options)
+                       on_unknown="keep", **options)
 
 
 def parity_block(rt, split, images: int, out_path: str) -> dict:

@@ -1,11 +1,10 @@
 """export_bundle: checkpoint -> bundle folder (docs/bundle.md), staged and moved into place atomically."""
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from .. import __version__
 from ..checkpoint import load_checkpoint
 from ..config import dump_json
 from ..errors import BundleError, InputError
-from ..fileio import replace_dir_atomic, sha256_file
+from ..fileio import foreign_entries, replace_dir_atomic, sha256_file, staging_dir
 from ..tokenizer import TOKENIZER_RULES
 from . import graphs, manifest as mf, recall, verify
 from .ort_session import session
@@ -35,13 +34,47 @@ def check_opset(opset: int | None) -> int:
     return opset
 
 
+STAGING_PREFIX = ".tmp-bundle-"
+ENGINES = "engines"   # kidrr-export trt writes its engine sets here; they belong to the bundle
+
+
+def check_replaceable_bundle(folder: str) -> None:
+    """BundleError unless folder is empty or holds a kidrr bundle and nothing kidrr did not write there.
+
+    --force replaces a bundle; it must never delete a project folder, `.`, or files a user put
+    beside the bundle's own (a saved gallery, notes): those are named and the export refused.
+    """
+    entries = os.listdir(folder)
+    if not entries:
+        return
+    path = os.path.join(folder, mf.MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != mf.FORMAT:
+        raise BundleError(f"{folder} is not empty and is not a kidrr bundle (no valid {mf.MANIFEST}); --force "
+                          f"only replaces a bundle. Choose a new or empty --out folder")
+    graphs_ = manifest.get("graphs") if isinstance(manifest.get("graphs"), dict) else {}
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    known = {mf.MANIFEST, ENGINES, *files}
+    known |= {g.get("file") for g in graphs_.values() if isinstance(g, dict) and isinstance(g.get("file"), str)}
+    foreign = foreign_entries(folder, known)
+    if foreign:
+        raise BundleError(f"{folder} holds a bundle but also {foreign[:5]}{' ...' if len(foreign) > 5 else ''}, "
+                          f"which kidrr did not write; --force would delete them. Move them out of the "
+                          f"folder or choose another --out")
+
+
 def _check_out_dir(out_dir: str, force: bool) -> str:
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
+    if os.path.lexists(out_dir):
+        if os.path.islink(out_dir) or not os.path.isdir(out_dir):
             raise BundleError(f"{out_dir} exists and is not a folder; choose another --out")
         if os.listdir(out_dir) and not force:
             raise BundleError(f"{out_dir} already exists and is not empty; pass --force (force=True) to replace it")
+        check_replaceable_bundle(out_dir)
     parent = os.path.dirname(out_dir)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -115,7 +148,8 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
     fp16/int8 also report their recall delta against fp32 on the synthetic dev set (first
     recall_images images; all if None) and fail past RECALL_TARGETS.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    # Messages go above the progress bar (tqdm.write), never onto its line.
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     do_verify = verify_outputs if verify is None else verify
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} unknown; choose one of {PRECISIONS}")
@@ -123,64 +157,73 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
     out_dir = _check_out_dir(out_dir, force)
     stages = ["load checkpoint", "write graphs", "verify", "manifest"]
     bar = tqdm(stages, desc="kidrr-export", disable=not progress, leave=False)
-    bar.set_postfix_str("load checkpoint")
-    model, vocab, ckpt_sha = load_checkpoint(checkpoint)
-    backbone = check_image_backbone(model.cfg, backbone)
-    bar.update(1)
-    staging = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=".tmp-bundle-")
     try:
-        bar.set_postfix_str("write graphs")
-        built = build_graphs(model, opset, precision)
-        entries, timings = {}, {}
-        for name, (proto, seconds) in built.items():
-            path = os.path.join(staging, f"{name}.onnx")
-            onnx.save(proto, path)
-            entries[name] = mf.graph_entry(proto, f"{name}.onnx", path,
-                                           precision if name == "similarity" else "fp32")
-            timings[name] = seconds
-            log(f"  wrote {name}.onnx in {seconds:.2f}s ({os.path.getsize(path) / 1e6:.1f} MB)")
-        backbone_net = None
-        if backbone is not None:
-            from ..backbone import load_backbone
-            from .image_graphs import image_graphs
-            backbone_net = load_backbone(backbone)
-            for name, proto in image_graphs(backbone, opset, backbone_net).items():
-                path = os.path.join(staging, f"{name}.onnx")
-                onnx.save(proto, path)
-                entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, "fp32")
-                log(f"  wrote {name}.onnx ({os.path.getsize(path) / 1e6:.1f} MB)")
-        vocab.save(os.path.join(staging, "vocab.json"))
+        bar.set_postfix_str("load checkpoint")
+        model, vocab, ckpt_sha = load_checkpoint(checkpoint)
+        backbone = check_image_backbone(model.cfg, backbone)
         bar.update(1)
-        bar.set_postfix_str("verify")
-        report = _verify(model, vocab, staging, precision, opset, recall_images, progress, log) if do_verify else None
-        if do_verify and backbone is not None:
-            report["image"] = _verify_images(model, backbone_net, staging, precision, log)
-        bar.update(1)
-        bar.set_postfix_str("manifest")
-        manifest = {
-            "format": mf.FORMAT, "model": model.cfg.to_dict(),
-            "tokenizer": {"rules": TOKENIZER_RULES, "vocab": "vocab.json", "max_caption_len": model.cfg.max_caption_len},
-            "precision": precision, "graphs": entries,
-            "image": None if backbone is None else _image_section(model.cfg.image_backbone),
-            "files": {"vocab.json": sha256_file(os.path.join(staging, "vocab.json"))},
-            "source_checkpoint_sha256": ckpt_sha,
-            "exporter": {"kidrr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": onnxruntime.__version__},
-            "export_seconds": {k: round(v, 3) for k, v in timings.items()},
-            "verification": report,
-        }
-        with open(os.path.join(staging, mf.MANIFEST), "w") as fh:
-            fh.write(dump_json(manifest))
-            fh.flush()
-            os.fsync(fh.fileno())
-        replace_dir_atomic(staging, out_dir)
-        bar.update(1)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with staging_dir(os.path.dirname(out_dir), STAGING_PREFIX) as staging:
+            manifest = _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do_verify,
+                                     recall_images, progress, log, bar, backbone)
+    except OSError as exc:
+        # A full disk, a read-only or pseudo file system (/proc): say where and what to do, not a traceback.
+        hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another --out"
+        raise BundleError(f"could not write the bundle next to {out_dir} ({exc.strerror or exc}); {hint}. "
+                          f"Nothing was replaced") from exc
     finally:
         bar.close()
     log(f"bundle written to {out_dir} ({precision}, opset {opset})")
+    return manifest
+
+
+def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do_verify, recall_images, progress,
+                  log, bar, backbone=None) -> dict:
+    bar.set_postfix_str("write graphs")
+    built = build_graphs(model, opset, precision)
+    entries, timings = {}, {}
+    for name, (proto, seconds) in built.items():
+        path = os.path.join(staging, f"{name}.onnx")
+        onnx.save(proto, path)
+        entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, precision if name == "similarity" else "fp32")
+        timings[name] = seconds
+        log(f"  wrote {name}.onnx in {seconds:.2f}s ({os.path.getsize(path) / 1e6:.1f} MB)")
+    backbone_net = None
+    if backbone is not None:
+        from ..backbone import load_backbone
+        from .image_graphs import image_graphs
+        backbone_net = load_backbone(backbone)
+        for name, proto in image_graphs(backbone, opset, backbone_net).items():
+            path = os.path.join(staging, f"{name}.onnx")
+            onnx.save(proto, path)
+            entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, "fp32")
+            log(f"  wrote {name}.onnx ({os.path.getsize(path) / 1e6:.1f} MB)")
+    vocab.save(os.path.join(staging, "vocab.json"))
+    bar.update(1)
+    bar.set_postfix_str("verify")
+    report = _verify(model, vocab, staging, precision, opset, recall_images, progress, log) if do_verify else None
+    if do_verify and backbone is not None:
+        report["image"] = _verify_images(model, backbone_net, staging, precision, log)
+    bar.update(1)
+    bar.set_postfix_str("manifest")
+    manifest = {
+        "format": mf.FORMAT, "model": model.cfg.to_dict(),
+        "tokenizer": {"rules": TOKENIZER_RULES, "vocab": "vocab.json", "max_caption_len": model.cfg.max_caption_len},
+        "precision": precision, "graphs": entries,
+        "files": {"vocab.json": sha256_file(os.path.join(staging, "vocab.json"))},
+        "source_checkpoint_sha256": ckpt_sha,
+        "exporter": {"kidrr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+        "export_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "verification": report,
+    }
+    if backbone is not None:   # bundles without a backbone keep the manifest they always had
+        manifest["image"] = _image_section(model.cfg.image_backbone)
+    with open(os.path.join(staging, mf.MANIFEST), "w") as fh:
+        fh.write(dump_json(manifest))
+        fh.flush()
+        os.fsync(fh.fileno())
+    replace_dir_atomic(staging, out_dir, check_replaceable_bundle)
+    bar.update(1)
     return manifest
 
 

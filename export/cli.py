@@ -13,7 +13,7 @@ def _fail(exc: Exception):
     sys.exit(2)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # inherited by every subcommand
 def main():
     """Export a KIDRR checkpoint to an ONNX bundle, lint it for TensorRT, build TensorRT engines."""
 
@@ -34,7 +34,7 @@ def onnx_cmd(checkpoint, out_dir, opset, precision, force, no_verify, recall_ima
     from .bundle import export_bundle
     try:
         export_bundle(checkpoint, out_dir, precision=precision, opset=opset, force=force, verify=not no_verify,
-                      recall_images=recall_images, log=lambda m: click.echo(m, err=True), backbone=backbone)
+                      recall_images=recall_images, backbone=backbone)  # default log: above the progress bar
     except KidrrError as exc:
         _fail(exc)
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 
 from ..errors import BackendUnavailable, BundleError, InputError
-from ..fileio import replace_dir_atomic, write_atomic
+from .. import optional
+from ..fileio import foreign_entries, replace_dir_atomic, staging_dir, write_atomic
 from .lint import lint_bundle
 from .manifest import GRAPHS, check_bundle
 
 DEFAULT_SHAPES = "n=1:32:64,m=1:8:64,R=1:36:64,L=1:16:64"
 TIMING_CACHE = "timing.cache"
-INSTALL_HINT = "TensorRT is not installed: `pip install kidrr[trt]` (tensorrt>=10) on an NVIDIA host"
 
 
 def parse_shapes(text: str | None, max_caption_len: int | None = None) -> dict:
@@ -64,11 +62,7 @@ def engine_key(onnx_sha256: str, trt_version: str, compute_capability: str, prec
 
 
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailable(INSTALL_HINT) from exc
-    return tensorrt
+    return optional.import_tensorrt()
 
 
 def compute_capability() -> str:
@@ -135,8 +129,7 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
     if all(os.path.exists(p) for p in plans.values()):
         log(f"  cached engine set {key}")
         return plans
-    staging = tempfile.mkdtemp(dir=engines_dir, prefix=".tmp-engine-")
-    try:
+    with staging_dir(engines_dir, ".tmp-engine-") as staging:
         meta = {"tensorrt": trt.__version__, "compute_capability": sm, "precision": engine_precision, "graphs": {}}
         for graph, entry in ((g, manifest["graphs"][g]) for g in profiles):
             log(f"  {graph}: building engine (TensorRT {trt.__version__}, sm {sm}, {engine_precision})")
@@ -148,12 +141,17 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
                                      "profile": {k: [list(v) for v in s] for k, s in profiles[graph].items()}}
         with open(os.path.join(staging, "engine.json"), "w") as fh:
             json.dump(meta, fh, indent=2)
-        replace_dir_atomic(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        replace_dir_atomic(staging, final, _check_replaceable_engines)
     log(f"  engine set {key} written")
     return plans
+
+
+def _check_replaceable_engines(folder: str) -> None:
+    """An engine set folder holds plans and engine.json only; anything else is not ours to delete."""
+    foreign = [e for e in foreign_entries(folder, ["engine.json"]) if not e.endswith(".plan")]
+    if foreign:
+        raise BundleError(f"engine folder {folder} holds {foreign[:5]}, which kidrr did not write; move them out "
+                          f"before rebuilding")
 
 
 def _build_one(trt, major, logger, onnx_path, profile, fp16_flag, workspace_mb, cache_path) -> bytes:

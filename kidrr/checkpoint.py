@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import resources
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, dump_json
+from .config import ModelConfig, TrainConfig, dump_json
 from .errors import CheckpointError, ConfigError
-from .fileio import replace_dir_atomic, sha256_file
+from .fileio import follow_umask, foreign_entries, replace_dir_atomic, staging_dir
+from .identity import checkpoint_id
 from .model import KIDRR
 from .tokenizer import Vocabulary
 
 WEIGHTS, CONFIG, VOCAB = "model.safetensors", "config.json", "vocab.json"
 TRAIN_STATE, OPTIMIZER = "train_state.json", "optimizer.safetensors"
 CHECKPOINT_FORMAT = "kidrr-checkpoint/1"
+CHECKPOINT_FILES = (WEIGHTS, CONFIG, VOCAB, TRAIN_STATE, OPTIMIZER)
+STAGING_PREFIX = ".tmp-ckpt-"
 
 
 def shipped_checkpoint() -> str:
@@ -30,42 +32,121 @@ def shipped_checkpoint() -> str:
     return str(resources.files("kidrr") / "shipped")
 
 
+def shipped_pixel_checkpoint() -> str:
+    """Folder of the second shipped model: trained on the pixel synthetic set's EfficientNet-Lite0
+    features (kidrr-render + kidrr-features); its config names the backbone, so its bundle takes images."""
+    return str(resources.files("kidrr") / "shipped_pixels")
+
+
+def check_replaceable_checkpoint(folder: str) -> None:
+    """CheckpointError unless folder is empty or a kidrr checkpoint holding only a checkpoint's files."""
+    entries = os.listdir(folder)
+    if not entries:
+        return
+    try:
+        with open(os.path.join(folder, CONFIG), encoding="utf-8") as fh:
+            is_ours = json.load(fh).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_ours = False
+    if not is_ours:
+        raise CheckpointError(f"{folder} exists and is not a kidrr checkpoint; it was not replaced. Move it "
+                              f"away or choose another output folder")
+    foreign = foreign_entries(folder, CHECKPOINT_FILES)
+    if foreign:
+        raise CheckpointError(f"checkpoint folder {folder} also holds {foreign[:5]}, which kidrr did not write; "
+                              f"writing the checkpoint would delete them. Move them out first")
+
+
 def save_checkpoint(folder: str, model: KIDRR, vocab: Vocabulary, optimizer=None, train_state=None) -> None:
-    parent = os.path.dirname(os.path.abspath(folder))
+    """Write folder atomically; an existing folder is replaced only if it is a kidrr checkpoint."""
+    folder = os.path.abspath(folder)
+    if os.path.isdir(folder):
+        check_replaceable_checkpoint(folder)  # before the work, not only at the move
+    parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".tmp-ckpt-")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(staging, WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
-    with open(os.path.join(staging, CONFIG), "w") as fh:
-        fh.write(dump_json({"format": CHECKPOINT_FORMAT, "model": model.cfg.to_dict()}))
-    with open(os.path.join(staging, VOCAB), "w", encoding="utf-8") as fh:
-        json.dump(vocab.to_json(), fh, ensure_ascii=False)
-    if optimizer is not None:
-        tensors, meta = _flatten_optimizer(optimizer)
-        save_file(tensors, os.path.join(staging, OPTIMIZER))
-        train_state = dict(train_state or {}, optimizer=meta)
-    if train_state is not None:
-        with open(os.path.join(staging, TRAIN_STATE), "w") as fh:
-            fh.write(dump_json(train_state))
-    replace_dir_atomic(staging, folder)
+    with staging_dir(parent, STAGING_PREFIX) as staging:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, os.path.join(staging, WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
+        follow_umask(os.path.join(staging, WEIGHTS))
+        with open(os.path.join(staging, CONFIG), "w") as fh:
+            fh.write(dump_json({"format": CHECKPOINT_FORMAT, "model": model.cfg.to_dict()}))
+        with open(os.path.join(staging, VOCAB), "w", encoding="utf-8") as fh:
+            json.dump(vocab.to_json(), fh, ensure_ascii=False)
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            save_file(tensors, os.path.join(staging, OPTIMIZER))
+            follow_umask(os.path.join(staging, OPTIMIZER))
+            train_state = dict(train_state or {}, optimizer=meta)
+        if train_state is not None:
+            with open(os.path.join(staging, TRAIN_STATE), "w") as fh:
+                fh.write(dump_json(train_state))
+        replace_dir_atomic(staging, folder, check_replaceable_checkpoint)
+
+
+MAX_JSON_BYTES = 64 << 20   # config, vocabulary and training state are kB to a few MB
+
+
+def read_json(path: str, what: str):
+    """A small JSON file, size-checked before reading; CheckpointError names what is wrong."""
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} is {size} bytes, too large for a {what} ({MAX_JSON_BYTES} at most)")
+        with open(path, "rb") as fh:
+            return json.loads(fh.read(MAX_JSON_BYTES + 1).decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; a checkpoint folder needs {WEIGHTS}, {CONFIG} and {VOCAB}"
+                              + (f" ({TRAIN_STATE} to resume)" if what == "training state" else "")) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not a valid {what} (not JSON: {str(exc)[:200]})") from exc
 
 
 def load_config(folder: str) -> ModelConfig:
     path = os.path.join(folder, CONFIG)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path} is missing; a checkpoint folder needs {WEIGHTS}, {CONFIG} and {VOCAB}")
+    data = read_json(path, "kidrr config")
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found!r} is not {CHECKPOINT_FORMAT}")
     try:
-        with open(path) as fh:
-            data = json.load(fh)
-        if data.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: checkpoint format {data.get('format')!r} is not {CHECKPOINT_FORMAT}")
-        return ModelConfig.from_dict(data["model"])
-    except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        return ModelConfig.from_dict(data.get("model"))
+    except ConfigError as exc:
         raise CheckpointError(f"{path} is not a valid kidrr config ({exc})") from exc
 
 
+def read_train_state(folder: str) -> tuple[dict, TrainConfig]:
+    """(training state, its TrainConfig) of a resumable checkpoint, every field checked."""
+    path = os.path.join(folder, TRAIN_STATE)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} is missing: {folder} is not a resumable training checkpoint (only "
+                              f"OUT/last written by kidrr-train is); start a new run instead of --resume")
+    state = read_json(path, "training state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(state).__name__}")
+    epoch, best, history = state.get("epoch"), state.get("best_rsum"), state.get("history")
+    checks = ((isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0, "epoch must be an integer >= 0"),
+              (isinstance(best, (int, float)) and not isinstance(best, bool), "best_rsum must be a number"),
+              (isinstance(history, list) and all(isinstance(h, dict) for h in history),
+               "history must be a list of objects"),
+              (isinstance(state.get("optimizer"), dict) and isinstance(state["optimizer"].get("param_groups"), list)
+               and isinstance(state["optimizer"].get("scalars"), dict), "optimizer state is missing or malformed"))
+    for ok, what in checks:
+        if not ok:
+            raise CheckpointError(f"{path}: {what}; the file was edited or damaged, start a new run")
+    try:
+        tcfg = TrainConfig.from_dict(state.get("train_config"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: train_config is invalid ({exc})") from exc
+    return state, tcfg
+
+
 def load_checkpoint(folder: str | None = None, device: str = "cpu"):
-    """(model in eval mode, vocabulary, checkpoint sha256). None loads the shipped model."""
+    """(model in eval mode, vocabulary, checkpoint id). None loads the shipped model.
+
+    The id (kidrr.identity.checkpoint_id) covers weights, config and vocabulary, so a bundle or
+    cache entry paired with it is never reused for a checkpoint whose config alone changed.
+    """
     folder = folder or shipped_checkpoint()
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
@@ -92,17 +173,21 @@ def load_checkpoint(folder: str | None = None, device: str = "cpu"):
         raise CheckpointError(f"{folder}: config.json and {WEIGHTS} disagree ({detail}); "
                               f"use the config the weights were trained with")
     model.load_state_dict(state)
-    return model.to(device).eval(), vocab, sha256_file(weights_path)
+    return model.to(device).eval(), vocab, checkpoint_id(folder)
 
 
 def load_train_state(folder: str, optimizer) -> dict:
     """Training position saved with a checkpoint; restores the optimizer in place."""
-    path = os.path.join(folder, TRAIN_STATE)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path} is missing: {folder} is not a resumable training checkpoint")
-    with open(path) as fh:
-        state = json.load(fh)
-    _restore_optimizer(optimizer, load_file(os.path.join(folder, OPTIMIZER)), state.pop("optimizer"))
+    state, _ = read_train_state(folder)
+    state = dict(state)
+    weights = os.path.join(folder, OPTIMIZER)
+    if not os.path.exists(weights):
+        raise CheckpointError(f"{weights} is missing: {folder} is not a resumable training checkpoint")
+    try:
+        _restore_optimizer(optimizer, load_file(weights), state.pop("optimizer"))
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{weights} does not match this model's optimizer ({str(exc)[:200]}); "
+                              f"start a new run") from exc
     return state
 
 

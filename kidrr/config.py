@@ -7,12 +7,57 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_value(what: str, name: str, kind: str, value, lo=None, hi=None, hi_open=False, choices=None):
+    """ConfigError unless value has the field's type and lies in its range (bool is not a number here)."""
+    if kind == "int":
+        ok = _is_int(value)
+    elif kind == "float":
+        ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "record":   # a JSON object or null (checked further by the field's own method)
+        ok = value is None or isinstance(value, dict)
+    else:  # "list of int"
+        ok = isinstance(value, list) and all(_is_int(v) for v in value)
+    if not ok:
+        example = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+                   "ints": "a list of integers, e.g. [30]",
+                   "record": "a JSON object or null"}[kind]
+        raise ConfigError(f"{what} field {name} must be {example}, got {value!r} ({type(value).__name__})")
+    for v in (value if kind == "ints" else [value] if kind in ("int", "float") else []):
+        if (lo is not None and v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
+            upper = "" if hi is None else f" and {'<' if hi_open else '<='} {hi}"
+            raise ConfigError(f"{what} field {name} must be >= {lo}{upper}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{what} field {name} must be one of {choices}, got {value!r}")
+
+
+def _validate(obj, what: str, rules: dict) -> None:
+    """The one validation point of a config: every field has a rule (a new field without one fails)."""
+    missing = [f.name for f in fields(obj) if f.name not in rules]
+    if missing:
+        raise AssertionError(f"{type(obj).__name__} fields {missing} have no validation rule")
+    for f in fields(obj):
+        kind, *args = rules[f.name]
+        kw = args[0] if args else {}
+        _check_value(what, f.name, kind, getattr(obj, f.name), **kw)
+
+
 def _from_dict(cls, data: dict, what: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"a {what} must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -55,25 +100,14 @@ class ModelConfig:
     image_backbone: dict | None = None
 
     def __post_init__(self):
-        for name in ("vocab_size", "feature_size", "embed_size", "sim_size", "word_dim", "max_caption_len"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("kgid_steps", "knowledge_nodes", "rgr_steps"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.global_attn_norm not in ("context", "none"):
-            raise ConfigError(f"global_attn_norm must be 'context' or 'none', got {self.global_attn_norm!r}")
-        if self.score_activation not in ("sigmoid", "identity"):
-            raise ConfigError(f"score_activation must be 'sigmoid' or 'identity', got {self.score_activation!r}")
+        _validate(self, "model config", MODEL_RULES)
         if self.image_backbone is not None:
             self._check_image_backbone()
 
     def _check_image_backbone(self) -> None:
         from kidrr.images.spec import BACKBONES   # torch-free table
         rec = self.image_backbone
-        if not isinstance(rec, dict) or rec.get("backbone") not in BACKBONES:
+        if rec.get("backbone") not in BACKBONES:
             raise ConfigError(f"image_backbone must be a kidrr-features record naming one of {sorted(BACKBONES)}, "
                               f"got {rec!r}")
         if rec.get("feature_size") != self.feature_size:
@@ -120,12 +154,44 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                  # 0: torch's default
 
+    def __post_init__(self):
+        _validate(self, "training config", TRAIN_RULES)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _from_dict(cls, data, "training config")
+
+
+POSITIVE = {"lo": 1}
+COUNT = {"lo": 0}
+MODEL_RULES = {
+    "vocab_size": ("int", {"lo": 4}),   # the four special tokens at least
+    "feature_size": ("int", POSITIVE), "embed_size": ("int", POSITIVE), "sim_size": ("int", POSITIVE),
+    "word_dim": ("int", POSITIVE),
+    "dropout": ("float", {"lo": 0.0, "hi": 1.0, "hi_open": True}),
+    "max_caption_len": ("int", {"lo": 3}),   # <start>, one word, <end>
+    "kgid_steps": ("int", COUNT), "knowledge_nodes": ("int", COUNT), "rgr_steps": ("int", COUNT),
+    "kgid_ln_gain": ("float", {"lo": 0.0}), "kgid_broadcast_gain": ("float", {"lo": 0.0}),
+    "smooth_lambda": ("float", {"lo": 1e-6}), "leaky_slope": ("float", {"lo": 0.0, "hi": 1.0}),
+    "global_attn_norm": ("str", {"choices": ("context", "none")}),
+    "rgr_adaptive": ("bool",),
+    "score_activation": ("str", {"choices": ("sigmoid", "identity")}),
+    "image_backbone": ("record",),
+}
+TRAIN_RULES = {
+    "epochs": ("int", COUNT),
+    "batch_size": ("int", {"lo": 2}),   # the loss needs at least one in-batch negative
+    "lr": ("float", {"lo": 1e-12}), "lr_decay_epochs": ("ints", COUNT),
+    "grad_clip": ("float", {"lo": 1e-12}), "margin": ("float", COUNT), "aux_weight": ("float", COUNT),
+    "warmup_epochs": ("int", COUNT), "hardest_switch_recall": ("float", {"lo": 0.0, "hi": 1.0}),
+    "mask_same_image": ("bool",),
+    "tile_images": ("int", POSITIVE), "tile_captions": ("int", POSITIVE),
+    "eval_tile_images": ("int", POSITIVE), "eval_tile_captions": ("int", POSITIVE),
+    "seed": ("int", COUNT), "threads": ("int", COUNT),
+}
 
 
 def dump_json(obj: dict) -> str:

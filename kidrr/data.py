@@ -53,7 +53,12 @@ class Split:
 
 def check_features(features: np.ndarray, what: str = "image features", feature_size: int | None = None) -> np.ndarray:
     """float32 (n, R, F) view of features; InputError on a wrong shape, dtype or non-finite value."""
-    arr = np.asarray(features)
+    if features is None:
+        raise InputError(f"{what} are missing (None); give a float array (images, regions, features)")
+    try:
+        arr = np.asarray(features)
+    except (ValueError, TypeError) as exc:   # a ragged list of lists
+        raise InputError(f"{what} must be one rectangular array (images, regions, features): {exc}") from None
     if arr.ndim != 3:
         raise InputError(f"{what} must be a 3-D array (images, regions, features), got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):

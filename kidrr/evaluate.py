@@ -10,13 +10,15 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .data import Split, check_features, load_split
+from .data import CAPTIONS_PER_IMAGE, Split, check_features, load_split
 from .errors import KidrrError, InputError
 from .tokenizer import Vocabulary, pad_batch, truncate
 
 
 def tokenize_split(vocab: Vocabulary, captions, max_len: int):
-    """Token id lists for captions; over-long ones are cut (keeping <end>) since data must not be dropped."""
+    """Token id lists for captions; over-long ones are cut (keeping <end>) since data must not be dropped,
+    and all-unknown ones are kept (they count, as misses if the model cannot place them). The runtime's
+    evaluation policy (on_long='truncate', on_unknown='keep') gives the same ids; kidrr-bench uses it."""
     return [truncate(vocab.encode(cap), max_len) for cap in captions]
 
 
@@ -26,7 +28,8 @@ def encode_images(model, features, batch: int = 256):
     locs, globs = [], []
     for i in range(0, len(features), batch):
         x = check_features(features[i:i + batch], feature_size=model.cfg.feature_size)
-        l, g = model.encode_images(torch.from_numpy(x))
+        # A memory-mapped split is read-only; torch warns on (and must never write to) such memory.
+        l, g = model.encode_images(torch.from_numpy(x if x.flags.writeable else x.copy()))
         locs.append(l)
         globs.append(g)
     return torch.cat(locs), torch.cat(globs)
@@ -73,15 +76,18 @@ def evaluate_split(model, vocab: Vocabulary, split: Split, protocol: str = "all"
         raise InputError(f"split {split.name} has feature size {split.feature_size} but the model expects "
                          f"{model.cfg.feature_size}")
     full, glob = [], []
-    for start, stop in metrics.folds(len(split.images), protocol):
+    ranges = metrics.folds(len(split.images), protocol)   # every image, or InputError
+    for start, stop in ranges:
         part = split.subset(stop - start, start)
         images = encode_images(model, part.images)
         captions = encode_captions(model, tokenize_split(vocab, part.captions, model.cfg.max_caption_len))
         scores = score_matrix(model, images, captions, tile_images, tile_captions, progress)
         full.append(metrics.recall(scores, part.caption_image))
         glob.append(metrics.recall((images[1] @ captions[1].T).numpy(), part.caption_image))
-    return {"protocol": protocol, "images": len(split.images), "captions": len(split.captions),
-            "folds": len(full), "scorer": metrics.average(full), "globals": metrics.average(glob)}
+    used = sum(stop - start for start, stop in ranges)
+    return {"protocol": protocol, "images": used, "captions": used * CAPTIONS_PER_IMAGE,
+            "folds": len(full), "fold_images": [stop - start for start, stop in ranges],
+            "scorer": metrics.average(full), "globals": metrics.average(glob)}
 
 
 def resolve_split(data: str, split: str) -> Split:
@@ -104,7 +110,7 @@ def format_recall(r: dict) -> str:
 @click.option("--split", default="test", show_default=True)
 @click.option("--protocol", type=click.Choice(metrics.PROTOCOLS), default="all", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one machine-readable JSON object")
-@click.option("--threads", type=int, default=0, help="torch threads (0: default)")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads (0: default)")
 def main(checkpoint, data, split, protocol, as_json, threads):
     """Recall@1/5/10 (both directions), rSum and median rank of a checkpoint on a split."""
     from .checkpoint import load_checkpoint

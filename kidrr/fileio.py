@@ -1,11 +1,15 @@
 """Atomic file and folder writes: an interrupted write never leaves a half file that looks complete."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
 import shutil
 import tempfile
+import time
+from typing import Callable, Iterable
 
 
 def _read_umask() -> int:
@@ -36,6 +40,11 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def follow_umask(path: str) -> None:
+    """Give a file written by a library that makes private files (safetensors: 0600) the usual mode."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def write_figure(fig, path: str, dpi: int = 110) -> None:
     """A matplotlib figure as a PNG, written atomically."""
     buf = io.BytesIO()
@@ -43,16 +52,112 @@ def write_figure(fig, path: str, dpi: int = 110) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def replace_dir_atomic(staging: str, final: str) -> None:
-    """Move a fully written staging folder into place; the old folder (if any) goes only after."""
+def foreign_entries(folder: str, known: Iterable[str]) -> list:
+    """Entries of folder that are not in known: what replacing the folder would destroy."""
+    known = set(known)
+    return sorted(e for e in os.listdir(folder) if e not in known)
+
+
+def replace_dir_atomic(staging: str, final: str, check_replaceable: Callable[[str], None] | None = None) -> None:
+    """Move a fully written staging folder into place; the old folder (if any) goes only after.
+
+    check_replaceable(final) runs right before an existing final folder is replaced and raises if
+    that folder holds anything its writer did not create (so --force never deletes user data).
+    """
     final = os.path.abspath(final)
     old = None
-    if os.path.exists(final):
+    if os.path.lexists(final):
+        if os.path.islink(final) or not os.path.isdir(final):
+            raise FileExistsError(f"{final} exists and is not a folder; it was not replaced")
+        if check_replaceable is not None:
+            check_replaceable(final)
         old = final + ".old-" + next(tempfile._get_candidate_names())
         os.replace(final, old)
     os.replace(staging, final)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Staging folders: `<prefix>XXXX/` beside the destination, owned through an flock on the sibling
+# `<prefix>XXXX.lock`. The kernel drops the lock when its process dies (even by SIGKILL), so a
+# later writer can tell a dead writer's leftovers from a live writer's work without trusting pids.
+LOCK_SUFFIX = ".lock"
+# A staging folder without a lock file (written by an older kidrr) is only removed once it is
+# this old: no export runs that long, and a fresh one may be a writer between mkdir and lock.
+UNLOCKED_STALE_SECONDS = 24 * 3600
+
+
+def _lock_is_free(lock_path: str) -> bool:
+    """True if no live process holds the flock on lock_path (the file is left as it was)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing also releases a lock just taken
+    return True
+
+
+def clean_stale_staging(parent: str, prefix: str) -> list:
+    """Remove `prefix*` staging folders in parent whose writer is dead; returns what was removed.
+
+    Only folders with kidrr's staging prefix are considered, and only ones no live process holds
+    the lock of (or, with no lock file, older than UNLOCKED_STALE_SECONDS).
+    """
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = os.path.join(parent, name)
+        if not name.startswith(prefix) or name.endswith(LOCK_SUFFIX) or os.path.islink(path) \
+                or not os.path.isdir(path):
+            continue
+        lock = path + LOCK_SUFFIX
+        try:
+            if os.path.exists(lock):
+                stale = _lock_is_free(lock)
+            else:
+                stale = now - os.stat(path).st_mtime > UNLOCKED_STALE_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str, prefix: str):
+    """A new folder in parent to write into, locked by this process while it lives.
+
+    Made with the umask's mode (mkdtemp would make it 0700, unreadable to a service running as
+    another user once moved into place). Stale folders of dead writers are cleaned first. On an
+    exception the folder is removed; on success the caller has moved it away (replace_dir_atomic).
+    """
+    clean_stale_staging(parent, prefix)
+    fd, lock = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=LOCK_SUFFIX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # before the folder exists, so no cleaner sees it unlocked
+        path = lock[:-len(LOCK_SUFFIX)]
+        os.mkdir(path, 0o777)  # mkdir applies the umask
+        try:
+            yield path
+        finally:  # moved into place on success; anything still here is an unfinished write
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def sha256_file(path: str) -> str:

@@ -42,19 +42,32 @@ def recall(scores: np.ndarray, caption_image: np.ndarray) -> dict:
 
 
 def folds(n_images: int, protocol: str):
-    """Image index ranges [start, stop) to evaluate, per the published protocols.
+    """Image index ranges [start, stop) to evaluate, exactly per the published protocols, or InputError.
 
-    all: every image at once. 1k: folds of 1,000 images, averaged (COCO 1K; Flickr30K's 1,000-image
-    test is one fold). 5fold: five equal folds. 5k: all images (COCO 5K).
+    all: every image at once, any n. 5k: COCO 5K, exactly 5,000 images ranked at once. 5fold: five
+    equal folds (COCO 1K: 5 x 1,000 of the 5K test set), so n must be a multiple of 5. 1k: folds of
+    exactly 1,000 images (Flickr30K's 1,000-image test is one fold), so n must be a multiple of 1,000.
+    Nothing is dropped or padded: a split that does not fit the protocol is refused, naming the
+    protocol that would take it, so every reported number covers every image.
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
-    if protocol in ("all", "5k"):
-        return [(0, n_images)]
-    size = 1000 if protocol == "1k" else n_images // 5
-    if size == 0 or n_images < size:
-        return [(0, n_images)]
-    return [(s, s + size) for s in range(0, n_images - size + 1, size)]
+    if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
+        raise InputError(f"a protocol needs at least one image, got {n_images!r}")
+    n = int(n_images)
+    if protocol == "all":
+        return [(0, n)]
+    if protocol == "5k":
+        if n != 5000:
+            raise InputError(f"protocol 5k ranks exactly 5,000 images (COCO 5K test) at once, this split has {n}; "
+                             f"use --protocol all to rank all {n} at once")
+        return [(0, n)]
+    size = 1000 if protocol == "1k" else n // 5
+    if size == 0 or n % size or (protocol == "5fold" and n % 5):
+        need = "a multiple of 1,000 images" if protocol == "1k" else "a multiple of 5 images (5 equal folds)"
+        raise InputError(f"protocol {protocol} needs {need}, this split has {n}: images would be dropped. "
+                         f"Use --protocol all (all {n} images at once), or a split that fits")
+    return [(s, s + size) for s in range(0, n, size)]
 
 
 def average(results: list) -> dict:

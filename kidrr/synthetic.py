@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 from .data import CAPTIONS_PER_IMAGE, Split
 
 KINDS = ["dog", "cat", "horse", "bird", "car", "bus", "bike", "boat", "chair", "table", "ball", "kite",
@@ -75,9 +77,9 @@ def _relation(cell_a: int, cell_b: int):
     return "above" if ra < rb else "below"
 
 
-def _phrase(obj, rng, with_size: bool):
+def _phrase(obj, rng, with_size: bool, kind_names=KINDS):
     kind, colour, size, _ = obj
-    words = ([SIZES[size]] if with_size else []) + [COLOURS[colour], KINDS[kind]]
+    words = ([SIZES[size]] if with_size else []) + [COLOURS[colour], kind_names[kind]]
     return " ".join(words)
 
 
@@ -96,7 +98,7 @@ def _scene_family(rng):
     return [base, swap_colour, swap_place]
 
 
-def _captions(scene, rng):
+def _captions(scene, rng, kind_names=KINDS):
     caps = []
     for _ in range(CAPTIONS_PER_IMAGE):
         i, j = rng.choice(len(scene), size=2, replace=False)
@@ -105,16 +107,18 @@ def _captions(scene, rng):
             i, j, rel = j, i, RELATIONS[rel][1]
         words = RELATIONS[rel][0]
         text = TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(
-            a=_phrase(scene[i], rng, rng.random() < 0.3), b=_phrase(scene[j], rng, rng.random() < 0.3),
+            a=_phrase(scene[i], rng, rng.random() < 0.3, kind_names),
+            b=_phrase(scene[j], rng, rng.random() < 0.3, kind_names),
             rel=words[int(rng.integers(len(words)))])
         others = [k for k in range(len(scene)) if k not in (i, j)]
         if others and rng.random() < 0.4:
-            text += " and a " + _phrase(scene[others[0]], rng, False)
+            text += " and a " + _phrase(scene[others[0]], rng, False, kind_names)
         caps.append(text + (" ." if rng.random() < 0.5 else ""))
     return caps
 
 
-def _make_split(name: str, n_images: int, space: _FeatureSpace, rng) -> Split:
+def _make_split(name: str, n_images: int, space: _FeatureSpace, rng, kind_names=KINDS):
+    """(Split, scenes); kind_names only renames the kinds in the captions (same random stream)."""
     cfg = space.cfg
     scenes = []
     while len(scenes) < n_images:
@@ -134,18 +138,30 @@ def _make_split(name: str, n_images: int, space: _FeatureSpace, rng) -> Split:
                 rows.append(rng.normal(size=cfg.feature_size))
         rows = np.stack(rows[:cfg.regions])
         feats[idx] = rows[rng.permutation(cfg.regions)]
-        captions.extend(_captions(scene, rng))
-    return Split(name, feats, captions)
+        captions.extend(_captions(scene, rng, kind_names))
+    return Split(name, feats, captions), scenes
 
 
 def make_synthetic(split: str, cfg: SyntheticConfig | None = None) -> Split:
     """One split ('train', 'dev' or 'test') of the synthetic set; deterministic in cfg.seed."""
+    return make_synthetic_scenes(split, cfg)[0]
+
+
+def make_synthetic_scenes(split: str, cfg: SyntheticConfig | None = None, kind_names=KINDS):
+    """(Split, scenes): the split and, per image, its objects as (kind, colour, size, cell) index tuples.
+
+    kind_names (one name per entry of KINDS) renames the kinds in the captions without changing
+    anything else: the pixel set (kidrr.synthetic_images) draws these scenes and names kinds by shape.
+    """
     cfg = cfg or SyntheticConfig()
+    if len(kind_names) != len(KINDS):
+        raise ValueError(f"kind_names needs {len(KINDS)} names (one per kind), got {len(kind_names)}")
     sizes = {"train": cfg.train_images, "dev": cfg.dev_images, "test": cfg.test_images}
     if split not in sizes:
-        raise ValueError(f"unknown synthetic split {split!r}; choose one of {sorted(sizes)}")
+        raise InputError(f"unknown synthetic split {split!r}; choose one of {sorted(sizes)}")
     if cfg.regions < 3:
         raise ValueError("synthetic scenes need at least 3 regions")
     space = _FeatureSpace(cfg)
     rng = np.random.default_rng([cfg.seed, list(sizes).index(split)])
-    return _make_split(split, sizes[split], space, rng)
+    split_data, scenes = _make_split(split, sizes[split], space, rng, list(kind_names))
+    return split_data, [[tuple(int(v) for v in obj) for obj in scene] for scene in scenes]

@@ -17,6 +17,7 @@ PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
 VOCAB_FORMAT = "kidrr-vocab/1"
 TOKENIZER_RULES = "kidrr-basic/1"
 _SPACE = " \t\n\r\v\f"
+MAX_VOCAB_BYTES = 64 << 20
 
 
 def _is_word_char(ch: str) -> bool:
@@ -81,10 +82,15 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, data: dict) -> "Vocabulary":
+        if not isinstance(data, dict):
+            raise CheckpointError(f"a vocabulary must be a JSON object, got {type(data).__name__}")
         if data.get("format") != VOCAB_FORMAT or data.get("tokenizer") != TOKENIZER_RULES:
             raise CheckpointError(f"vocabulary format {data.get('format')!r} / tokenizer "
                                   f"{data.get('tokenizer')!r} unknown; expected {VOCAB_FORMAT} / {TOKENIZER_RULES}")
-        return cls(data["words"])
+        words = data.get("words")
+        if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
+            raise CheckpointError("vocabulary 'words' must be a list of non-empty strings")
+        return cls(words)
 
     def save(self, path: str) -> None:
         from .fileio import write_atomic
@@ -92,13 +98,19 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str) -> "Vocabulary":
-        if not os.path.exists(path):
-            raise CheckpointError(f"vocabulary file {path} is missing")
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"vocabulary file {path} is not valid JSON ({exc})") from exc
+            size = os.stat(path).st_size
+            if size > MAX_VOCAB_BYTES:
+                raise CheckpointError(f"vocabulary file {path} is {size} bytes, more than any vocabulary "
+                                      f"({MAX_VOCAB_BYTES})")
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read(MAX_VOCAB_BYTES + 1).decode("utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError(f"vocabulary file {path} is missing") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read vocabulary file {path} ({exc.strerror or exc})") from exc
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise CheckpointError(f"vocabulary file {path} is not valid JSON ({str(exc)[:200]})") from exc
         return cls.from_json(data)
 
 

@@ -6,6 +6,7 @@ rSum. Checkpoints are written atomically, so an interrupt leaves the last comple
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from .checkpoint import load_checkpoint, load_train_state, read_train_state, save_checkpoint
 from .config import ModelConfig, TrainConfig, dump_json
 from .curve import curve_plot
 from .data import Split, check_features
@@ -24,6 +25,9 @@ from .evaluate import evaluate_split, format_recall, resolve_split, tokenize_spl
 from .fileio import write_atomic
 from .model import KIDRR
 from .tokenizer import Vocabulary, pad_batch
+
+
+RUN_OUTPUTS = ("last", "best", "history.json", "curve.png")
 
 
 def triplet_loss(scores: torch.Tensor, image_ids: torch.Tensor, margin: float, hardest: bool,
@@ -175,9 +179,9 @@ def _set_overrides(cfg, pairs, what):
               help="small: D=256, S=64 (CPU); published: D=1024, S=256")
 @click.option("--model-set", "model_set", multiple=True, help="model config override key=value (repeatable)")
 @click.option("--train-set", "train_set", multiple=True, help="training config override key=value (repeatable)")
-@click.option("--epochs", type=int, default=None, help="number of epochs (default from the config: 40)")
-@click.option("--dev-images", type=int, default=0, help="evaluate on the first N dev images only (0: all)")
-@click.option("--max-batches", type=int, default=0, help="cap batches per epoch (smoke runs)")
+@click.option("--epochs", type=click.IntRange(min=0), default=None, help="number of epochs (default from the config: 40)")
+@click.option("--dev-images", type=click.IntRange(min=0), default=0, help="evaluate on the first N dev images only (0: all)")
+@click.option("--max-batches", type=click.IntRange(min=0), default=0, help="cap batches per epoch (smoke runs)")
 @click.option("--resume", is_flag=True, help="continue from OUT/last (--train-set overrides still apply)")
 def main(data, out, size, model_set, train_set, epochs, dev_images, max_batches, resume):
     """Train KIDRR; keeps OUT/best (by dev rSum) and OUT/last (resumable)."""
@@ -206,33 +210,40 @@ def image_backbone_of(data: str) -> dict | None:
 
 
 def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, max_batches=0, resume=False):
+    last_dir, best_dir = os.path.join(out, "last"), os.path.join(out, "best")
+    if not resume:
+        if os.path.exists(last_dir):
+            raise KidrrError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        # A new run writes these; any already there belong to someone else and would be overwritten.
+        taken = [e for e in RUN_OUTPUTS if os.path.lexists(os.path.join(out, e))]
+        if taken:
+            raise KidrrError(f"{out} already holds {taken}, which a new run would overwrite; choose another --out")
+    # Options first (checked by the config classes), before any data is read or anything written.
+    if resume:
+        model, vocab, _ = load_checkpoint(last_dir)
+        _, saved = read_train_state(last_dir)
+        tcfg = _set_overrides(saved, train_set, "train-set")
+    else:
+        base = ModelConfig.small() if size == "small" else ModelConfig()
+        mcfg = _set_overrides(base, model_set, "model-set")
+        tcfg = _set_overrides(TrainConfig(), train_set, "train-set")
+    if epochs is not None:
+        tcfg = dataclasses.replace(tcfg, epochs=epochs)   # re-validated like every other field
     train, dev = resolve_split(data, "train"), resolve_split(data, "dev")
     image_backbone = image_backbone_of(data)
     if dev_images:
         dev = dev.subset(dev_images)
-    last_dir, best_dir = os.path.join(out, "last"), os.path.join(out, "best")
-    if resume:
-        model, vocab, _ = load_checkpoint(last_dir)
-        if model.cfg.image_backbone != image_backbone:
-            raise KidrrError(f"{out} was trained on features from "
-                             f"{(model.cfg.image_backbone or {}).get('backbone', 'elsewhere')}, but {data} holds "
-                             f"features from {(image_backbone or {}).get('backbone', 'elsewhere')}; resume on the "
-                             f"data it started with")
-        with open(os.path.join(last_dir, "train_state.json")) as fh:
-            tcfg = _set_overrides(TrainConfig.from_dict(json.load(fh)["train_config"]), train_set, "train-set")
-    else:
-        if os.path.exists(last_dir):
-            raise KidrrError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and model.cfg.image_backbone != image_backbone:
+        raise KidrrError(f"{out} was trained on features from "
+                         f"{(model.cfg.image_backbone or {}).get('backbone', 'elsewhere')}, but {data} holds "
+                         f"features from {(image_backbone or {}).get('backbone', 'elsewhere')}; resume on the "
+                         f"data it started with")
+    if not resume:
         vocab = Vocabulary.build(train.captions)
-        base = ModelConfig.small() if size == "small" else ModelConfig()
-        mcfg = _set_overrides(base, model_set, "model-set")
         mcfg = ModelConfig.from_dict(dict(mcfg.to_dict(), vocab_size=len(vocab), feature_size=train.feature_size,
-                                              image_backbone=image_backbone))
-        tcfg = _set_overrides(TrainConfig(), train_set, "train-set")
+                                          image_backbone=image_backbone))
         torch.manual_seed(tcfg.seed)
         model = KIDRR(mcfg)
-    if epochs is not None:
-        tcfg.epochs = epochs
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     trainer = Trainer(model, vocab, tcfg)
@@ -249,7 +260,7 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
     while trainer.epoch < tcfg.epochs:
         rng = np.random.default_rng([tcfg.seed, trainer.epoch])
         stats = trainer.train_epoch(train, caption_ids, rng, max_batches)
-        result = evaluate_split(model, vocab, dev, "all", progress=False)
+        result = evaluate_split(model, vocab, dev, "all", progress=True)   # minutes on real data: show a bar
         trainer.epoch += 1
         stats.update(epoch=trainer.epoch, dev_rsum=result["scorer"]["rsum"],
                      dev_rsum_globals=result["globals"]["rsum"], dev=result["scorer"])

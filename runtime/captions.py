@@ -16,6 +16,16 @@ from kidrr.errors import InputError
 from kidrr.tokenizer import UNK_ID, Vocabulary, pad_batch, truncate
 
 LONG_POLICIES = ("refuse", "truncate")
+# All-unknown captions: refused for queries (a score that means nothing); kept when evaluating a data
+# set, where every caption must count, as kidrr-eval does.
+UNKNOWN_POLICIES = ("refuse", "keep")
+
+
+def check_policies(on_long: str, on_unknown: str) -> None:
+    if on_long not in LONG_POLICIES:
+        raise InputError(f"on_long must be one of {LONG_POLICIES}, got {on_long!r}")
+    if on_unknown not in UNKNOWN_POLICIES:
+        raise InputError(f"on_unknown must be one of {UNKNOWN_POLICIES}, got {on_unknown!r}")
 
 
 class CaptionTruncatedWarning(UserWarning):
@@ -25,6 +35,8 @@ class CaptionTruncatedWarning(UserWarning):
 def check_captions(captions) -> list:
     if isinstance(captions, str):
         raise InputError("captions must be a list of strings, got one string; wrap it in a list")
+    if captions is None or not hasattr(captions, "__iter__"):
+        raise InputError(f"expected a list of caption strings (or a CaptionIndex), got {type(captions).__name__}")
     captions = list(captions)
     if not captions:
         raise InputError("no captions given; pass at least one caption")
@@ -35,10 +47,9 @@ def check_captions(captions) -> list:
 
 
 def tokenize_captions(vocab: Vocabulary, captions: Sequence[str], max_len: int,
-                      on_long: str = "refuse") -> tuple[np.ndarray, np.ndarray]:
+                      on_long: str = "refuse", on_unknown: str = "refuse") -> tuple[np.ndarray, np.ndarray]:
     """(ids (m, L) int64, lengths (m,) int64). InputError names the first bad caption."""
-    if on_long not in LONG_POLICIES:
-        raise InputError(f"on_long must be one of {LONG_POLICIES}, got {on_long!r}")
+    check_policies(on_long, on_unknown)
     captions = check_captions(captions)
     id_lists, cut = [], []
     for i, caption in enumerate(captions):
@@ -46,9 +57,10 @@ def tokenize_captions(vocab: Vocabulary, captions: Sequence[str], max_len: int,
             ids = vocab.encode(caption)
         except InputError as exc:
             raise InputError(f"caption {i}: {exc}") from exc
-        if all(t == UNK_ID for t in ids[1:-1]):
+        if on_unknown == "refuse" and all(t == UNK_ID for t in ids[1:-1]):
             raise InputError(f"caption {i} ({caption[:60]!r}) has no word the model knows (all tokens are "
-                             f"<unk>); its score would mean nothing. Rephrase it with common words")
+                             f"<unk>); its score would mean nothing. Rephrase it with common words (or pass "
+                             f"on_unknown='keep' to score it anyway, as evaluation does)")
         if len(ids) > max_len:
             if on_long == "refuse":
                 raise InputError(f"caption {i} has {len(ids)} tokens (with <start>/<end>), more than the "

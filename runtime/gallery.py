@@ -8,14 +8,38 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from kidrr.errors import BundleError, InputError
+from kidrr.errors import BundleError, DataError, InputError
 from kidrr.fileio import write_atomic
 
+from .search import shortlist_rows
+
 GALLERY_FORMAT = "kidrr-gallery/1"
+V1_MEMBERS = {"format", "bundle_id", "locals", "globals"}
+V1_OPTIONAL = {"names"}   # the images' file names (encode_image_files); older files have none
+
+
+@runtime_checkable
+class GallerySource(Protocol):
+    """What the Retriever needs from a gallery, in memory (Gallery) or on disk (kidrr.gallery.DiskGallery).
+
+    Rows are the source's own item numbers; labels(rows) turns them into what search returns
+    (positions for Gallery, id strings on disk).
+    """
+    bundle_id: str
+
+    def __len__(self) -> int: ...
+    def shortlist(self, query_globals: np.ndarray, size: int) -> list: ...          # per query: rows
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...        # float32 locals, globals
+    def labels(self, rows: np.ndarray) -> list: ...
+    def tiles(self, rows_per_tile: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
 
 
 def _freeze(*arrays):
@@ -26,27 +50,45 @@ def _freeze(*arrays):
 @dataclass(frozen=True)
 class Gallery:
     """Image locals (n, R, D), globals (n, D), the bundle identity they came from, and optionally one
-    id (the image's file name) per row; search answers with the ids when there are some."""
+    name per row (the image's file name, from encode_image_files): search then answers with the names."""
     locals: np.ndarray
     globals: np.ndarray
     bundle_id: str
-    ids: tuple | None = None
+    names: tuple | None = None
 
     def __post_init__(self):
         if self.locals.ndim != 3 or self.globals.ndim != 2 or len(self.locals) != len(self.globals) \
                 or self.locals.shape[2] != self.globals.shape[1]:
             raise InputError(f"gallery arrays disagree: locals {self.locals.shape}, globals {self.globals.shape}")
-        if self.ids is not None:
-            if len(self.ids) != len(self.globals) or not all(isinstance(i, str) for i in self.ids):
-                raise InputError(f"gallery ids must be {len(self.globals)} strings (one per image), got "
-                                 f"{len(self.ids)}")
-            if len(set(self.ids)) != len(self.ids):
-                raise InputError("gallery ids must be unique (they name the images search answers with)")
-            object.__setattr__(self, "ids", tuple(self.ids))
+        if self.names is not None:
+            names = tuple(self.names)
+            if len(names) != len(self.globals) or not all(isinstance(n, str) and n for n in names):
+                raise InputError(f"gallery names must be {len(self.globals)} non-empty strings (one per image), "
+                                 f"got {len(names)}")
+            if len(set(names)) != len(names):
+                raise InputError("gallery names must be unique (they are what search answers with)")
+            object.__setattr__(self, "names", names)
         _freeze(self.locals, self.globals)
 
     def __len__(self) -> int:
         return len(self.globals)
+
+    # GallerySource: rows are positions, and so are the labels.
+    def shortlist(self, query_globals: np.ndarray, size: int) -> list:
+        return list(shortlist_rows(query_globals, self.globals, size))
+
+    def gather(self, rows):
+        return self.locals[rows], self.globals[rows]
+
+    def labels(self, rows) -> list:
+        if self.names is not None:
+            return [self.names[int(r)] for r in rows]
+        return [int(r) for r in rows]
+
+    def tiles(self, rows_per_tile: int):
+        for i in range(0, len(self), rows_per_tile):
+            rows = np.arange(i, min(len(self), i + rows_per_tile))
+            yield rows, self.locals[i:i + rows_per_tile], self.globals[i:i + rows_per_tile]
 
     @property
     def nbytes(self) -> int:
@@ -54,30 +96,88 @@ class Gallery:
 
     def save(self, path: str) -> None:
         buf = io.BytesIO()
-        extra = {} if self.ids is None else {"ids": np.array(self.ids, dtype=str)}
+        names = {} if self.names is None else {"names": np.array(self.names, dtype=str)}
         np.savez(buf, format=np.array(GALLERY_FORMAT), bundle_id=np.array(self.bundle_id),
-                 locals=self.locals, globals=self.globals, **extra)
+                 locals=self.locals, globals=self.globals, **names)
         write_atomic(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str, bundle_id: str | None = None) -> "Gallery":
-        """Read a gallery file; with bundle_id, refuse one encoded by another bundle."""
+    def load(cls, path: str, bundle_id: str | None = None, dim: int | None = None) -> "Gallery":
+        """Read a v1 gallery file; with bundle_id, refuse one encoded by another bundle; with dim, one of
+        another embedding size. Every way the file can be damaged is a DataError naming it."""
+        if os.path.isdir(path):
+            hint = ("it is a format-2 gallery folder: open it with kidrr.gallery.open_gallery"
+                    if os.path.isfile(os.path.join(path, "manifest.json")) else "give a .npz gallery file")
+            raise InputError(f"gallery {path} is a folder, not a .npz file; {hint}")
         if not os.path.isfile(path):
             raise InputError(f"gallery file {path} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                fmt = str(data["format"])
-                tag = str(data["bundle_id"])
-                locs, globs = data["locals"], data["globals"]
-                ids = tuple(str(i) for i in data["ids"]) if "ids" in data.files else None
-        except (ValueError, KeyError, OSError, EOFError) as exc:
-            raise InputError(f"{path} is not a kidrr gallery file ({exc}); rebuild it with encode_images") from exc
-        if fmt != GALLERY_FORMAT:
-            raise InputError(f"{path}: gallery format {fmt!r} is not {GALLERY_FORMAT}; rebuild it")
+        arrays = _read_v1(path)
+        fmt, tag = arrays["format"], arrays["bundle_id"]
+        if fmt.dtype.kind != "U" or fmt.shape != () or str(fmt) != GALLERY_FORMAT:
+            raise DataError(f"{path}: gallery format {str(fmt)[:40]!r} is not {GALLERY_FORMAT}; rebuild it")
+        if tag.dtype.kind != "U" or tag.shape != ():
+            raise DataError(f"{path}: bundle_id is not a string; the gallery file is damaged, rebuild it")
+        tag = str(tag)
         if bundle_id is not None and tag != bundle_id:
             raise BundleError(f"gallery {path} was encoded by another bundle ({tag[:12]}...), not this one "
                               f"({bundle_id[:12]}...); re-encode the images with this bundle")
-        return cls(locs, globs, tag, ids)
+        locs, globs = arrays["locals"], arrays["globals"]
+        for name, arr, nd in (("locals", locs, 3), ("globals", globs, 2)):
+            if arr.ndim != nd or not np.issubdtype(arr.dtype, np.floating):
+                raise DataError(f"{path}: {name} must be a {nd}-D float array, got {arr.dtype} {arr.shape}; "
+                                f"the gallery file is damaged, rebuild it")
+        if len(locs) != len(globs) or locs.shape[2] != globs.shape[1]:
+            raise DataError(f"{path}: locals {locs.shape} and globals {globs.shape} disagree; rebuild the gallery")
+        if dim is not None and globs.shape[1] != dim:
+            raise DataError(f"{path} holds {globs.shape[1]}-d vectors but the model's embedding is {dim}-d; "
+                            f"it was not encoded by this model")
+        locs, globs = locs.astype(np.float32, copy=False), globs.astype(np.float32, copy=False)
+        bad = ~(np.isfinite(locs).all(axis=(1, 2)) & np.isfinite(globs).all(axis=1))
+        if bad.any():
+            raise DataError(f"{path}: items {np.flatnonzero(bad)[:5].tolist()} hold NaN or inf; rebuild the gallery")
+        names = arrays.get("names")
+        if names is not None:
+            if names.dtype.kind != "U" or names.shape != (len(globs),):
+                raise DataError(f"{path}: names must be {len(globs)} strings, got {names.dtype} {names.shape}; "
+                                f"rebuild the gallery")
+            names = tuple(str(n) for n in names)
+        return cls(locs, globs, tag, names)
+
+
+def _read_v1(path: str) -> dict:
+    """The four arrays of a v1 .npz, with each member's declared size checked against the zip before
+    anything is allocated, and every zip/npy error turned into a DataError."""
+    def damaged(why):
+        return DataError(f"{path} is not a kidrr gallery file, or a damaged one ({why}); rebuild it with "
+                         f"encode_images")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            if not V1_MEMBERS <= set(infos) <= V1_MEMBERS | V1_OPTIONAL:
+                raise damaged(f"members {sorted(infos)}, expected {sorted(V1_MEMBERS)} (and optionally "
+                              f"{sorted(V1_OPTIONAL)})")
+            out = {}
+            for name, info in infos.items():
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                    if version not in readers:
+                        raise damaged(f"{name}: npy version {version}")
+                    shape, fortran, dtype = readers[version](fh, max_header_size=10000)
+                    if dtype.hasobject:
+                        raise damaged(f"{name}: object arrays are never part of a gallery")
+                    count = int(np.prod(shape, dtype=object))
+                    if count * dtype.itemsize > info.file_size:
+                        raise damaged(f"{name}: header declares {shape} {dtype}, more than the "
+                                      f"{info.file_size}-byte member holds (truncated or crafted)")
+                with zf.open(info) as fh:
+                    out[name] = np.lib.format.read_array(fh, allow_pickle=False)
+            return out
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, struct.error, ValueError, KeyError, OSError, EOFError, TypeError,
+            IndexError, UnicodeDecodeError, NotImplementedError, SyntaxError, OverflowError, MemoryError) as exc:
+        raise damaged(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ import numpy as np
 
 from kidrr.errors import BackendUnavailable, BundleError
 
-from .bundle import Bundle
+from .bundle import Bundle, check_graph_io
 from .runner import Runner, as_float32, as_int64
 
 # Preferred order when onnxruntime-gpu is installed; CPU is always the fallback.
 INPUTS = {"image_encoder": ("features",), "text_encoder": ("ids", "lengths"),
           "similarity": ("img_locals", "img_global", "cap_locals", "cap_global", "cap_lengths")}
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(double)": "float64", "tensor(uint8)": "uint8"}
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -51,10 +53,13 @@ class OrtRunner(Runner):
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
         self._inputs = {g: [i.name for i in s.get_inputs()] for g, s in self.sessions.items()}
 
-        for graph, names in INPUTS.items():
+        expected = dict(INPUTS, **({"backbone": ("images",)} if bundle.takes_pixels else {}))
+        for graph, names in expected.items():
             if sorted(self._inputs[graph]) != sorted(names):
                 raise BundleError(f"bundle file {bundle.graph(graph)['file']} has inputs {self._inputs[graph]}, "
                                   f"the contract (docs/bundle.md) says {list(names)}; re-export the bundle")
+            check_graph_io(bundle, graph, [(i.name, ORT_DTYPES.get(i.type, i.type), i.shape)
+                                           for i in self.sessions[graph].get_inputs()])
 
     def _session(self, ort, bundle, graph, opts):
         try:

@@ -18,28 +18,31 @@ from kidrr.data import check_features
 from kidrr.errors import BundleError, InputError
 
 from .bundle import load_bundle
-from .captions import tokenize_captions
-from .gallery import CaptionIndex, Gallery
+from .captions import check_policies, tokenize_captions
+from .gallery import CaptionIndex, Gallery, GallerySource
 from .runner import load_runner
 from .search import check_k, check_shortlist, shortlist_rows, top_k
 from .tiling import TilePlanner, score_all, timer
 
 ENCODE_BATCH = 256   # items per encoder call: the encoders are cheap, this only bounds memory
+STREAM_TILE_ROWS = 2048   # items read at a time by exhaustive search over a gallery not held in memory
 
 
 class Retriever:
     def __init__(self, bundle_path: str, backend: str = "ort", threads: int = 0,
                  memory_budget_mb: float = 256.0, tiles: tuple | None = None, on_long: str = "refuse",
-                 verify: bool = True, **backend_options):
+                 verify: bool = True, on_unknown: str = "refuse", **backend_options):
         """backend: 'ort' | 'trt' | 'torch'. threads: 0 = the backend's default. tiles=(images, captions)
-        fixes the score tile instead of choosing it. on_long: 'refuse' | 'truncate' over-long captions."""
+        fixes the score tile instead of choosing it. on_long: 'refuse' | 'truncate' over-long captions.
+        on_unknown: 'refuse' | 'keep' captions with no known word ('keep' is evaluation's policy)."""
+        check_policies(on_long, on_unknown)   # a bad policy fails here, not on the first long caption
         self.bundle = load_bundle(bundle_path, verify=verify)
         self.runner = load_runner(backend, self.bundle, threads=threads, **backend_options)
         model = self.bundle.model
         self.feature_size = int(model["feature_size"])
         self.planner = TilePlanner(int(model["embed_size"]), int(model["sim_size"]),
                                    int(memory_budget_mb * 2**20), tiles)
-        self.on_long = on_long
+        self.on_long, self.on_unknown = on_long, on_unknown
         self._lock = threading.Lock()
         self._gallery: Gallery | None = None
         self._captions: CaptionIndex | None = None
@@ -97,7 +100,7 @@ class Retriever:
         if not kept:
             raise InputError(f"none of the {len(names)} image(s) could be encoded: "
                              + "; ".join(m for _, _, m in report.skipped[:3]))
-        return Gallery(np.concatenate(locs), np.concatenate(globs), self.bundle_id, tuple(kept))
+        return Gallery(np.concatenate(locs), np.concatenate(globs), self.bundle_id, names=tuple(kept))
 
     def encode_image_files(self, paths, names=None, strict: bool = False, batch_size: int = 32,
                            progress: bool = False, report=None) -> Gallery:
@@ -131,10 +134,10 @@ class Retriever:
         return self._encode_batches(arrays, names, strict, batch_size, False,
                                     report if report is not None else SkipReport())
 
-    def encode_texts(self, captions, on_long: str | None = None) -> CaptionIndex:
+    def encode_texts(self, captions, on_long: str | None = None, on_unknown: str | None = None) -> CaptionIndex:
         """list[str] -> CaptionIndex (sorted by length inside; scores come back in your order)."""
         ids, lengths = tokenize_captions(self.bundle.vocab, captions, self.bundle.max_caption_len,
-                                         on_long or self.on_long)
+                                         on_long or self.on_long, on_unknown or self.on_unknown)
         order = np.argsort(lengths, kind="stable")  # similar lengths per batch: less padding to encode
         words, globs = [], []
         for i in range(0, len(ids), ENCODE_BATCH):
@@ -147,13 +150,21 @@ class Retriever:
                                         self.bundle_id)
 
     def load_gallery(self, path: str) -> Gallery:
-        return Gallery.load(path, bundle_id=self.bundle_id)
+        """A v1 .npz gallery (format-2 folders: kidrr.gallery.open_gallery, then pass it to search)."""
+        return Gallery.load(path, bundle_id=self.bundle_id, dim=self.planner.dim)
 
     # ---- scoring ---------------------------------------------------------------------------
     def _own(self, item, what: str):
+        kind = CaptionIndex if what == "caption index" else Gallery
+        if not isinstance(item, kind):
+            raise InputError(f"expected a {kind.__name__} as the {what}, got {type(item).__name__}; make one with "
+                             f"{'encode_texts' if kind is CaptionIndex else 'encode_images'}()")
         if item.bundle_id != self.bundle_id:
             raise BundleError(f"this {what} was encoded by another bundle ({item.bundle_id[:12]}...), not "
                               f"this one ({self.bundle_id[:12]}...); re-encode it with this retriever")
+        dim = item.globals.shape[1] if hasattr(item, "globals") else getattr(item, "dim", None)
+        if dim is not None and dim != self.planner.dim:
+            raise InputError(f"this {what} holds {dim}-d vectors but the model's embedding is {self.planner.dim}-d")
         if len(item) == 0:
             raise InputError(f"the {what} is empty; encode at least one item")
         return item
@@ -212,29 +223,46 @@ class Retriever:
         return found
 
     # ---- search ----------------------------------------------------------------------------
-    def search_text(self, query, k: int, gallery: Gallery | None = None, shortlist: int | None = None):
-        """Images for a caption: [(image index, score)] best first. A list of captions (or a
-        CaptionIndex) gives one list per query. shortlist=k': two-stage (globals, then rerank k')."""
+    def search_text(self, query, k: int, gallery: GallerySource | None = None, shortlist: int | None = None):
+        """Images for a caption: [(image label, score)] best first (labels: positions in a Gallery, ids in
+        a format-2 gallery). A list of captions (or a CaptionIndex) gives one list per query.
+        shortlist=k': two-stage (first stage on the globals, then rerank k' read from the gallery)."""
         gallery = self._attached(gallery, "_gallery", "gallery")
         k = check_k(k, len(gallery), "gallery")
         kp = check_shortlist(shortlist, k, len(gallery))
         single = isinstance(query, str)
         queries = self._captions_arg([query] if single else query)
         results = [None] * len(queries)
-        if kp is None:
+        if kp is None and isinstance(gallery, Gallery):
             scores = self.score(gallery, queries)           # (n, q) in query order
             for q in range(len(queries)):
-                results[q] = top_k(scores[:, q], k)
+                best = top_k(scores[:, q], k)
+                results[q] = list(zip(gallery.labels([i for i, _ in best]), [sc for _, sc in best]))
+        elif kp is None:
+            results = self._search_streamed(gallery, queries, k)
         else:
-            rows = shortlist_rows(queries.globals, gallery.globals, kp)   # (q, k') in sorted order
+            rows = gallery.shortlist(queries.globals, kp)   # per query (sorted order): k' rows
             for r in range(len(queries)):
                 idx = np.sort(rows[r])
-                s = self.runner.score(gallery.locals[idx], gallery.globals[idx], queries.padded_locals(r, r + 1),
+                locs, globs = gallery.gather(idx)           # only the shortlisted rows are read
+                s = self.runner.score(locs, globs, queries.padded_locals(r, r + 1),
                                       queries.globals[r:r + 1], queries.lengths[r:r + 1])
-                results[int(queries.order[r])] = top_k(s[:, 0], k, ids=idx)
-        if gallery.ids is not None:   # answer with the images' names
-            results = [[(gallery.ids[i], score) for i, score in row] for row in results]
+                best = top_k(s[:, 0], k, ids=idx)
+                labels = gallery.labels(np.array([i for i, _ in best], dtype=np.int64))
+                results[int(queries.order[r])] = [(lab, sc) for lab, (_, sc) in zip(labels, best)]
         return results[0] if single else results
+
+    def _search_streamed(self, gallery: GallerySource, queries: CaptionIndex, k: int) -> list:
+        """Exhaustive search a tile of items at a time, keeping each query's best k (ties: smaller row)."""
+        best_s = np.empty((len(queries), 0), dtype=np.float32)
+        best_r = np.empty((len(queries), 0), dtype=np.int64)
+        for rows, locs, globs in gallery.tiles(STREAM_TILE_ROWS):
+            scores = self.score(Gallery(locs, globs, gallery.bundle_id), queries).T    # (q, tile) query order
+            s = np.concatenate([best_s, scores], axis=1)
+            r = np.concatenate([best_r, np.broadcast_to(rows, scores.shape)], axis=1)
+            keep = np.stack([np.lexsort((r[q], -s[q]))[:k] for q in range(len(s))])
+            best_s, best_r = np.take_along_axis(s, keep, axis=1), np.take_along_axis(r, keep, axis=1)
+        return [list(zip(gallery.labels(best_r[q]), best_s[q].astype(float).tolist())) for q in range(len(best_s))]
 
     def search_image(self, features, k: int, captions: CaptionIndex | None = None,
                      shortlist: int | None = None):
@@ -245,6 +273,11 @@ class Retriever:
         kp = check_shortlist(shortlist, k, len(index))
         if isinstance(features, Gallery):
             single, queries = False, self._own(features, "query gallery")
+        elif isinstance(features, GallerySource):     # a gallery on disk as queries: read it whole
+            parts = list(self._own(features, "query gallery").tiles(STREAM_TILE_ROWS))
+            single = False
+            queries = Gallery(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
+                              features.bundle_id)
         else:
             arr = np.asarray(features)
             single = arr.ndim == 2

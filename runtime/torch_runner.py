@@ -1,8 +1,8 @@
 """The reference backend: the PyTorch model itself (optional: torch is imported only here).
 
 Weights come from the checkpoint folder the bundle was exported from, not from the ONNX files, so
-this backend checks the exporter against the model: the checkpoint's sha256 must equal the
-manifest's source_checkpoint_sha256. checkpoint=None means the checkpoint shipped with kidrr.
+this backend checks the exporter against the model: the checkpoint's id (weights + config +
+vocabulary, kidrr.identity) must equal the manifest's source_checkpoint_sha256. checkpoint=None means the checkpoint shipped with kidrr.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class TorchRunner(Runner):
         model, _, sha = load_checkpoint(checkpoint, device=device)
         expected = bundle.manifest.get("source_checkpoint_sha256")
         if expected != sha:
-            raise BundleError(f"checkpoint {checkpoint or 'shipped'} (weights sha256 {sha[:12]}...) is not the "
+            raise BundleError(f"checkpoint {checkpoint or 'shipped'} (weights + config + vocabulary id {sha[:12]}...) is not the "
                               f"one bundle {bundle.path} was exported from ({str(expected)[:12]}...); pass "
                               f"checkpoint=<the folder given to kidrr-export>")
         self.model, self.device = model, device

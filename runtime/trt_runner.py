@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from kidrr.errors import BackendUnavailable, BundleError
+from kidrr.optional import import_tensorrt
 
 from .bundle import Bundle
 from .runner import Runner, as_float32, as_int64
@@ -38,10 +39,9 @@ def engine_folder(bundle: Bundle, key: str | None = None) -> str:
 
 def _import_stack():
     try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable(f"backend 'trt' needs the tensorrt package ({exc}); it installs only on "
-                                 f"NVIDIA hosts (pip install tensorrt); use backend='ort' elsewhere") from exc
+        trt = import_tensorrt()
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"backend 'trt' needs tensorrt: {exc}; use backend='ort' elsewhere") from exc
     try:
         import torch
     except ImportError as exc:

@@ -1,9 +1,28 @@
 import os
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# The suite's budget on the 2-core CI machine (README: "under 15 minutes"). Every run prints its wall
+# time; under CI=true a run over budget fails, so a slow test cannot creep in unnoticed.
+SUITE_BUDGET_S = 900
+_SUITE_START = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    wall = time.monotonic() - _SUITE_START
+    terminalreporter.write_line(f"suite wall time: {wall:.0f} s (budget {SUITE_BUDGET_S} s on 2 cores)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    wall = time.monotonic() - _SUITE_START
+    if os.environ.get("CI") == "true" and wall > SUITE_BUDGET_S and exitstatus == 0:
+        print(f"\nsuite took {wall:.0f} s, over its {SUITE_BUDGET_S} s budget: speed up or trim the slowest tests "
+              f"(listed by --durations above)", file=sys.stderr)
+        session.exitstatus = 1
 
 
 @pytest.fixture

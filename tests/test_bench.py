@@ -202,9 +202,9 @@ def test_missing_shipped_checkpoint_is_a_clear_error(setup, tmp_path, monkeypatc
 
 def test_cached_bundle_is_reused(run, setup, monkeypatch):
     from kidrr.bench import sources
-    from kidrr.fileio import sha256_file
+    from kidrr.identity import checkpoint_id
     monkeypatch.setenv("KIDRR_CACHE", setup["cache"])
-    sha = sha256_file(os.path.join(setup["ckpt"], "model.safetensors"))
+    sha = checkpoint_id(setup["ckpt"])
     folder = sources.cached_bundle_dir(sha, "fp32")
     assert run["results"]["setup"]["bundles"]["fp32"] == folder
     before = os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns
@@ -282,7 +282,7 @@ def test_bundle_without_its_checkpoint_runs_what_it_can(setup, tmp_path, monkeyp
     export_bundle(setup["ckpt"], bundle, verify=False, progress=False, log=lambda m: None)
     out = tmp_path / "out"
     r = _cli(["--bundle", bundle, "--data", setup["data"], "--backends", "torch,ort", "--precisions", "fp32,int8",
-              "--batch-sizes", "2", "--duration", "0.01", "--shortlists", "none", "--protocol", "1k",
+              "--batch-sizes", "2", "--duration", "0.01", "--shortlists", "none", "--protocol", "all",
               "--threads", "1", "--out", str(out)], setup["cache"])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())

@@ -208,3 +208,30 @@ def test_installed_package_works_from_another_cmake_project(built, tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     proc = cpp.run([str(app / "b" / "app")])
     assert proc.returncode == 0 and proc.stdout.startswith("KIDRR_ERR_BUNDLE|"), proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def shipped_bundle(tmp_path_factory):
+    """The shipped model's bundle: the one docs/cpp.md's commands are run on."""
+    from kidrr.export.bundle import export_bundle
+    out = str(tmp_path_factory.mktemp("shipped") / "bundle")
+    export_bundle(None, out, force=True, verify=False, progress=False, log=lambda m: None)
+    return out
+
+
+def test_cpp_unit_tests_pass_on_the_shipped_models_bundle(built, shipped_bundle, tmp_path):
+    """Issue 14 item 13: kidrr_tests captions come from the bundle's own vocabulary (the shipped
+    vocabulary has no "two" or "cats", and the hard-coded "two cats" failed there), so the
+    documented command passes on any bundle, as check_memory.sh runs it."""
+    import json
+    import shutil
+    from kidrr.tokenizer import Vocabulary as V
+    words = V.load(os.path.join(shipped_bundle, "vocab.json")).index
+    assert "two" not in words and "cats" not in words  # the case that used to fail
+    tampered = tmp_path / "tampered"
+    shutil.copytree(shipped_bundle, tampered)
+    with open(tampered / "similarity.onnx", "ab") as fh:
+        fh.write(b"\0")
+    feature_size = json.load(open(os.path.join(shipped_bundle, "manifest.json")))["model"]["feature_size"]
+    proc = cpp.run([os.path.join(built, "kidrr_tests"), shipped_bundle, str(tampered), str(feature_size)])
+    assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]

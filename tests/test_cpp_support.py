@@ -16,7 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "runtime", "cpp")
 BUILD = os.path.join(ROOT, "build", "cpp")
 HEADERS = os.path.join(ROOT, "build", "cpp-ort-headers")
-FETCH = os.path.join(SOURCE, "scripts", "fetch_ort_headers.sh")
+JSON_HEADERS = os.path.join(ROOT, "build", "cpp-json-headers")
+CLANG = os.path.join(ROOT, "build", "cpp-clang")
+SCRIPTS = os.path.join(SOURCE, "scripts")
 BUILD_SECONDS = {}  # kind -> seconds the last build call took (reported by the tests)
 
 
@@ -31,21 +33,39 @@ def require_toolchain():
         pytest.skip("cmake is not installed: the C++ runtime cannot be built")
 
 
-def fetch_headers():
-    """The ONNX Runtime headers; skips (with the script's reason) if the registry cannot be reached."""
-    if os.path.isfile(os.path.join(HEADERS, "include", "onnxruntime", "onnxruntime_c_api.h")):
-        return HEADERS
-    proc = subprocess.run(["bash", FETCH, HEADERS], capture_output=True, text=True)
+def _fetch(script, out, probe, what):
+    """Run a fetch script once; skips (with its reason) if the package registry cannot be reached."""
+    if os.path.exists(os.path.join(out, probe)):
+        return out
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, script), out], capture_output=True, text=True)
     if proc.returncode in (3, 4):  # 3: no apt tools / no Debian mirror configured; 4: registry unreachable
-        pytest.skip(f"ONNX Runtime headers unavailable: {proc.stderr.strip()[-400:]}")
-    assert proc.returncode == 0, f"fetch_ort_headers.sh failed:\n{proc.stdout}\n{proc.stderr}"
-    return HEADERS
+        pytest.skip(f"{what} unavailable: {proc.stderr.strip()[-400:]}")
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def fetch_headers():
+    """The ONNX Runtime and nlohmann-json headers (Debian packages, fetched once into build/)."""
+    _fetch("fetch_json_headers.sh", JSON_HEADERS, os.path.join("include", "nlohmann", "json.hpp"), "nlohmann-json headers")
+    return _fetch("fetch_ort_headers.sh", HEADERS, os.path.join("include", "onnxruntime", "onnxruntime_c_api.h"),
+                  "ONNX Runtime headers")
+
+
+def fetch_clang() -> str:
+    """clang++ 14 with libFuzzer and the sanitizer runtimes, unpacked under build/cpp-clang."""
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, "fetch_clang.sh"), CLANG], capture_output=True, text=True)
+    if proc.returncode in (3, 4):
+        pytest.skip(f"clang unavailable: {proc.stderr.strip()[-400:]}")
+    assert proc.returncode == 0, f"fetch_clang.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def build(kind: str = "release") -> str:
-    """Configure (first time) and build; returns the build folder. kind: release | asan."""
+    """Configure (first time) and build; returns the build folder. kind: release | asan | fuzz
+    (fuzz: the libFuzzer harnesses only, built with the fetched clang)."""
     require_toolchain()
     fetch_headers()
+    compiler = fetch_clang() if kind == "fuzz" else None
     out = os.path.join(BUILD, kind)
     os.makedirs(BUILD, exist_ok=True)
     with open(os.path.join(BUILD, ".lock"), "w") as lock:
@@ -53,11 +73,14 @@ def build(kind: str = "release") -> str:
         start = time.perf_counter()
         if not os.path.isfile(os.path.join(out, "CMakeCache.txt")):
             args = ["cmake", "-S", SOURCE, "-B", out, f"-DKIDRR_ORT_HEADERS_DIR={HEADERS}",
-                    "-DCMAKE_BUILD_TYPE=" + ("Debug" if kind == "asan" else "Release")]
+                    f"-DKIDRR_JSON_HEADERS_DIR={JSON_HEADERS}",
+                    "-DCMAKE_BUILD_TYPE=" + ("Release" if kind == "release" else "Debug")]
             if shutil.which("ninja"):
                 args += ["-G", "Ninja"]
             if kind == "asan":
                 args.append("-DKIDRR_SANITIZE=ON")
+            if kind == "fuzz":
+                args += ["-DKIDRR_FUZZ=ON", f"-DCMAKE_CXX_COMPILER={compiler}", f"-DCMAKE_C_COMPILER={compiler[:-2]}"]
             proc = subprocess.run(args, capture_output=True, text=True)
             if proc.returncode != 0:
                 shutil.rmtree(out, ignore_errors=True)

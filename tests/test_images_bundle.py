@@ -93,7 +93,7 @@ def test_encode_image_files_skips_bad_files_and_matches_torch(pixel_bundle, phot
         gallery = rt.encode_image_files([os.path.join(folder, f) for f in files], names=files, batch_size=4,
                                         report=report)
         pre = Preprocessor(os.path.join(bundle, "preprocess.onnx"))
-    assert gallery.ids == tuple(good) and len(gallery) == len(good)     # no row for the broken file
+    assert gallery.names == tuple(good) and len(gallery) == len(good)     # no row for the broken file
     assert [(n, r) for n, r, _ in report.skipped] == [("broken.png", "not-an-image")]
     # reference: the same decoded pixels through the PyTorch backbone and model
     model, _, _ = load_checkpoint(ckpt)
@@ -123,13 +123,13 @@ def test_search_text_answers_with_file_names(pixel_bundle, photos, tmp_path):
     order = np.argsort(-scores, kind="stable")[:3]
     assert [name for name, _ in hits] == [good[i] for i in order]
     assert [s for _, s in hits] == pytest.approx(scores[order].tolist(), abs=1e-6)
-    assert again.ids == gallery.ids
-    assert np.array_equal(pixels.globals, gallery.globals) and pixels.ids == gallery.ids
+    assert again.names == gallery.names
+    assert np.array_equal(pixels.globals, gallery.globals) and pixels.names == gallery.names
 
 
 def test_gallery_ids_are_checked():
     locs, globs = np.zeros((2, 3, 4), np.float32), np.zeros((2, 4), np.float32)
     with pytest.raises(InputError, match="unique"):
         Gallery(locs, globs, "x", ("a.jpg", "a.jpg"))
-    with pytest.raises(InputError, match="2 strings"):
+    with pytest.raises(InputError, match="2 non-empty strings"):
         Gallery(locs, globs, "x", ("a.jpg",))

@@ -2,13 +2,15 @@
 import json
 import os
 import shutil
+import sys
 import warnings
 
 import numpy as np
 import pytest
 
 import test_runtime_helpers as helpers
-from kidrr.errors import BackendUnavailable, BundleError, InputError
+from kidrr.errors import BackendUnavailable, BundleError, DataError, InputError
+from kidrr.optional import tensorrt_missing
 from kidrr.runtime import CaptionTruncatedWarning, Gallery, load_bundle, open_bundle
 
 
@@ -66,11 +68,8 @@ def test_unknown_format_and_missing_manifest(copy, tmp_path):
 def test_backends_unknown_or_absent(bundle):
     with pytest.raises(InputError, match="unknown backend"):
         open_bundle(bundle, backend="tpu")
-    try:
-        import tensorrt  # noqa: F401
-        pytest.skip("tensorrt is installed here")
-    except ImportError:
-        pass
+    if tensorrt_missing() is None:
+        pytest.skip("the real tensorrt is installed here")
     with pytest.raises(BackendUnavailable, match="tensorrt"):
         open_bundle(bundle, backend="trt")
 
@@ -136,7 +135,7 @@ def test_bad_k_and_empty_gallery(rt):
 def test_corrupted_gallery_file(rt, tmp_path):
     path = tmp_path / "g.npz"
     path.write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="not a kidrr gallery"):
+    with pytest.raises(DataError, match="not a kidrr gallery"):
         rt.load_gallery(str(path))
     with pytest.raises(InputError, match="does not exist"):
         rt.load_gallery(str(tmp_path / "none.npz"))
@@ -148,3 +147,17 @@ def test_thread_count_must_be_valid(bundle):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_bundle(bundle, threads=1).close()
+
+
+def test_tensorrt_stubs_alone_are_not_tensorrt(tmp_path, monkeypatch):
+    # tensorrt-stubs installs tensorrt/*.pyi without __init__.py: `import tensorrt` then succeeds as an
+    # empty namespace package, which must not count as TensorRT.
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Builder: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    reason = tensorrt_missing()
+    assert reason is not None and "stubs" in reason
+    from kidrr.optional import import_tensorrt
+    with pytest.raises(BackendUnavailable, match="stubs"):
+        import_tensorrt()

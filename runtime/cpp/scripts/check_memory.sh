@@ -12,13 +12,14 @@ bundle=${1:?usage: check_memory.sh BUNDLE GALLERY [FEATURE_SIZE]}
 gallery=${2:?usage: check_memory.sh BUNDLE GALLERY [FEATURE_SIZE]}
 fsize=${3:-$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]+'/manifest.json'))['model']['feature_size'])" "$bundle")}
 headers="$root/build/cpp-ort-headers"
+json_headers="$root/build/cpp-json-headers"
 
 for kind in asan release; do
   dir="$root/build/cpp/$kind"
   if [[ ! -f "$dir/CMakeCache.txt" ]]; then
     flags=(-DCMAKE_BUILD_TYPE=Release)
     [[ $kind == asan ]] && flags=(-DCMAKE_BUILD_TYPE=Debug -DKIDRR_SANITIZE=ON)
-    cmake -S "$here" -B "$dir" -DKIDRR_ORT_HEADERS_DIR="$headers" "${flags[@]}" >/dev/null
+    cmake -S "$here" -B "$dir" -DKIDRR_ORT_HEADERS_DIR="$headers" -DKIDRR_JSON_HEADERS_DIR="$json_headers" "${flags[@]}" >/dev/null
   fi
   cmake --build "$dir" --parallel 2 >/dev/null
 done

@@ -11,16 +11,14 @@
 #include <numeric>
 #include <sstream>
 
+#include "checked.hpp"
 #include "error.hpp"
-#include "json.hpp"
+#include "manifest.hpp"
 #include "sha256.hpp"
 
 namespace kidrr {
 
 namespace {
-
-constexpr const char* kFormat = "kidrr-bundle/1";
-const char* const kGraphs[] = {"image_encoder", "text_encoder", "similarity"};
 
 bool is_dir(const std::string& p) {
     struct stat st;
@@ -39,48 +37,27 @@ std::string read_file(const std::string& path) {
     return ss.str();
 }
 
-// A manifest path must stay inside the bundle: no absolute paths, no "..", as the Python runtime.
-void check_relative(const std::string& rel, const std::string& manifest) {
-    bool bad = rel.empty() || rel[0] == '/';
-    std::stringstream parts(rel);
-    std::string part;
-    while (std::getline(parts, part, '/')) bad = bad || part == "..";
-    if (bad) throw Error(KIDRR_ERR_BUNDLE, manifest + " names '" + rel + "', outside the bundle folder; refusing it");
+// Shapes here come from sizes already checked by the callers; the byte count is checked again.
+size_t byte_count(const std::string& name, const std::vector<int64_t>& shape, size_t item) {
+    size_t count = item;
+    for (int64_t d : shape) count = mul_size(count, size_t(d), "input " + name);
+    return count;
 }
-
-size_t positive_int(const Json* v, const std::string& what) {
-    if (!v || !v->is_number() || v->number < 1 || v->number != std::floor(v->number) || v->number > 1e12)
-        throw Error(KIDRR_ERR_BUNDLE, "manifest field " + what + " is missing or not a positive integer; re-export the bundle");
-    return static_cast<size_t>(v->number);
-}
-
-// Input/output names of a graph as the manifest lists them ({"name": ...} objects).
-std::vector<std::string> names(const Json& graph, const char* key, size_t expected, const std::string& gname) {
-    const Json* list = graph.get(key);
-    if (!list || !list->is_array() || list->items.size() != expected)
-        throw Error(KIDRR_ERR_BUNDLE, "manifest graph " + gname + " must list " + std::to_string(expected) + " " + key);
-    std::vector<std::string> out;
-    for (const Json& item : list->items) {
-        const Json* name = item.get("name");
-        if (!name || !name->is_string()) throw Error(KIDRR_ERR_BUNDLE, "manifest graph " + gname + ": every " + key + " entry needs a name");
-        const Json* dtype = item.get("dtype");
-        if (dtype && dtype->is_string() && dtype->text != "float32" && dtype->text != "int64")
-            throw Error(KIDRR_ERR_BUNDLE, "manifest graph " + gname + ": " + name->text + " has dtype " + dtype->text +
-                                              "; the C runtime feeds and reads float32/int64 only");
-        out.push_back(name->text);
-    }
-    return out;
-}
-
 InputTensor f32(const std::string& name, const float* data, std::vector<int64_t> shape) {
-    size_t count = 1;
-    for (int64_t d : shape) count *= size_t(d);
-    return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, std::move(shape), data, count * sizeof(float)};
+    const size_t bytes = byte_count(name, shape, sizeof(float));
+    return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, std::move(shape), data, bytes};
 }
 InputTensor i64(const std::string& name, const int64_t* data, std::vector<int64_t> shape) {
-    size_t count = 1;
-    for (int64_t d : shape) count *= size_t(d);
-    return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, std::move(shape), data, count * sizeof(int64_t)};
+    const size_t bytes = byte_count(name, shape, sizeof(int64_t));
+    return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, std::move(shape), data, bytes};
+}
+
+// Finite input can still overflow inside an encoder (features of 3e38): a NaN/Inf output would
+// give NaN scores and a silently wrong ranking, so every graph output is checked (one cheap pass).
+void require_finite(const FloatTensor& t, const std::string& graph, const std::string& hint) {
+    for (float v : t.data)
+        if (!std::isfinite(v))
+            throw Error(KIDRR_ERR_INPUT, graph + " produced NaN or infinite values from finite input (" + hint + ")");
 }
 
 void expect_shape(const FloatTensor& t, const std::vector<int64_t>& shape, const std::string& what) {
@@ -108,48 +85,14 @@ Bundle::Bundle(const std::string& folder, const Options& options)
         h.update(raw.data(), raw.size());
         identity_ = h.hex_digest();  // the same identity the Python runtime tags galleries with
     }
-    Json m = parse_json(raw, manifest_path);
-    const Json* format = m.get("format");
-    if (!format || !format->is_string() || format->text != kFormat)
-        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": bundle format '" + (format && format->is_string() ? format->text : "?") +
-                                          "' is unknown to this runtime (it reads " + kFormat + "); re-export with a matching kidrr version");
-    const Json* model = m.get("model");
-    const Json* tok = m.get("tokenizer");
-    const Json* graphs = m.get("graphs");
-    if (!model || !model->is_object() || !tok || !tok->is_object() || !graphs || !graphs->is_object())
-        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": fields model, tokenizer and graphs must be objects; re-export the bundle");
-    const Json* rules = tok->get("rules");
-    if (!rules || !rules->is_string() || rules->text != kTokenizerRules)
-        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": tokenizer rules differ from this runtime's " + std::string(kTokenizerRules));
-    feature_size_ = positive_int(model->get("feature_size"), "model.feature_size");
-    embed_size_ = positive_int(model->get("embed_size"), "model.embed_size");
-    const Json* max_len = tok->get("max_caption_len");
-    max_caption_len_ = positive_int(max_len ? max_len : model->get("max_caption_len"), "tokenizer.max_caption_len");
-    const Json* precision = m.get("precision");
-    precision_ = precision && precision->is_string() ? precision->text : "fp32";
+    const Manifest m = parse_manifest(raw, manifest_path);
+    feature_size_ = m.feature_size;
+    embed_size_ = m.embed_size;
+    max_caption_len_ = m.max_caption_len;
+    precision_ = m.precision;
 
     // Every file the manifest vouches for: the three graphs and `files` (the vocabulary at least).
-    std::vector<std::pair<std::string, std::string>> files;
-    for (const char* g : kGraphs) {
-        const Json* entry = graphs->get(g);
-        const Json* file = entry ? entry->get("file") : nullptr;
-        const Json* sha = entry ? entry->get("sha256") : nullptr;
-        if (!file || !file->is_string() || !sha || !sha->is_string())
-            throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": graph '" + g + "' has no file/sha256 entry; re-export the bundle");
-        files.emplace_back(file->text, sha->text);
-    }
-    const Json* extra = m.get("files");
-    if (extra && extra->is_object())
-        for (const auto& [rel, sha] : extra->fields) {
-            if (!sha.is_string()) throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": files['" + rel + "'] must be a sha256 string");
-            files.emplace_back(rel, sha.text);
-        }
-    const Json* vocab_rel = tok->get("vocab");
-    const std::string vocab_file = vocab_rel && vocab_rel->is_string() ? vocab_rel->text : "vocab.json";
-    if (std::none_of(files.begin(), files.end(), [&](const auto& f) { return f.first == vocab_file; }))
-        throw Error(KIDRR_ERR_BUNDLE, manifest_path + ": the vocabulary " + vocab_file + " has no sha256 under 'files'; re-export the bundle");
-    for (const auto& [rel, expected] : files) {
-        check_relative(rel, manifest_path);
+    for (const auto& [rel, expected] : m.files) {
         const std::string full = folder + "/" + rel;
         if (!is_file(full)) throw Error(KIDRR_ERR_BUNDLE, "bundle file " + rel + " is missing from " + folder + "; re-export the bundle");
         std::string actual = sha256_file(full);
@@ -158,45 +101,46 @@ Bundle::Bundle(const std::string& folder, const Options& options)
                                               expected.substr(0, 12) + "..., found " + actual.substr(0, 12) +
                                               "...): it was edited or corrupted after export; re-export the bundle");
     }
-    vocab_ = Vocabulary::load(folder + "/" + vocab_file);
-    const Json* vocab_size = model->get("vocab_size");
-    if (vocab_size && vocab_size->is_number() && size_t(vocab_size->number) != vocab_.size())
-        throw Error(KIDRR_ERR_BUNDLE, "bundle file " + vocab_file + " has " + std::to_string(vocab_.size()) +
-                                          " words but the manifest says vocab_size " + vocab_size->text + "; re-export the bundle");
-
-    const Json& gi = *graphs->get("image_encoder");
-    const Json& gt = *graphs->get("text_encoder");
-    const Json& gs = *graphs->get("similarity");
-    image_io_ = {names(gi, "inputs", 1, "image_encoder"), names(gi, "outputs", 2, "image_encoder")};
-    text_io_ = {names(gt, "inputs", 2, "text_encoder"), names(gt, "outputs", 2, "text_encoder")};
-    sim_io_ = {names(gs, "inputs", 5, "similarity"), names(gs, "outputs", 1, "similarity")};
+    vocab_ = Vocabulary::load(folder + "/" + m.vocab_file);
+    if (m.vocab_size != 0 && m.vocab_size != vocab_.size())
+        throw Error(KIDRR_ERR_BUNDLE, "bundle file " + m.vocab_file + " has " + std::to_string(vocab_.size()) +
+                                          " words but the manifest says vocab_size " + std::to_string(m.vocab_size) + "; re-export the bundle");
+    image_io_ = {m.image_encoder.inputs, m.image_encoder.outputs};
+    text_io_ = {m.text_encoder.inputs, m.text_encoder.outputs};
+    sim_io_ = {m.similarity.inputs, m.similarity.outputs};
 
     ort_ = OrtRuntime::acquire(options.ort_library);
-    image_encoder_ = std::make_unique<Session>(ort_, folder + "/" + files[0].first, options.intra_op_threads);
-    text_encoder_ = std::make_unique<Session>(ort_, folder + "/" + files[1].first, options.intra_op_threads);
-    similarity_ = std::make_unique<Session>(ort_, folder + "/" + files[2].first, options.intra_op_threads);
+    image_encoder_ = std::make_unique<Session>(ort_, folder + "/" + m.image_encoder.file, options.intra_op_threads);
+    text_encoder_ = std::make_unique<Session>(ort_, folder + "/" + m.text_encoder.file, options.intra_op_threads);
+    similarity_ = std::make_unique<Session>(ort_, folder + "/" + m.similarity.file, options.intra_op_threads);
 }
 
 EncodedImages Bundle::encode_images(const float* features, size_t n, size_t regions, size_t feature_size) const {
     if (feature_size != feature_size_)
         throw Error(KIDRR_ERR_INPUT, "image features have size " + std::to_string(feature_size) + " but this bundle's model takes " +
                                          std::to_string(feature_size_) + "; use features from the same extractor the model was trained on");
-    if (regions > size_t(INT32_MAX) || n > size_t(INT32_MAX) / (regions * feature_size + 1))
+    // Every count below derives from these, checked once: n * R * F floats in, n * R * D out.
+    const size_t per_image = product({regions, feature_size}, "image features (n, R, F)");
+    const size_t total = mul_size(n, per_image, "image features (n, R, F)");
+    const size_t out_locals = product({n, regions, embed_size_}, "encoded image locals (n, R, D)");
+    if (regions > size_t(INT32_MAX) || n > size_t(INT32_MAX))
         throw Error(KIDRR_ERR_INPUT, "too many images or regions in one call; encode in batches");
-    const size_t per_image = regions * feature_size;
-    for (size_t i = 0; i < n * per_image; ++i)
+    for (size_t i = 0; i < total; ++i)
         if (!std::isfinite(features[i]))
             throw Error(KIDRR_ERR_INPUT, "image " + std::to_string(i / per_image) + " has a NaN or infinite feature; clean the features");
     EncodedImages out;
     out.n = n; out.regions = regions; out.dim = embed_size_; out.bundle_id = identity_;
-    out.locals.resize(n * regions * embed_size_);
-    out.globals.resize(n * embed_size_);
+    out.locals.resize(out_locals);
+    out.globals.resize(n * embed_size_);  // <= out_locals: cannot overflow
     for (size_t i = 0; i < n; i += kEncodeBatch) {
         const int64_t b = int64_t(std::min(kEncodeBatch, n - i));
         auto res = image_encoder_->run({f32(image_io_.inputs[0], features + i * per_image, {b, int64_t(regions), int64_t(feature_size)})},
                                        image_io_.outputs);
         expect_shape(res[0], {b, int64_t(regions), int64_t(embed_size_)}, "image_encoder output " + image_io_.outputs[0]);
         expect_shape(res[1], {b, int64_t(embed_size_)}, "image_encoder output " + image_io_.outputs[1]);
+        const char* hint = "the features are too large for the model; scale them as at training";
+        require_finite(res[0], "the image encoder", hint);
+        require_finite(res[1], "the image encoder", hint);
         std::copy(res[0].data.begin(), res[0].data.end(), out.locals.begin() + i * regions * embed_size_);
         std::copy(res[1].data.begin(), res[1].data.end(), out.globals.begin() + i * embed_size_);
     }
@@ -232,6 +176,8 @@ EncodedCaptions Bundle::encode_captions(const std::vector<std::string>& captions
                                       text_io_.outputs);
         expect_shape(res[0], {int64_t(b), int64_t(width), int64_t(embed_size_)}, "text_encoder output " + text_io_.outputs[0]);
         expect_shape(res[1], {int64_t(b), int64_t(embed_size_)}, "text_encoder output " + text_io_.outputs[1]);
+        require_finite(res[0], "the text encoder", "the bundle's weights may be corrupt; re-export it");
+        require_finite(res[1], "the text encoder", "the bundle's weights may be corrupt; re-export it");
         for (size_t k = 0; k < b; ++k)
             std::copy_n(res[0].data.begin() + k * width * embed_size_, width * embed_size_,
                         out.locals.begin() + (j + k) * out.width * embed_size_);
@@ -256,6 +202,7 @@ void Bundle::score_tile(const float* img_locals, const float* img_globals, size_
                                  i64(sim_io_.inputs[4], caps.lengths.data() + j0, {int64_t(mj)})},
                                 sim_io_.outputs);
     expect_shape(res[0], {int64_t(ni), int64_t(mj)}, "similarity output " + sim_io_.outputs[0]);
+    require_finite(res[0], "the similarity graph", "from a gallery whose values are too large; rebuild it from clean features");
     for (size_t i = 0; i < ni; ++i) std::copy_n(res[0].data.begin() + i * mj, mj, out + i * out_stride + j0);
 }
 
@@ -266,6 +213,9 @@ void Bundle::score(const EncodedImages& images, const EncodedCaptions& captions,
         throw Error(KIDRR_ERR_INPUT, "the images were encoded by another bundle (" + images.bundle_id.substr(0, 12) +
                                          "...), not this one; re-encode them with this bundle");
     const size_t d = embed_size_, r = images.regions;
+    if (images.locals.size() != images.n * r * d || images.globals.size() != images.n * d ||
+        captions.globals.size() != captions.m * d || captions.lengths.size() != captions.m)
+        throw Error(KIDRR_ERR_INTERNAL, "encoded images or captions are inconsistent with their sizes");
     // Few captions (a search): keep the tile's pair count by taking more images per call, since
     // per-call overhead dominates small tiles.
     const size_t tile_images = tile_images_ * tile_captions_ / std::max<size_t>(1, std::min(tile_captions_, captions.m));

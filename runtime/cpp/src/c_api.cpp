@@ -4,7 +4,9 @@
 #include <string>
 
 #include "bundle.hpp"
+#include "checked.hpp"
 #include "error.hpp"
+#include "gallery.hpp"
 #include "kidrr.h"
 #include "npy.hpp"
 
@@ -199,25 +201,7 @@ kidrr_status kidrr_gallery_load(const kidrr_bundle* bundle, const char* path, ki
                 throw kidrr::Error(KIDRR_ERR_INPUT, p + ": features must be a non-empty float32 array (n, R, F)");
             img->data = b.encode_images(a.floats(), a.shape[0], a.shape[1], a.shape[2]);
         } else if (ends_with(p, ".npz")) {
-            auto z = kidrr::read_npz(p);
-            for (const char* key : {"format", "bundle_id", "locals", "globals"})
-                if (!z.count(key)) throw kidrr::Error(KIDRR_ERR_INPUT, p + " has no '" + key + "' array: not a kidrr gallery file");
-            if (z["format"].unicode_scalar() != "kidrr-gallery/1")
-                throw kidrr::Error(KIDRR_ERR_INPUT, p + ": gallery format '" + z["format"].unicode_scalar() + "' is not kidrr-gallery/1; rebuild it");
-            const std::string tag = z["bundle_id"].unicode_scalar();
-            if (tag != b.identity())
-                throw kidrr::Error(KIDRR_ERR_BUNDLE, "gallery " + p + " was encoded by another bundle (" + tag.substr(0, 12) +
-                                                         "...), not this one (" + b.identity().substr(0, 12) + "...); re-encode the images with this bundle");
-            const kidrr::NpyArray& loc = z["locals"];
-            const kidrr::NpyArray& glo = z["globals"];
-            if (loc.descr != "<f4" || glo.descr != "<f4" || loc.shape.size() != 3 || glo.shape.size() != 2 ||
-                loc.shape[0] != glo.shape[0] || loc.shape[2] != b.embed_size() || glo.shape[1] != b.embed_size())
-                throw kidrr::Error(KIDRR_ERR_INPUT, p + ": locals/globals must be float32 (n, R, D) and (n, D) with D = " +
-                                                        std::to_string(b.embed_size()));
-            kidrr::EncodedImages& e = img->data;
-            e.n = loc.shape[0]; e.regions = loc.shape[1]; e.dim = loc.shape[2]; e.bundle_id = tag;
-            e.locals.assign(loc.floats(), loc.floats() + loc.count());
-            e.globals.assign(glo.floats(), glo.floats() + glo.count());
+            img->data = kidrr::parse_gallery_npz(kidrr::read_file_bytes(p), p, b.identity(), b.embed_size());
         } else {
             throw kidrr::Error(KIDRR_ERR_INPUT, p + ": a gallery must be a .npz from the Python runtime or a .npy of features");
         }
@@ -229,7 +213,7 @@ kidrr_status kidrr_score(const kidrr_bundle* bundle, const kidrr_images* images,
                          float* out_scores, size_t out_len) {
     return guarded("kidrr_score", [&] {
         REQUIRE(bundle && images && captions && out_scores, "bundle, images, captions and out_scores must not be NULL");
-        const size_t need = images->data.n * captions->data.m;
+        const size_t need = kidrr::mul_size(images->data.n, captions->data.m, "n x m scores", KIDRR_ERR_INVALID_ARGUMENT);
         REQUIRE(out_len >= need, "out_scores holds " + std::to_string(out_len) + " floats but n*m = " + std::to_string(need) + " are needed");
         bundle->impl->score(images->data, captions->data, out_scores);
     });

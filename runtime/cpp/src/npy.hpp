@@ -1,10 +1,15 @@
 // Reading NumPy .npy arrays and the uncompressed .npz archives np.savez writes (the Python
 // runtime's gallery file, runtime/gallery.py). Only what galleries need: little-endian float32,
 // and unicode scalars ('<U') for the format/bundle_id tags. No pickles, ever.
+//
+// Every file is treated as hostile: sizes are overflow-checked and compared with the bytes the
+// file really holds before anything is allocated, zip members are checked against their CRC-32
+// (as Python's zipfile does), and every malformed field is an Error(KIDRR_ERR_INPUT) naming it.
 #pragma once
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kidrr {
@@ -12,17 +17,21 @@ namespace kidrr {
 struct NpyArray {
     std::string descr;            // e.g. "<f4", "<U15"
     std::vector<size_t> shape;
-    std::string data;             // raw bytes, C order
+    std::string data;             // raw bytes, C order; exactly count() * item size
 
     const float* floats() const { return reinterpret_cast<const float*>(data.data()); }
-    size_t count() const;
-    std::string unicode_scalar() const;  // a '<U' 0-d array as UTF-8
+    size_t count() const;                // element count (checked when the array was parsed)
+    std::string unicode_scalar() const;  // a '<U' 0-d array as UTF-8 (Error if it is not one)
 };
 
-// Throw Error(KIDRR_ERR_INPUT) naming `what` on a malformed or unsupported file.
-NpyArray parse_npy(const std::string& bytes, const std::string& what);
-NpyArray read_npy(const std::string& path);
-// name (without ".npy") -> array, for stored (uncompressed) members only.
-std::map<std::string, NpyArray> read_npz(const std::string& path);
+// Throw Error(KIDRR_ERR_INPUT) naming `what` on a malformed or unsupported array.
+NpyArray parse_npy(std::string_view bytes, const std::string& what);
+// name (without ".npy") -> array, for stored (uncompressed) members only; CRC-32 checked.
+std::map<std::string, NpyArray> parse_npz(std::string_view bytes, const std::string& what);
+
+// The whole file; Error(KIDRR_ERR_INPUT) if it cannot be read.
+std::string read_file_bytes(const std::string& path);
+inline NpyArray read_npy(const std::string& path) { return parse_npy(read_file_bytes(path), path); }
+inline std::map<std::string, NpyArray> read_npz(const std::string& path) { return parse_npz(read_file_bytes(path), path); }
 
 }  // namespace kidrr

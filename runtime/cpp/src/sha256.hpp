@@ -1,23 +1,24 @@
-// SHA-256 (FIPS 180-4), written here because nothing third-party may be vendored. Used only to
-// check bundle files against manifest.json, so speed matters little; it streams the file.
+// SHA-256 through OpenSSL's libcrypto (EVP interface), used to check bundle files against
+// manifest.json and to compute a bundle's identity (the sha256 of its manifest).
 #pragma once
-#include <cstdint>
+#include <cstddef>
 #include <string>
+
+typedef struct evp_md_ctx_st EVP_MD_CTX;
 
 namespace kidrr {
 
 class Sha256 {
 public:
     Sha256();
+    ~Sha256();
+    Sha256(const Sha256&) = delete;
+    Sha256& operator=(const Sha256&) = delete;
     void update(const void* data, size_t len);
     std::string hex_digest();  // finishes the hash; call once
 
 private:
-    void block(const uint8_t* p);
-    uint32_t h_[8];
-    uint8_t buf_[64];
-    size_t buf_len_ = 0;
-    uint64_t total_ = 0;
+    EVP_MD_CTX* ctx_;
 };
 
 // Lower-case hex sha256 of a file; throws kidrr::Error(KIDRR_ERR_BUNDLE) if it cannot be read.

@@ -44,25 +44,30 @@ Vocabulary Vocabulary::load(const std::string& path) {
     if (!in) throw Error(KIDRR_ERR_BUNDLE, "vocabulary file " + path + " is missing or unreadable");
     std::stringstream ss;
     ss << in.rdbuf();
-    Json doc = parse_json(ss.str(), path);
-    const Json* format = doc.get("format");
-    const Json* rules = doc.get("tokenizer");
-    const Json* words = doc.get("words");
-    if (!format || !format->is_string() || format->text != kVocabFormat || !rules || !rules->is_string() ||
-        rules->text != kTokenizerRules)
+    return parse(ss.str(), path);
+}
+
+Vocabulary Vocabulary::parse(std::string_view json, const std::string& path) {
+    const Json doc = parse_json(json, path);
+    const Json* format = member(doc, "format");
+    const Json* rules = member(doc, "tokenizer");
+    const Json* words = member(doc, "words");
+    if (!format || !format->is_string() || *format != kVocabFormat || !rules || !rules->is_string() || *rules != kTokenizerRules)
         throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary format/tokenizer unknown; expected " +
                                           std::string(kVocabFormat) + " / " + kTokenizerRules);
     if (!words || !words->is_array()) throw Error(KIDRR_ERR_BUNDLE, path + ": 'words' must be a list");
     Vocabulary v;
     const char* specials[] = {"<pad>", "<start>", "<end>", "<unk>"};
-    for (const Json& w : words->items) {
+    v.words_.reserve(words->size());
+    for (const Json& w : *words) {
         if (!w.is_string()) throw Error(KIDRR_ERR_BUNDLE, path + ": every word must be a string");
+        const std::string& text = w.get_ref<const std::string&>();
         size_t id = v.words_.size();
-        if (id < 4 && w.text != specials[id])
+        if (id < 4 && text != specials[id])
             throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary must start with <pad> <start> <end> <unk>");
-        if (!v.index_.emplace(w.text, int64_t(id)).second)
-            throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary holds the duplicate word '" + w.text + "'");
-        v.words_.push_back(w.text);
+        if (!v.index_.emplace(text, int64_t(id)).second)
+            throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary holds the duplicate word '" + preview(text) + "'");
+        v.words_.push_back(text);
     }
     if (v.words_.size() < 4) throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary must start with <pad> <start> <end> <unk>");
     return v;

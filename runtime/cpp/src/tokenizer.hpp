@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -19,6 +20,8 @@ class Vocabulary {
 public:
     // Reads vocab.json; throws Error(KIDRR_ERR_BUNDLE) on a bad file.
     static Vocabulary load(const std::string& path);
+    // The same from the file's bytes (`what` names it in messages).
+    static Vocabulary parse(std::string_view json, const std::string& what);
     // <start> ids <end>; throws Error(KIDRR_ERR_INPUT) if empty after tokenising or longer than
     // max_len (0: no limit).
     std::vector<int64_t> encode(const std::string& caption, size_t max_len) const;

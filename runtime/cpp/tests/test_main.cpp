@@ -4,15 +4,20 @@
 // Prints one line per failed check and exits 1 if any failed. Run under ASan+UBSan too (docs/cpp.md).
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "error.hpp"
 #include "json.hpp"
+#include "npy.hpp"
 #include "kidrr.h"
 #include "sha256.hpp"
 #include "tokenizer.hpp"
@@ -68,14 +73,47 @@ void test_sha256() {
 void test_json() {
     using kidrr::Json;
     Json j = kidrr::parse_json(R"({"a": [1, -2.5e3, true, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}})", "t");
-    CHECK(j.is_object() && j.get("a")->items.size() == 4);
-    CHECK(j.get("a")->items[1].number == -2500.0);
-    CHECK(j.get("s")->text == "x\"\\/\n\xc3\xa9\xf0\x9f\x98\x80");
-    CHECK(j.get("o")->is_object() && j.get("missing") == nullptr);
-    for (const char* bad : {"", "{", "[1,]", "{\"a\" 1}", "\"\\ud800\"", "\"\\x\"", "01x", "[1] 2", "\"\x01\"", "\"\xff\""})
+    CHECK(j.is_object() && j["a"].size() == 4);
+    CHECK(j["a"][1].get<double>() == -2500.0);
+    CHECK(j["s"].get<std::string>() == "x\"\\/\n\xc3\xa9\xf0\x9f\x98\x80");
+    CHECK(j["o"].is_object() && kidrr::member(j, "missing") == nullptr && kidrr::member(j["a"], "a") == nullptr);
+    for (const char* bad : {"", "{", "[1,]", "{\"a\" 1}", "\"\\ud800\"", "\"\\x\"", "01x", "[1] 2", "\"\x01\"", "\"\xff\"", "NaN"})
         CHECK(error_code_of([&] { kidrr::parse_json(bad, "t"); }) == KIDRR_ERR_BUNDLE);
     std::string deep(200, '[');
-    CHECK(error_code_of([&] { kidrr::parse_json(deep, "t"); }) == KIDRR_ERR_BUNDLE);
+    deep += std::string(200, ']');
+    CHECK(error_code_of([&] { kidrr::parse_json(deep, "t"); }) == KIDRR_ERR_BUNDLE);  // nesting limit
+    CHECK(error_code_of([&] { kidrr::parse_json(std::string(60, '[') + std::string(60, ']'), "t"); }) == KIDRR_OK);
+}
+
+// A .npy file: header dict literal (padded as numpy pads it) + data.
+std::string npy_bytes(const std::string& descr, const std::string& shape, const std::string& data) {
+    std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+    while ((h.size() + 11) % 64) h += ' ';
+    h += '\n';
+    std::string out = "\x93NUMPY\x01";
+    out += '\0';
+    out += char(h.size() & 0xff);
+    out += char(h.size() >> 8);
+    return out + h + data;
+}
+
+void test_npy() {
+    using kidrr::parse_npy;
+    const std::string four_floats(16, '\0');
+    kidrr::NpyArray a = parse_npy(npy_bytes("<f4", "(2, 2)", four_floats), "t");
+    CHECK(a.shape == (std::vector<size_t>{2, 2}) && a.data.size() == 16);
+    CHECK(parse_npy(npy_bytes("<f4", "()", std::string(4, '\0')), "t").shape.empty());
+    CHECK(parse_npy(npy_bytes("<f4", "(4,)", four_floats), "t").count() == 4);
+    // Issue 14 item 2: a product that wraps around to the real byte count must be refused.
+    CHECK(error_code_of([&] { parse_npy(npy_bytes("<f4", "(4611686018427387905, 1, 256)", std::string(1024, '\0')), "t"); }) ==
+          KIDRR_ERR_INPUT);
+    CHECK(error_code_of([&] { parse_npy(npy_bytes("<f4", "(18446744073709551617,)", four_floats), "t"); }) == KIDRR_ERR_INPUT);
+    CHECK(error_code_of([&] { parse_npy(npy_bytes("<f4", "(2, -2)", four_floats), "t"); }) == KIDRR_ERR_INPUT);
+    CHECK(error_code_of([&] { parse_npy(npy_bytes("<f4", "(2, 3)", four_floats), "t"); }) == KIDRR_ERR_INPUT);   // truncated
+    CHECK(error_code_of([&] { parse_npy(npy_bytes("<f4", "(1, 2)", four_floats), "t"); }) == KIDRR_ERR_INPUT);   // trailing bytes
+    CHECK(error_code_of([&] { parse_npy(npy_bytes("<f8", "(2,)", four_floats), "t"); }) == KIDRR_ERR_INPUT);
+    CHECK(error_code_of([&] { parse_npy(npy_bytes("<U99999999", "()", four_floats), "t"); }) == KIDRR_ERR_INPUT);
+    CHECK(error_code_of([&] { parse_npy("\x93NUMPY\x01", "t"); }) == KIDRR_ERR_INPUT);
 }
 
 void test_utf8_and_tokenizer() {
@@ -132,7 +170,44 @@ void test_abi_without_bundle() {
     CHECK(std::strstr(kidrr_last_error(), "/nonexistent/mine") != nullptr);
 }
 
+// Captions built from the bundle's own vocabulary, so the tests hold for any bundle (the shipped
+// model's vocabulary has no "two" or "cats"): `known` words, and a word that is not in it.
+struct Words {
+    std::vector<std::string> known;
+    std::string unknown;
+    std::string caption(size_t first, size_t count) const {
+        std::string c;
+        for (size_t i = 0; i < count; ++i) c += (i ? " " : "") + known[(first + i) % known.size()];
+        return c;
+    }
+};
+
+Words words_of(const std::string& bundle_dir) {
+    Words w;
+    std::ifstream in(bundle_dir + "/vocab.json", std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const kidrr::Json vocab = kidrr::parse_json(ss.str(), "vocab.json");
+    std::set<std::string> all;
+    for (const auto& word : vocab["words"]) {
+        const std::string& t = word.get_ref<const std::string&>();
+        all.insert(t);
+        // A word of its own (letters/digits), so "w1 w2" tokenises to exactly those words.
+        if (all.size() > 4 && kidrr::tokenize(t) == std::vector<std::string>{t} && t.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789") == std::string::npos)
+            w.known.push_back(t);
+    }
+    for (int i = 0; w.unknown.empty() || all.count(w.unknown); ++i) w.unknown = "qzxv" + std::to_string(i);
+    return w;
+}
+
 void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size_t feature_size) {
+    const Words words = words_of(bundle_dir);
+    if (words.known.size() < 3) {
+        std::printf("FAIL the vocabulary of %s has fewer than 3 plain words to build test captions from\n", bundle_dir);
+        ++g_failed;
+        return;
+    }
+    const std::string one_word = words.caption(0, 1), short_caption = words.caption(0, 2);
     kidrr_bundle* b = nullptr;
     CHECK_STATUS(kidrr_open(tampered_dir, nullptr, &b), KIDRR_ERR_BUNDLE);
     CHECK(std::strstr(kidrr_last_error(), "sha256") != nullptr);
@@ -160,25 +235,38 @@ void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size
     nan_feats[5] = std::nanf("");
     CHECK_STATUS(kidrr_encode_images(b, nan_feats.data(), n, R, F, &imgs), KIDRR_ERR_INPUT);
     CHECK(kidrr_encode_images(b, feats.data(), n, R, F, &imgs) == KIDRR_OK && kidrr_images_count(imgs) == n);
+    // Issue 14 item 10: finite input that overflows inside the encoder is an error, not NaN scores.
+    kidrr_images* huge_imgs = nullptr;
+    std::vector<float> huge(n * R * F, 3e38f);
+    CHECK_STATUS(kidrr_encode_images(b, huge.data(), n, R, F, &huge_imgs), KIDRR_ERR_INPUT);
+    CHECK(huge_imgs == nullptr && std::strstr(kidrr_last_error(), "from finite input") != nullptr);
+    // Sizes whose product overflows size_t are refused before anything is read or allocated.
+    CHECK_STATUS(kidrr_encode_images(b, feats.data(), SIZE_MAX / 2, 3, F, &huge_imgs), KIDRR_ERR_INPUT);
+    CHECK_STATUS(kidrr_encode_images(b, feats.data(), 2, SIZE_MAX / F + 1, F, &huge_imgs), KIDRR_ERR_INPUT);
 
     kidrr_captions* caps = nullptr;
-    const char* empty[] = {"a dog", " \t\n "};
+    const char* empty[] = {short_caption.c_str(), " \t\n "};
     CHECK_STATUS(kidrr_encode_captions(b, empty, 2, &caps), KIDRR_ERR_INPUT);
     CHECK(std::strstr(kidrr_last_error(), "caption 1") != nullptr);
     const char* blank[] = {""};
     CHECK_STATUS(kidrr_encode_captions(b, blank, 1, &caps), KIDRR_ERR_INPUT);
-    const char* with_null[] = {"a dog", nullptr};
+    const char* with_null[] = {short_caption.c_str(), nullptr};
     CHECK_STATUS(kidrr_encode_captions(b, with_null, 2, &caps), KIDRR_ERR_INVALID_ARGUMENT);
     std::string long_caption;
-    for (size_t w = 0; w < info.max_caption_len; ++w) long_caption += "dog ";
+    for (size_t w = 0; w < info.max_caption_len; ++w) long_caption += one_word + " ";
     const char* too_long[] = {long_caption.c_str()};
     CHECK_STATUS(kidrr_encode_captions(b, too_long, 1, &caps), KIDRR_ERR_INPUT);
-    const char* all_unknown[] = {"zebra quokka"};
+    const std::string unknown_caption = words.unknown + " " + words.unknown;
+    const char* all_unknown[] = {unknown_caption.c_str()};
     CHECK_STATUS(kidrr_encode_captions(b, all_unknown, 1, &caps), KIDRR_ERR_INPUT);
     CHECK(std::strstr(kidrr_last_error(), "<unk>") != nullptr);
-    const char* bad_utf8[] = {"a \xff dog"};
+    const std::string bad_utf8_caption = one_word + " \xff " + one_word;
+    const char* bad_utf8[] = {bad_utf8_caption.c_str()};
     CHECK_STATUS(kidrr_encode_captions(b, bad_utf8, 1, &caps), KIDRR_ERR_INPUT);
-    const char* good[] = {"a dog runs on the grass", "two cats", "a red car parked near a dog", "dog"};
+    // Lengths 5, 2, 7 and 1 (and the unknown word inside one): tiles mix caption lengths.
+    const std::string c0 = words.caption(0, 5), c1 = words.caption(1, 2), c2 = words.caption(2, 3) + " " + words.unknown + " " + words.caption(0, 3),
+                      c3 = one_word;
+    const char* good[] = {c0.c_str(), c1.c_str(), c2.c_str(), c3.c_str()};
     CHECK(kidrr_encode_captions(b, good, 4, &caps) == KIDRR_OK && kidrr_captions_count(caps) == 4);
 
     std::vector<float> scores(n * 4, -1.0f);
@@ -208,7 +296,8 @@ void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size
 
     int64_t ids[2];
     size_t n_ids = 0;
-    CHECK_STATUS(kidrr_tokenize(b, "a dog runs", ids, 2, &n_ids), KIDRR_ERR_INVALID_ARGUMENT);
+    const std::string three = words.caption(0, 3);
+    CHECK_STATUS(kidrr_tokenize(b, three.c_str(), ids, 2, &n_ids), KIDRR_ERR_INVALID_ARGUMENT);
     CHECK(n_ids == 5);
 
     // Gallery files: wrong extension, missing file.
@@ -246,6 +335,7 @@ void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size
 int main(int argc, char** argv) {
     test_sha256();
     test_json();
+    test_npy();
     test_utf8_and_tokenizer();
     test_abi_without_bundle();
     if (argc == 4) test_abi_with_bundle(argv[1], argv[2], std::strtoul(argv[3], nullptr, 10));

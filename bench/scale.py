@@ -1,0 +1,198 @@
+"""kidrr-bench scale: format-2 galleries of 10k / 100k (/ 1M) synthetic items, built, opened and searched.
+
+Items are drawn around the shipped model's own encodings of the synthetic test set, so caption
+queries have real neighbours: each item mixes the globals of two test images (weights 0.6-1 and
+the rest) plus noise, and its R=49 locals are regions of those two images plus noise, all unit
+norm like the encoder's. Serving (open, latency, anonymous RSS) runs in a fresh process per
+gallery (scale_worker.py) so the parent's generation buffers are not counted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from kidrr.errors import InputError
+from kidrr.fileio import write_atomic
+
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+REGIONS = 49
+BATCH = 5_000
+ADD_ROWS = 10_000
+HNSW_MAX = 100_000      # HNSW builds are minutes per 100k on two cores: measured up to here
+
+
+def base_vectors(bundle: str, threads: int):
+    """The shipped model's locals/globals of the synthetic test images, and the test captions."""
+    from kidrr.runtime import open_bundle
+    from kidrr.synthetic import make_synthetic
+    split = make_synthetic("test")
+    with open_bundle(bundle, threads=threads) as rt:
+        g = rt.encode_images(split.images)
+    return np.asarray(g.locals), np.asarray(g.globals), split
+
+
+def _unit(x, axis=-1):
+    return x / np.linalg.norm(x, axis=axis, keepdims=True)
+
+
+def synthetic_items(base_locals, base_globals, start: int, rows: int, seed: int, noise: float = 0.35):
+    """(globals, locals, ids) of items start..start+rows, a pure function of (seed, start)."""
+    rng = np.random.default_rng([seed, start])
+    nb, r0, d = base_locals.shape
+    a, b = rng.integers(0, nb, rows), rng.integers(0, nb, rows)
+    w = rng.uniform(0.6, 1.0, (rows, 1)).astype(np.float32)
+    globs = _unit(w * base_globals[a] + (1 - w) * base_globals[b]
+                  + rng.standard_normal((rows, d), dtype=np.float32) * (noise / np.sqrt(d)))
+    pick = rng.integers(0, r0, (rows, REGIONS))
+    src = np.where(rng.random((rows, REGIONS)) < w, a[:, None], b[:, None])
+    locs = base_locals[src, pick]
+    locs += rng.standard_normal(locs.shape, dtype=np.float32) * np.float32(noise / np.sqrt(d))
+    locs = _unit(locs)
+    ids = [f"item-{start + i:07d}" for i in range(rows)]
+    return globs.astype(np.float32), locs.astype(np.float32), ids
+
+
+def build(folder, bundle_id, base, rows, method, seed, progress):
+    """Create + add `rows` items as one segment; (total seconds, seconds spent generating)."""
+    from kidrr.gallery import GalleryWriter, create_gallery
+    create_gallery(folder, bundle_id, REGIONS, base[1].shape[1], "fp16", method, ann_min_rows=5_000)
+    spent = [0.0]
+
+    def batches():
+        for start in range(0, rows, BATCH):
+            t = time.perf_counter()
+            item = synthetic_items(*base[:2], start, min(BATCH, rows - start), seed)
+            spent[0] += time.perf_counter() - t
+            yield item
+    t = time.perf_counter()
+    with GalleryWriter(folder, progress=progress) as w:
+        w.add_batches(batches(), rows=rows)
+    return time.perf_counter() - t, spent[0]
+
+
+def disk_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(folder) for f in fs)
+
+
+def serve(spec: dict, work: str) -> dict:
+    spec_path, out_path = os.path.join(work, "serve.spec.json"), os.path.join(work, "serve.result.json")
+    write_atomic(spec_path, json.dumps(spec).encode())
+    threads = str(spec["threads"])
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run([sys.executable, "-m", "kidrr.bench.scale_worker", spec_path, out_path], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not os.path.exists(out_path):
+        return {"status": "failed", "reason": (proc.stderr.strip().splitlines() or ["no message"])[-1]}
+    with open(out_path) as fh:
+        return json.load(fh)
+
+
+def precision_check(bundle: str, base, split, folds: int, threads: int, work: str) -> dict:
+    """rSum of exhaustive scoring with fp32 / fp16 / int8 format-2 galleries of the test set (5fold folds)."""
+    from kidrr.gallery import GalleryWriter, create_gallery, open_gallery
+    from kidrr.metrics import average, folds as fold_ranges, recall
+    from kidrr.runtime import Gallery, open_bundle
+    out = {}
+    with open_bundle(bundle, threads=threads) as rt:
+        ranges = fold_ranges(len(split.images), "5fold")[:folds]
+        fold_caps = [rt.encode_texts(split.captions[5 * a:5 * b], on_long="truncate") for a, b in ranges]
+        for dtype in ("fp32", "fp16", "int8"):
+            folder = os.path.join(work, f"test-{dtype}")
+            create_gallery(folder, rt.bundle_id, base[0].shape[1], base[0].shape[2], dtype, "ivf")
+            with GalleryWriter(folder) as w:
+                w.add(base[1], base[0], [str(i) for i in range(len(base[1]))])
+            g = open_gallery(folder, bundle_id=rt.bundle_id)
+            locs, globs = g.gather(np.arange(len(g)))       # what the rerank reads from this gallery
+            per_fold = []
+            for (a, b), caps in zip(ranges, fold_caps):
+                scores = rt.score(Gallery(locs[a:b], globs[a:b], rt.bundle_id), caps, progress=True)
+                per_fold.append(recall(scores, split.caption_image[5 * a:5 * b] - a))
+            out[dtype] = average(per_fold)["rsum"]
+            shutil.rmtree(folder)
+    return {"folds": len(ranges), "images_per_fold": ranges[0][1] - ranges[0][0], "rsum": out,
+            "delta_fp16": out["fp16"] - out["fp32"], "delta_int8": out["int8"] - out["fp32"]}
+
+
+def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str | None, out: str,
+              json_path: str | None, methods, precision_folds: int, keep: bool, seed: int = 0,
+              progress: bool = True) -> dict:
+    from . import sources
+    if max_images < 1_000:
+        raise InputError(f"--max-images must be >= 1000, got {max_images}")
+    sizes = [n for n in DEFAULT_SIZES if n <= max_images] or [max_images]
+    started = time.perf_counter()
+    bundles, _, _ = sources.resolve_bundles(None, None, ["fp32"])
+    bundle = bundles["fp32"]
+    from kidrr.runtime.bundle import load_bundle
+    bundle_id = load_bundle(bundle, verify=False).identity
+    base = base_vectors(bundle, threads)
+    split = base[2]
+    rng = np.random.default_rng(seed)
+    query_caps = [split.captions[i] for i in rng.choice(len(split.captions), queries, replace=False)]
+    os.makedirs(out, exist_ok=True)
+    root = work or tempfile.mkdtemp(prefix="kidrr-scale-")
+    os.makedirs(root, exist_ok=True)
+    run = {"format": "kidrr-bench-scale/1", "regions": REGIONS, "dim": int(base[1].shape[1]), "locals_dtype": "fp16",
+           "queries": queries, "shortlists": list(shortlists), "threads": threads, "sizes": {},
+           "load_before": os.getloadavg()}
+    say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
+    try:
+        if precision_folds:
+            say("precision: fp32 / fp16 / int8 locals on the synthetic test set")
+            run["precision"] = precision_check(bundle, base, split, precision_folds, threads, root)
+            say(f"  {run['precision']}")
+        for n in sizes:
+            for method in methods:
+                if method == "hnsw" and n > HNSW_MAX:
+                    continue
+                folder = os.path.join(root, f"g{n}-{method}")
+                if os.path.exists(folder):
+                    shutil.rmtree(folder)
+                say(f"size {n:,}, {method}: building")
+                total_s, gen_s = build(folder, bundle_id, base, n, method, seed, progress)
+                size = disk_bytes(folder)
+                say(f"  built in {total_s - gen_s:.1f} s (+{gen_s:.1f} s generating), {size / 2**30:.2f} GiB; serving")
+                res = serve({"bundle": bundle, "gallery": folder, "captions": query_caps, "shortlists": list(shortlists),
+                             "threads": threads, "exhaustive": n <= 10_000, "batch": 16}, root)
+                extra = synthetic_items(*base[:2], n, ADD_ROWS, seed)
+                from kidrr.gallery import GalleryWriter
+                t = time.perf_counter()
+                with GalleryWriter(folder) as w:
+                    w.add(*extra)
+                add_s = time.perf_counter() - t
+                res.update({"build_s": total_s - gen_s, "generate_s": gen_s, "disk_bytes": size,
+                            "add_10k_s": add_s, "load": os.getloadavg()})
+                run["sizes"].setdefault(str(n), {})[method] = res
+                say(f"  {json.dumps(_short(res))}")
+                if not keep:
+                    shutil.rmtree(folder)
+    finally:
+        if not keep and not work:
+            shutil.rmtree(root, ignore_errors=True)
+    run["wall_s"] = time.perf_counter() - started
+    run["load_after"] = os.getloadavg()
+    from .scale_report import markdown, plot
+    run["plot"] = plot(run, os.path.join(out, "scale_latency.png"))
+    blob = json.dumps(run, indent=1).encode()
+    write_atomic(os.path.join(out, "scale.json"), blob)
+    write_atomic(os.path.join(out, "scale.md"), markdown(run).encode())
+    if json_path:
+        write_atomic(os.path.abspath(json_path), blob)
+    return run
+
+
+def _short(res: dict) -> dict:
+    keys = ("status", "open_ms", "rss_anon_mb", "build_s", "add_10k_s")
+    out = {k: res[k] for k in keys if k in res}
+    for name, v in res.get("configs", {}).items():
+        out[name] = (round(v["single_p50_ms"], 1), round(v["single_p99_ms"], 1), v.get("overlap_exact"))
+    return out

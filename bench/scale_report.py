@@ -1,0 +1,76 @@
+"""kidrr-bench scale reports: a Markdown table and a log-log plot of latency against gallery size."""
+from __future__ import annotations
+
+from kidrr.fileio import write_figure
+
+
+def _rows(run: dict):
+    for n, by_method in sorted(run["sizes"].items(), key=lambda kv: int(kv[0])):
+        for method, res in by_method.items():
+            yield int(n), method, res
+
+
+def _parts(c: dict) -> str:
+    b = c.get("breakdown_p50_ms")
+    if not b:
+        return f"- / {c['first_stage_p50_ms']:.2f} / - / -"
+    return " / ".join(f"{b[k]:.1f}" for k in ("encode", "first_stage", "gather", "rerank"))
+
+
+def markdown(run: dict) -> str:
+    lines = [f"# kidrr-bench scale (R={run['regions']}, D={run['dim']}, {run['locals_dtype']} locals, "
+             f"{run['queries']} text queries, {run['threads']} threads)", "",
+             f"Load average before/after: {run['load_before'][0]:.1f} / {run['load_after'][0]:.1f} "
+             f"(2 cores shared with other jobs).", ""]
+    p = run.get("precision")
+    if p:
+        lines += [f"Locals precision on the synthetic test set ({p['folds']} fold(s) of {p['images_per_fold']} images, "
+                  f"exhaustive): rSum fp32 {p['rsum']['fp32']:.2f}, fp16 {p['rsum']['fp16']:.2f} "
+                  f"(delta {p['delta_fp16']:+.2f}), int8 {p['rsum']['int8']:.2f} (delta {p['delta_int8']:+.2f}).", ""]
+    lines += ["| items | index | build s | add 10k s | disk GiB | open ms | anon RSS MB | first stage @k' | "
+              "p50 ms | p99 ms | batched p50 ms/q | p50 ms: encode / first stage / gather / rerank | top-10 overlap vs exact | "
+              "recall@10 vs exhaustive |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n, method, res in _rows(run):
+        if res.get("status") != "ok":
+            lines.append(f"| {n:,} | {method} | failed: {res.get('reason')} |")
+            continue
+        for name, c in res["configs"].items():
+            def f(v, fmt="{:.1f}"):
+                return "-" if v is None else fmt.format(v)
+            lines.append(f"| {n:,} | {method} | {res['build_s']:.1f} | {res['add_10k_s']:.2f} | "
+                         f"{res['disk_bytes'] / 2**30:.2f} | {res['open_ms']:.1f} | {res['rss_anon_mb']:.0f} | {name} | "
+                         f"{c['single_p50_ms']:.1f} | {c['single_p99_ms']:.1f} | {f(c['batched_p50_ms_per_query'])} | "
+                         f"{_parts(c)} | {f(c.get('overlap_exact'), '{:.3f}')} | "
+                         f"{f(c.get('recall_vs_exhaustive'), '{:.3f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(run: dict, path: str) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = {}
+    for n, method, res in _rows(run):
+        for name, c in res.get("configs", {}).items():
+            stage, kp = name.split("@")
+            label = f"{'exact' if stage == 'exact' else method} first stage, k'={kp}"
+            series.setdefault(label, {})[n] = c["single_p50_ms"]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, pts in sorted(series.items()):
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", linestyle="--" if label.startswith("exact") else "-",
+                label=label)
+    ax.axhline(20, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("gallery size (items)")
+    ax.set_ylabel("text query latency p50, ms (one query)")
+    ax.set_title(f"two-stage search, R={run['regions']}, D={run['dim']}, fp16 locals")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    write_figure(fig, path)
+    plt.close(fig)
+    return path

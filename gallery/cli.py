@@ -1,0 +1,209 @@
+"""kidrr-gallery: create | add | remove | compact | info | verify | search | convert (docs/gallery.md)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from kidrr.errors import KidrrError
+
+from .convert import convert_v1
+from .layout import LOCALS_DTYPES
+from .reader import open_gallery, verify
+from .writer import GalleryWriter, create_gallery
+
+CTX = {"help_option_names": ["-h", "--help"]}
+
+
+def _fail(exc):
+    click.echo(f"kidrr-gallery: error: {exc}", err=True)
+    sys.exit(2)
+
+
+def _bundle_identity(bundle: str) -> tuple[str, dict]:
+    from kidrr.runtime.bundle import load_bundle
+    b = load_bundle(bundle, verify=True)
+    return b.identity, b.model
+
+
+def _read_ids(path: str) -> list:
+    """One id per line, UTF-8; blank lines are an error (they would be an empty id)."""
+    with open(path, "rb") as fh:
+        lines = fh.read().decode("utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def _load_npy(path: str, what: str):
+    from kidrr.errors import InputError
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{what} {path} is not a readable .npy array ({exc})") from exc
+
+
+@click.group(context_settings=CTX)
+def main():
+    """Galleries on disk: a folder of memory-mapped segments with ids, an ANN first stage, search."""
+
+
+@main.command(context_settings=CTX)
+@click.argument("folder", type=click.Path())
+@click.option("--bundle", required=True, type=click.Path(file_okay=False), help="the bundle that encodes the items")
+@click.option("--regions", type=int, required=True, help="local vectors per item (R)")
+@click.option("--locals-dtype", type=click.Choice(sorted(LOCALS_DTYPES)), default="fp16", show_default=True)
+@click.option("--ann", type=click.Choice(["ivf", "hnsw"]), default="ivf", show_default=True,
+              help="approximate first stage built for segments of at least --ann-min-rows items")
+@click.option("--ann-min-rows", type=int, default=50_000, show_default=True)
+def create(folder, bundle, regions, locals_dtype, ann, ann_min_rows):
+    """An empty gallery for BUNDLE's items."""
+    try:
+        identity, model = _bundle_identity(bundle)
+        create_gallery(folder, identity, regions, int(model["embed_size"]), locals_dtype, ann, ann_min_rows)
+    except KidrrError as exc:
+        _fail(exc)
+    click.echo(f"created {folder}: {locals_dtype} locals, R={regions}, D={model['embed_size']}, ann {ann}")
+
+
+@main.command(context_settings=CTX)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--globals", "globals_path", required=True, type=click.Path(dir_okay=False), help=".npy (n, D) float")
+@click.option("--locals", "locals_path", required=True, type=click.Path(dir_okay=False), help=".npy (n, R, D) float")
+@click.option("--ids", "ids_path", required=True, type=click.Path(dir_okay=False), help="text file, one id per line")
+def add(folder, globals_path, locals_path, ids_path):
+    """Append encoded items (one new segment)."""
+    try:
+        g, l = _load_npy(globals_path, "--globals"), _load_npy(locals_path, "--locals")
+        ids = _read_ids(ids_path)
+        with GalleryWriter(folder, progress=True) as w:
+            n, step = len(g), 8192
+            live = w.add_batches(((g[i:i + step], l[i:i + step], ids[i:i + step]) for i in range(0, n, step)),
+                                 rows=n) if len(ids) == n else w.add(g, l, ids)
+    except (KidrrError, UnicodeDecodeError) as exc:
+        _fail(exc)
+    click.echo(f"added {len(g)} items; {live} live")
+
+
+@main.command(context_settings=CTX)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.argument("ids", nargs=-1)
+@click.option("--ids-file", type=click.Path(dir_okay=False), help="text file, one id per line")
+def remove(folder, ids, ids_file):
+    """Mark items removed (tombstones); `compact` reclaims the space."""
+    try:
+        wanted = list(ids) + (_read_ids(ids_file) if ids_file else [])
+        with GalleryWriter(folder) as w:
+            live = w.remove(wanted)
+    except (KidrrError, UnicodeDecodeError) as exc:
+        _fail(exc)
+    click.echo(f"removed {len(wanted)} items; {live} live")
+
+
+@main.command(context_settings=CTX)
+@click.argument("folder", type=click.Path(file_okay=False))
+def compact(folder):
+    """Rewrite the live items into one segment (and one ANN index)."""
+    try:
+        with GalleryWriter(folder, progress=True) as w:
+            live = w.compact()
+    except KidrrError as exc:
+        _fail(exc)
+    click.echo(f"compacted {folder}: {live} live items in one segment")
+
+
+@main.command(context_settings=CTX)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def info(folder, as_json):
+    """Counts, dims, dtypes, segments and the first stage a search would use."""
+    try:
+        g = open_gallery(folder)
+    except KidrrError as exc:
+        _fail(exc)
+    m = g.manifest
+    doc = {"folder": g.folder, "bundle_id": m.bundle_id, "generation": m.generation, "rows": m.rows, "live": m.live,
+           "removed": m.removed, "regions": m.regions, "dim": m.dim, "locals_dtype": m.locals_dtype,
+           "ann": m.ann_method, "ann_min_rows": m.ann_min_rows, "first_stage": g.describe_first_stage(),
+           "disk_bytes": sum(e["bytes"] for s in m.segments for e in
+                             list(s.files.values()) + [x for x in (s.tombstones, s.ann) if x]),
+           "segments": [{"name": s.name, "rows": s.rows, "removed": s.tombstones["count"] if s.tombstones else 0,
+                         "ann": s.ann["method"] if s.ann else None} for s in m.segments]}
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    for key in ("folder", "bundle_id", "generation", "rows", "live", "removed", "regions", "dim", "locals_dtype",
+                "ann", "first_stage", "disk_bytes"):
+        click.echo(f"{key:>13}: {doc[key]}")
+    for s in doc["segments"]:
+        click.echo(f"    {s['name']}: {s['rows']} rows, {s['removed']} removed, ann {s['ann'] or '-'}")
+
+
+@main.command("verify", context_settings=CTX)
+@click.argument("folder", type=click.Path(file_okay=False))
+def verify_cmd(folder):
+    """Check every file's sha256 against the manifest (reads everything)."""
+    try:
+        g = open_gallery(folder)
+        total = sum(1 + bool(s.tombstones) + bool(s.ann) + len(s.files) - 1 for s in g.manifest.segments)
+        with tqdm(total=total, desc="verifying", unit="file") as bar:
+            problems = verify(g, bar)
+    except KidrrError as exc:
+        _fail(exc)
+    if problems:
+        for p in problems:
+            click.echo(f"BAD {p}", err=True)
+        sys.exit(1)
+    click.echo(f"{folder}: every file matches the manifest ({g.manifest.live} live items)")
+
+
+@main.command(context_settings=CTX)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.argument("captions", nargs=-1, required=True)
+@click.option("--bundle", required=True, type=click.Path(file_okay=False))
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--shortlist", type=int, default=100, show_default=True, help="k' reranked (0: exhaustive)")
+@click.option("--first-stage", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True)
+def search(folder, captions, bundle, k, shortlist, first_stage, threads, as_json):
+    """Images for each caption: ids with scores."""
+    from kidrr.runtime import open_bundle
+    try:
+        with open_bundle(bundle, threads=threads) as rt:
+            g = open_gallery(folder, bundle_id=rt.bundle_id, dim=rt.planner.dim)
+            g.first_stage = first_stage
+            if shortlist:
+                click.echo(f"first stage: {g.describe_first_stage(first_stage)}", err=True)
+            out = rt.search_text(list(captions), k=k, gallery=g, shortlist=shortlist or None)
+    except KidrrError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps([{"caption": c, "results": [{"id": i, "score": s} for i, s in r]}
+                               for c, r in zip(captions, out)], indent=1))
+        return
+    for c, r in zip(captions, out):
+        click.echo(c)
+        for rank, (i, s) in enumerate(r, 1):
+            click.echo(f"  {rank:>3}. {s:.4f}  {i}")
+
+
+@main.command(context_settings=CTX)
+@click.argument("npz", type=click.Path(dir_okay=False))
+@click.argument("folder", type=click.Path())
+@click.option("--locals-dtype", type=click.Choice(sorted(LOCALS_DTYPES)), default="fp16", show_default=True)
+@click.option("--ann", type=click.Choice(["ivf", "hnsw"]), default="ivf", show_default=True)
+def convert(npz, folder, locals_dtype, ann):
+    """A v1 .npz gallery -> a format-2 folder (ids are the v1 positions)."""
+    try:
+        n = convert_v1(npz, folder, locals_dtype, ann, progress=True)
+    except KidrrError as exc:
+        _fail(exc)
+    click.echo(f"converted {n} items from {npz} into {folder}")
+
+
+if __name__ == "__main__":
+    main()

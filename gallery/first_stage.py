@@ -1,0 +1,112 @@
+"""The first stage: the k' items whose globals have the largest dot product with each query.
+
+Exact: blocked matrix products over the memory-mapped globals (the reference; memory stays one
+block). Approximate: a faiss index per segment (IVF-Flat or HNSW-Flat, inner product), read
+with IO_FLAG_MMAP so its vectors are file-backed pages, not anonymous memory.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kidrr.errors import DataError, InputError
+
+EXACT_BLOCK_ROWS = 65536
+
+
+IVF_TRAIN_PER_LIST = 40    # k-means training points per list (faiss warns below 39)
+IVF_TRAIN_ITERATIONS = 10  # faiss' default is 25; the lists only route the search, 10 is plenty
+
+
+def ivf_nlist(rows: int) -> int:
+    """2 sqrt(n) lists (2,000 at 1M): at least 16, at most rows / 40 so k-means has enough points per list.
+    Fewer lists than faiss' 4-16 sqrt(n) keep training to a minute on two cores; nprobe makes up for it."""
+    return int(max(1, min(max(16, 2 * math.sqrt(rows)), rows // IVF_TRAIN_PER_LIST)))
+
+
+def default_nprobe(nlist: int) -> int:
+    # 1/32 of the lists, at least 16 (1/32 of the items scanned: ~1 ms at 1M); `kidrr-bench scale`
+    # measures the final top-10 overlap with the exact first stage it gives (docs/gallery.md).
+    return int(min(nlist, max(16, nlist // 32)))
+
+
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+
+
+def build_index(globals_: np.ndarray, method: str, seed: int = 0, progress=None):
+    """A faiss index over one segment's globals (row i -> faiss id i) and its parameters."""
+    import faiss
+    n, d = globals_.shape
+    if method == "ivf":
+        nlist = ivf_nlist(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = IVF_TRAIN_ITERATIONS
+        index.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False))
+        index.train(np.ascontiguousarray(globals_[sample], dtype=np.float32))
+        params = {"nlist": nlist}
+    elif method == "hnsw":
+        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    else:
+        raise InputError(f"unknown ANN method {method!r}; choose ivf or hnsw")
+    step = 50_000
+    for start in range(0, n, step):
+        index.add(np.ascontiguousarray(globals_[start:start + step], dtype=np.float32))
+        if progress is not None:
+            progress.update(min(step, n - start))
+    return index, params
+
+
+def serialize(index) -> bytes:
+    import faiss
+    return faiss.serialize_index(index).tobytes()
+
+
+def read_index(path: str):
+    import faiss
+    try:
+        return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as exc:
+        raise DataError(f"faiss cannot read {path} ({str(exc).splitlines()[0][:200]}); rebuild it with "
+                        f"`kidrr-gallery compact`") from exc
+
+
+def search_index(index, method: str, params: dict, queries: np.ndarray, size: int, nprobe=None, ef=None):
+    """(sims, rows) of the `size` best rows per query; rows -1 where the index found fewer."""
+    import faiss
+    if method == "ivf":
+        sp = faiss.SearchParametersIVF(nprobe=int(nprobe or default_nprobe(params["nlist"])))
+    else:
+        sp = faiss.SearchParametersHNSW(efSearch=int(max(ef or 0, 2 * size, 64)))
+    sims, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), size, params=sp)
+    return sims, rows
+
+
+def exact_block(queries: np.ndarray, block: np.ndarray, size: int, dead: np.ndarray | None = None):
+    """(sims, local rows) of the `size` best rows of one block per query (dead rows excluded)."""
+    sims = queries @ np.asarray(block, dtype=np.float32).T
+    if not np.isfinite(sims).all():
+        raise DataError("a gallery global vector holds NaN or inf; run `kidrr-gallery verify`")
+    if dead is not None and len(dead):
+        sims[:, dead] = -np.inf
+    size = min(size, sims.shape[1])
+    part = np.argpartition(-sims, size - 1, axis=1)[:, :size]
+    return np.take_along_axis(sims, part, axis=1), part
+
+
+def merge(best_sims, best_rows, sims, rows, size):
+    """Keep the `size` largest of two (q, *) candidate sets (rows -1 mean none)."""
+    if best_sims is None:
+        s, r = sims, rows
+    else:
+        s, r = np.concatenate([best_sims, sims], axis=1), np.concatenate([best_rows, rows], axis=1)
+    s = np.where(r < 0, -np.inf, s)
+    if s.shape[1] > size:
+        part = np.argpartition(-s, size - 1, axis=1)[:, :size]
+        s, r = np.take_along_axis(s, part, axis=1), np.take_along_axis(r, part, axis=1)
+    return s, r

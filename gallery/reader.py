@@ -1,0 +1,323 @@
+"""Reading a format-2 gallery: one manifest snapshot, memory-mapped segments, lazy ANN indexes.
+
+Opening reads the manifest, each segment array's 128-byte header and its size, and the
+tombstones (small): time and anonymous memory do not grow with the item count. Item rows are
+numbered across segments in manifest order; searches return ids. A reader never takes the
+writer's lock: writers never modify a file a manifest names, they only add files and switch the
+manifest, so a reader keeps the snapshot it opened (a file unlinked by compact stays readable
+through its open map). Implements kidrr.runtime.gallery.GallerySource for the Retriever.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from kidrr.errors import DataError, InputError
+
+from . import first_stage
+from .layout import (ID_BYTES_FILE, MANIFEST, Manifest, array_spec, check_bundle, read_manifest, segment_files)
+from .segment_io import id_hash, map_array, sha256_of
+
+OPEN_RETRIES = 5
+DEFAULT_EXACT_MAX = 50_000   # auto first stage: exact up to this many live items, ANN above
+
+
+@dataclass
+class Segment:
+    name: str
+    start: int                 # global row of its first item
+    rows: int
+    globals: np.ndarray        # (rows, D) float32, memory-mapped
+    locals: np.ndarray         # (rows, R, D) fp32 | fp16 | int8, memory-mapped
+    scales: np.ndarray | None  # (rows, R) float32 for int8
+    id_offsets: np.ndarray
+    id_bytes: np.ndarray
+    id_hashes: np.ndarray      # (rows, 2) uint64 sorted: (hash, row)
+    dead: np.ndarray           # sorted local rows removed (tombstones)
+    ann_info: dict | None
+
+
+class DiskGallery:
+    def __init__(self, folder: str, manifest: Manifest, segments: list, manifest_bytes: bytes):
+        self.folder, self.manifest, self.segments = folder, manifest, segments
+        self.manifest_bytes = manifest_bytes
+        self._starts = np.array([s.start for s in segments] + [manifest.rows], dtype=np.int64)
+        self._ann: dict = {}
+        self._ann_lock = threading.Lock()
+        # First-stage settings a search uses (the Retriever calls shortlist(globals, k') only).
+        self.first_stage, self.nprobe, self.ef, self.exact_max = "auto", None, None, DEFAULT_EXACT_MAX
+
+    # ---- GallerySource ------------------------------------------------------------------
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+    @property
+    def regions(self) -> int:
+        return self.manifest.regions
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def __len__(self) -> int:
+        return self.manifest.live
+
+    def first_stage_method(self, method: str | None = None) -> str:
+        """'exact' or 'ann': what `method` ('auto' | 'exact' | 'ann') resolves to for this gallery."""
+        method = method or self.first_stage
+        if method not in ("auto", "exact", "ann"):
+            raise InputError(f"first stage must be auto, exact or ann, got {method!r}")
+        if method == "auto":
+            return "ann" if len(self) > self.exact_max and any(s.ann_info for s in self.segments) else "exact"
+        return method
+
+    def describe_first_stage(self, method: str | None = None) -> str:
+        used = self.first_stage_method(method)
+        if used == "exact":
+            return f"exact (blocked scan of {len(self):,} globals)"
+        with_ann = [s for s in self.segments if s.ann_info]
+        scanned = sum(s.rows for s in self.segments if not s.ann_info)
+        kinds = sorted({s.ann_info["method"] for s in with_ann})
+        return (f"ann ({'/'.join(kinds) or 'none'} over {len(with_ann)} segment(s), exact scan of {scanned:,} "
+                f"rows in segments without an index)")
+
+    def shortlist(self, query_globals: np.ndarray, size: int, method: str | None = None) -> list:
+        """Per query, the global rows of the `size` live items with the largest global dot product."""
+        queries = np.ascontiguousarray(query_globals, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise InputError(f"query globals must be (q, {self.dim}), got {queries.shape}")
+        size = int(min(size, len(self)))
+        use_ann = self.first_stage_method(method) == "ann"
+        best_s = best_r = None
+        for seg in self.segments:
+            live = seg.rows - len(seg.dead)
+            if live == 0:
+                continue
+            if use_ann and seg.ann_info:
+                want = min(seg.rows, size + len(seg.dead))
+                sims, rows = first_stage.search_index(self._index(seg), seg.ann_info["method"],
+                                                      seg.ann_info["params"], queries, want, self.nprobe, self.ef)
+                if len(seg.dead):
+                    rows = np.where(np.isin(rows, seg.dead), -1, rows)
+                rows = np.where(rows >= 0, rows + seg.start, -1)
+                best_s, best_r = first_stage.merge(best_s, best_r, sims, rows, size)
+                continue
+            for b0 in range(0, seg.rows, first_stage.EXACT_BLOCK_ROWS):
+                b1 = min(seg.rows, b0 + first_stage.EXACT_BLOCK_ROWS)
+                lo, hi = np.searchsorted(seg.dead, [b0, b1])
+                sims, rows = first_stage.exact_block(queries, seg.globals[b0:b1], size, seg.dead[lo:hi] - b0)
+                rows = np.where(np.isfinite(sims), rows + seg.start + b0, -1)
+                best_s, best_r = first_stage.merge(best_s, best_r, sims, rows, size)
+        out = []
+        for q in range(len(queries)):
+            rows = best_r[q][best_r[q] >= 0]
+            if len(rows) < size and use_ann:   # the index found too few live items: ask the reference
+                rows = self.shortlist(queries[q:q + 1], size, method="exact")[0]
+            out.append(np.sort(rows.astype(np.int64)))
+        return out
+
+    def _locate(self, rows: np.ndarray):
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= self.manifest.rows)):
+            raise InputError(f"rows must be 1-D in 0..{self.manifest.rows - 1}")
+        seg_of = np.searchsorted(self._starts, rows, side="right") - 1
+        return rows, seg_of
+
+    def gather(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """float32 locals (len, R, D) and globals (len, D) of the given rows, read from the maps only."""
+        rows, seg_of = self._locate(rows)
+        locs = np.empty((len(rows), self.regions, self.dim), dtype=np.float32)
+        globs = np.empty((len(rows), self.dim), dtype=np.float32)
+        for si in np.unique(seg_of):
+            seg, at = self.segments[si], np.flatnonzero(seg_of == si)
+            local = rows[at] - seg.start
+            order = np.argsort(local, kind="stable")       # ascending reads: kinder to the page cache
+            local, at = local[order], at[order]
+            locs[at] = seg.locals[local]
+            if seg.scales is not None:
+                locs[at] *= seg.scales[local][..., None]
+            globs[at] = seg.globals[local]
+        if not (np.isfinite(locs).all() and np.isfinite(globs).all()):
+            raise DataError(f"gallery {self.folder}: a stored vector holds NaN or inf; run `kidrr-gallery verify`")
+        return locs, globs
+
+    def labels(self, rows) -> list:
+        """The id strings of the given rows."""
+        rows, seg_of = self._locate(rows)
+        out = []
+        for r, si in zip(rows.tolist(), seg_of.tolist()):
+            seg = self.segments[si]
+            i = r - seg.start
+            a, b = int(seg.id_offsets[i]), int(seg.id_offsets[i + 1])
+            if not 0 <= a < b <= len(seg.id_bytes) or b - a > 4096:
+                raise DataError(f"{self.folder}/{seg.name}: id offsets are damaged; run `kidrr-gallery verify`")
+            try:
+                out.append(bytes(seg.id_bytes[a:b]).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{self.folder}/{seg.name}: id {i} is not UTF-8; run `kidrr-gallery verify`") from None
+        return out
+
+    def tiles(self, rows_per_tile: int):
+        """(global rows, float32 locals, float32 globals) of every live item, a tile at a time."""
+        for seg in self.segments:
+            for b0 in range(0, seg.rows, rows_per_tile):
+                local = np.arange(b0, min(seg.rows, b0 + rows_per_tile))
+                if len(seg.dead):
+                    local = local[~np.isin(local, seg.dead)]
+                if len(local):
+                    rows = local + seg.start
+                    yield (rows, *self.gather(rows))
+
+    # ---- ids ----------------------------------------------------------------------------
+    def find(self, ids) -> dict:
+        """id -> global row for the given ids that are live here (others are absent from the result)."""
+        found = {}
+        for item in ids:
+            enc = item.encode("utf-8")
+            h = np.uint64(id_hash(enc))
+            for seg in self.segments:
+                keys = seg.id_hashes[:, 0]
+                lo, hi = int(np.searchsorted(keys, h, "left")), int(np.searchsorted(keys, h, "right"))
+                for row in seg.id_hashes[lo:hi, 1].tolist():
+                    if row >= seg.rows:
+                        raise DataError(f"{self.folder}/{seg.name}: id table is damaged; run `kidrr-gallery verify`")
+                    at = int(np.searchsorted(seg.dead, row))
+                    dead = at < len(seg.dead) and seg.dead[at] == row
+                    if not dead and self.labels([seg.start + row])[0] == item:
+                        found[item] = seg.start + row
+        return found
+
+    def ids(self) -> list:
+        """Every live id in row order (O(n): for tools, not for serving)."""
+        return [i for _, i in self.iter_ids()]
+
+    def iter_ids(self):
+        for seg in self.segments:
+            offsets = np.asarray(seg.id_offsets)
+            blob = bytes(seg.id_bytes)
+            dead = set(seg.dead.tolist())
+            for i in range(seg.rows):
+                if i not in dead:
+                    yield seg.start + i, blob[offsets[i]:offsets[i + 1]].decode("utf-8", errors="strict")
+
+    # ---- ANN ----------------------------------------------------------------------------
+    def _index(self, seg: Segment):
+        with self._ann_lock:
+            index = self._ann.get(seg.name)
+            if index is None:
+                path = os.path.join(self.folder, seg.ann_info["file"])
+                # faiss parses the file in C++: only a file that matches the manifest's sha256 gets there.
+                if not os.path.isfile(path) or os.path.getsize(path) != seg.ann_info["bytes"] \
+                        or sha256_of(path) != seg.ann_info["sha256"]:
+                    raise DataError(f"{path} is missing or does not match its sha256 in the manifest; rebuild "
+                                    f"the index with `kidrr-gallery compact`, or search with --first-stage exact")
+                index = self._ann[seg.name] = first_stage.read_index(path)
+            return index
+
+    def load_indexes(self) -> None:
+        """Read (and checksum) every ANN index now rather than on the first search."""
+        for seg in self.segments:
+            if seg.ann_info:
+                self._index(seg)
+
+
+def _open_segment(folder: str, manifest: Manifest, info, start: int) -> Segment:
+    seg_dir = os.path.join(folder, info.name)
+    if not os.path.isdir(seg_dir):
+        raise FileNotFoundError(seg_dir)
+    maps = {}
+    for name in segment_files(manifest.locals_dtype):
+        path = os.path.join(seg_dir, name)
+        expect = info.files[name]["bytes"]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        if name == ID_BYTES_FILE:
+            size = os.path.getsize(path)
+            if size != expect or size < info.rows:
+                raise DataError(f"{path} is {size} bytes, the manifest says {expect}: the segment is truncated "
+                                f"or damaged; restore it or rebuild the gallery")
+            maps[name] = np.memmap(path, dtype=np.uint8, mode="r")
+            continue
+        dtype, shape = array_spec(name, info.rows, manifest.regions, manifest.dim, manifest.locals_dtype)
+        maps[name] = map_array(path, dtype, shape, expect)
+    offsets = maps["id_offsets.npy"]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != len(maps[ID_BYTES_FILE]):
+        raise DataError(f"{seg_dir}: id offsets do not span {ID_BYTES_FILE}; the segment is damaged")
+    dead = np.zeros(0, dtype=np.int64)
+    if info.tombstones:
+        path = os.path.join(folder, info.tombstones["file"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        count = info.tombstones["count"]
+        arr = map_array(path, np.dtype("<i8"), (count,), info.tombstones["bytes"])
+        if sha256_of(path) != info.tombstones["sha256"]:
+            raise DataError(f"{path} does not match its sha256 in the manifest; the removals are damaged")
+        dead = np.array(arr, dtype=np.int64)
+        if count and (dead[0] < 0 or dead[-1] >= info.rows or (np.diff(dead) <= 0).any()):
+            raise DataError(f"{path}: tombstones must be sorted unique rows in 0..{info.rows - 1}")
+    return Segment(info.name, start, info.rows, maps["globals.npy"], maps["locals.npy"], maps.get("scales.npy"),
+                   offsets, maps[ID_BYTES_FILE], maps["id_hashes.npy"], dead, info.ann)
+
+
+def open_gallery(folder: str, bundle_id: str | None = None, dim: int | None = None) -> DiskGallery:
+    """Open a format-2 gallery folder (manifest + headers only). With bundle_id, refuse another bundle's.
+
+    A writer may switch the manifest while this runs; a segment that vanished under a newer
+    manifest means a compaction ran: read the new snapshot (a few tries) rather than fail.
+    """
+    folder = os.path.abspath(folder)
+    last = None
+    for _ in range(OPEN_RETRIES):
+        manifest, raw = read_manifest(folder)
+        check_bundle(manifest, bundle_id, folder)
+        if dim is not None and manifest.dim != dim:
+            raise DataError(f"gallery {folder} holds {manifest.dim}-d vectors but the model's embedding is {dim}-d; "
+                            f"it was not encoded by this model")
+        try:
+            segments, start = [], 0
+            for info in manifest.segments:
+                segments.append(_open_segment(folder, manifest, info, start))
+                start += info.rows
+            return DiskGallery(folder, manifest, segments, raw)
+        except FileNotFoundError as exc:
+            last = exc
+            try:
+                with open(os.path.join(folder, MANIFEST), "rb") as fh:
+                    if fh.read() != raw:
+                        continue     # a writer switched the manifest: take the new snapshot
+            except OSError:
+                pass
+            break
+    raise DataError(f"gallery {folder}: {last} is missing although the manifest lists it; the gallery is "
+                    f"damaged (restore the file, or rebuild the gallery)")
+
+
+def verify(gallery: DiskGallery, progress=None) -> list:
+    """Every file's sha256 against the manifest, then the ids: [problems], empty when the gallery is sound."""
+    problems = []
+    for info in gallery.manifest.segments:
+        entries = {f"{info.name}/{k}": v for k, v in info.files.items()}
+        if info.tombstones:
+            entries[info.tombstones["file"]] = info.tombstones
+        if info.ann:
+            entries[info.ann["file"]] = info.ann
+        for rel, entry in entries.items():
+            path = os.path.join(gallery.folder, rel)
+            if not os.path.isfile(path):
+                problems.append(f"{rel}: missing")
+            elif os.path.getsize(path) != entry["bytes"]:
+                problems.append(f"{rel}: {os.path.getsize(path)} bytes, the manifest says {entry['bytes']}")
+            elif sha256_of(path) != entry["sha256"]:
+                problems.append(f"{rel}: sha256 mismatch (the file changed after it was written)")
+            if progress is not None:
+                progress.update(1)
+    if not problems:
+        for seg in gallery.segments:
+            offs = np.asarray(seg.id_offsets)
+            if (np.diff(offs) <= 0).any():
+                problems.append(f"{seg.name}/id_offsets.npy: offsets not strictly increasing")
+    return problems

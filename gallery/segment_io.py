@@ -1,0 +1,173 @@
+"""Writing and mapping one segment: fixed-header .npy files streamed with their sha256, ids, int8 scales.
+
+A segment is written once, in a staging folder, and never modified; the writer renames it into
+place and only then switches the manifest. Writes go through `opener` so tests can inject a
+disk that fills up.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+
+import numpy as np
+
+from kidrr.errors import DataError
+
+from .layout import ID_BYTES_FILE, LOCALS_DTYPES, NPY_HEADER_BYTES, array_spec, npy_header, read_npy_header, segment_files
+
+
+def id_hash(encoded: bytes) -> int:
+    """The lookup key of an id: the first 8 bytes of sha256(UTF-8 id) as a little-endian uint64."""
+    return int.from_bytes(hashlib.sha256(encoded).digest()[:8], "little")
+
+
+def quantize_int8(locals_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per local vector: value = q * scale, scale = max|x| / 127 (0 for a zero vector)."""
+    peak = np.abs(locals_).max(axis=2)
+    scale = (peak / 127.0).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0)[..., None]
+    q = np.clip(np.rint(locals_ / safe), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _HashedFile:
+    """A file written front to back whose sha256 and size are known when it closes."""
+
+    def __init__(self, path: str, opener):
+        self.path, self.fh, self.sha, self.size = path, opener(path, "wb"), hashlib.sha256(), 0
+
+    def write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        self.fh.write(view)
+        self.sha.update(view)
+        self.size += len(view)
+
+    def close(self) -> dict:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        return {"bytes": self.size, "sha256": self.sha.hexdigest()}
+
+    def abort(self) -> None:
+        try:
+            self.fh.close()
+        except OSError:
+            pass
+
+
+class SegmentWriter:
+    """Streams `rows` items into a new segment folder in batches; finish() returns the manifest's file table."""
+
+    def __init__(self, folder: str, rows: int, regions: int, dim: int, locals_dtype: str, opener=open):
+        self.folder, self.rows, self.locals_dtype = folder, rows, locals_dtype
+        self.written, self.hashes, self.id_end = 0, [], 0
+        os.makedirs(folder)
+        self.files = {}
+        try:
+            for name in segment_files(locals_dtype):
+                f = self.files[name] = _HashedFile(os.path.join(folder, name), opener)
+                if name.endswith(".npy") and name != "id_hashes.npy":
+                    f.write(npy_header(*array_spec(name, rows, regions, dim, locals_dtype)))
+            self.files["id_offsets.npy"].write(np.zeros(1, "<i8"))
+        except OSError as exc:
+            self.abort()
+            raise _write_error(folder, exc) from exc
+
+    def write(self, globals_: np.ndarray, locals_: np.ndarray, encoded_ids: list) -> None:
+        """One batch: float32 globals (b, D), float32 locals (b, R, D), ids as UTF-8 bytes (already checked)."""
+        b = len(globals_)
+        if self.written + b > self.rows:
+            raise DataError(f"segment {self.folder}: more rows than the {self.rows} declared")
+        if self.locals_dtype == "int8":
+            q, scale = quantize_int8(locals_)
+            arrays = {"locals.npy": q, "scales.npy": scale}
+        else:
+            arrays = {"locals.npy": locals_.astype(LOCALS_DTYPES[self.locals_dtype], copy=False)}
+        lengths = np.fromiter((len(e) for e in encoded_ids), dtype=np.int64, count=b)
+        offsets = self.id_end + np.cumsum(lengths)
+        try:
+            self.files["globals.npy"].write(np.ascontiguousarray(globals_, "<f4"))
+            for name, arr in arrays.items():
+                self.files[name].write(np.ascontiguousarray(arr))
+            self.files[ID_BYTES_FILE].write(b"".join(encoded_ids))
+            self.files["id_offsets.npy"].write(offsets.astype("<i8"))
+        except OSError as exc:
+            self.abort()
+            raise _write_error(self.folder, exc) from exc
+        self.hashes.extend(id_hash(e) for e in encoded_ids)
+        self.id_end = int(offsets[-1]) if b else self.id_end
+        self.written += b
+
+    def finish(self) -> dict:
+        if self.written != self.rows:
+            self.abort()
+            raise DataError(f"segment {self.folder}: {self.written} rows written, {self.rows} declared")
+        table = np.empty((self.rows, 2), dtype="<u8")
+        table[:, 0] = np.asarray(self.hashes, dtype=np.uint64)
+        table[:, 1] = np.arange(self.rows, dtype=np.uint64)
+        table = table[np.lexsort((table[:, 1], table[:, 0]))]
+        try:
+            f = self.files["id_hashes.npy"]
+            f.write(npy_header(np.dtype("<u8"), (self.rows, 2)))
+            f.write(table)
+            out = {name: f.close() for name, f in self.files.items()}
+            fsync_dir(self.folder)
+        except OSError as exc:
+            self.abort()
+            raise _write_error(self.folder, exc) from exc
+        return out
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.abort()
+
+
+def _write_error(where: str, exc: OSError) -> DataError:
+    why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+    return DataError(f"writing {where} failed ({why}); the gallery is unchanged (its previous version is intact). "
+                     f"Free space or fix the folder's permissions and add again")
+
+
+def write_small_array(path: str, arr: np.ndarray, opener=open) -> dict:
+    """A whole small array (tombstones) as a fixed-header .npy; returns its size and sha256."""
+    f = _HashedFile(path, opener)
+    try:
+        f.write(npy_header(arr.dtype, arr.shape))
+        f.write(np.ascontiguousarray(arr))
+        return f.close()
+    except OSError as exc:
+        f.abort()
+        raise _write_error(path, exc) from exc
+
+
+def map_array(path: str, dtype: np.dtype, shape: tuple, expect_bytes: int | None = None) -> np.ndarray:
+    """Read-only memory map of a segment array after checking its header and size against the manifest."""
+    got_dtype, got_shape = read_npy_header(path)
+    if got_dtype != dtype or got_shape != tuple(shape):
+        raise DataError(f"{path} holds {got_dtype} {got_shape}, the manifest says {dtype} {tuple(shape)}; "
+                        f"the segment is damaged, run `kidrr-gallery verify`")
+    need = NPY_HEADER_BYTES + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if size != need or (expect_bytes is not None and size != expect_bytes):
+        raise DataError(f"{path} is {size} bytes, its header and the manifest need {need}: the segment is "
+                        f"truncated or damaged; restore it or rebuild the gallery")
+    if need == NPY_HEADER_BYTES:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=NPY_HEADER_BYTES, shape=tuple(shape))
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,94 @@
+"""Write the fuzzers' seed corpus (fuzz/corpus/<harness>/): tiny valid files and the crafted
+ones issue 14 found. Rerun after changing a file format: python runtime/cpp/fuzz/make_corpus.py
+"""
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+IDENTITY = "4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4"  # fuzz_common.hpp kIdentity
+D = 4  # fuzz_common.hpp kEmbedSize
+
+
+def write(harness, name, data: bytes):
+    os.makedirs(os.path.join(HERE, harness), exist_ok=True)
+    with open(os.path.join(HERE, harness, name), "wb") as fh:
+        fh.write(data)
+
+
+def npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_with_shape(shape: str, data: bytes) -> bytes:
+    """A .npy whose header claims `shape` (a Python tuple literal), followed by `data`."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }" % shape
+    header = header.ljust(((len(header) + 11) // 64 + 1) * 64 - 11) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + data
+
+
+def npz(members: dict) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name + ".npy", data)
+    return buf.getvalue()
+
+
+def gallery(locals_, globals_, identity=IDENTITY) -> dict:
+    return {"format": npy(np.array("kidrr-gallery/1")), "bundle_id": npy(np.array(identity)),
+            "locals": npy(locals_), "globals": npy(globals_)}
+
+
+def main():
+    rng = np.random.default_rng(0)
+    sha = "0" * 64
+    io_ = lambda *names: [{"name": n, "dtype": "int64" if n in ("ids", "lengths") else "float32"} for n in names]
+    manifest = {
+        "format": "kidrr-bundle/1", "precision": "fp32",
+        "model": {"feature_size": 8, "embed_size": D, "vocab_size": 6, "max_caption_len": 12},
+        "tokenizer": {"rules": "kidrr-basic/1", "vocab": "vocab.json", "max_caption_len": 12},
+        "graphs": {"image_encoder": {"file": "image_encoder.onnx", "sha256": sha, "inputs": io_("features"),
+                                     "outputs": io_("img_locals", "img_global")},
+                   "text_encoder": {"file": "text_encoder.onnx", "sha256": sha, "inputs": io_("ids", "lengths"),
+                                    "outputs": io_("cap_locals", "cap_global")},
+                   "similarity": {"file": "similarity.onnx", "sha256": sha,
+                                  "inputs": io_("img_locals", "img_global", "cap_locals", "cap_global", "lengths"),
+                                  "outputs": io_("scores")}},
+        "files": {"vocab.json": sha},
+    }
+    write("manifest", "valid.json", json.dumps(manifest, indent=1).encode())
+    write("manifest", "outside.json", json.dumps(dict(manifest, files={"../vocab.json": sha})).encode())
+    write("manifest", "types.json", json.dumps(dict(manifest, model={"feature_size": "8", "embed_size": 2.5})).encode())
+    vocab = {"format": "kidrr-vocab/1", "tokenizer": "kidrr-basic/1",
+             "words": ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "caf\u00e9", "\U0001f436"]}
+    write("vocab", "valid.json", json.dumps(vocab).encode())
+    write("vocab", "escapes.json", json.dumps(vocab, ensure_ascii=True).encode())
+    write("vocab", "caption.txt", "A Dog, runs!\t\u00c9t\u00e9 \U0001f600 \x1c".encode())
+    write("npy", "f4.npy", npy(rng.normal(size=(2, 3, 2)).astype(np.float32)))
+    write("npy", "u.npy", npy(np.array("kidrr-gallery/1")))
+    write("npy", "empty.npy", npy(np.zeros((0, 4), np.float32)))
+    write("npy", "overflow.npy", npy_with_shape("(4611686018427387905, 1, 256)", b"\0" * 1024))  # issue 14 item 2
+    locs = rng.normal(size=(3, 2, D)).astype(np.float32)
+    globs = rng.normal(size=(3, D)).astype(np.float32)
+    good = npz(gallery(locs, globs))
+    for harness in ("npz", "gallery"):
+        write(harness, "gallery.npz", good)
+        overflow = gallery(locs, globs)
+        overflow["locals"] = npy_with_shape("(4611686018427387905, 1, %d)" % D, b"\0" * (4 * D))
+        write(harness, "overflow.npz", npz(overflow))
+        flipped = bytearray(good)
+        flipped[good.index(npy(locs)) + 200] ^= 1  # a data byte of locals: only the CRC notices
+        write(harness, "crc.npz", bytes(flipped))
+        nan = locs.copy()
+        nan[1, 0, 0] = np.nan
+        write(harness, "nan.npz", npz(gallery(nan, globs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The one HTTP API (FastAPI), whichever engine answers: versioned paths, JSON in and out.
+
+Every response names the bundle (field `bundle`, header X-Kidrr-Bundle). Errors are JSON
+{"bundle", "error": {"kind", "message"}} with a 4xx for the caller's mistakes (malformed JSON 400,
+bad token 401, too large 413, wrong fields / types / values 422), 503 when the queue is full or a
+shard is down, 504 past the per-request timeout; the service keeps serving after any of them.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from kidrr import __version__
+from kidrr.errors import BundleError, InputError, KidrrError
+
+from . import schemas
+from .batching import Overloaded
+from .metrics import Metrics
+
+log = logging.getLogger("kidrr.serve")
+OPEN_PATHS = {"/v1/health"}          # liveness stays answerable without a token
+
+
+class ShardUnavailable(Exception):
+    """A shard could not answer (replica died, restarting): retry shortly (HTTP 503)."""
+
+
+def _error(status: int, kind: str, message: str, bundle: str | None, headers: dict | None = None):
+    return JSONResponse({"bundle": bundle, "error": {"kind": kind, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over max_bytes (declared or streamed) before anyone parses them."""
+
+    def __init__(self, app, max_bytes: int, bundle: str):
+        self.app, self.max_bytes, self.bundle = app, max_bytes, bundle
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = _error(413, "too_large", f"request body over the {self.max_bytes}-byte limit", self.bundle)
+        try:
+            if declared is not None and int(declared) > self.max_bytes:
+                return await too_big(scope, receive, send)
+        except ValueError:
+            return await _error(400, "bad_request", "Content-Length is not a number", self.bundle)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking_send)
+        except _TooLarge:
+            if not started:
+                await too_big(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _check_limits(limits, k: int | None = None, shortlist: int | None = None, captions=(), items: int = 0):
+    if k is not None and not 1 <= k <= limits.max_k:
+        raise InputError(f"k must be in 1..{limits.max_k} on this service, got {k}")
+    if shortlist is not None and not 1 <= shortlist <= limits.max_shortlist:
+        raise InputError(f"shortlist (k') must be in 1..{limits.max_shortlist} on this service, got {shortlist}")
+    for i, c in enumerate(captions):
+        if not c.strip():
+            raise InputError(f"caption {i} is empty; send words to search for")
+        if len(c) > limits.max_caption_chars:
+            raise InputError(f"caption {i} has {len(c)} characters, more than the {limits.max_caption_chars} allowed")
+    if items > limits.max_items:
+        raise InputError(f"{items} items in one request, more than the {limits.max_items} allowed; split it")
+
+
+def create_app(engine, settings) -> FastAPI:
+    """The FastAPI app over an engine. The app starts and stops the engine with its lifespan."""
+    metrics = Metrics()
+    bundle = engine.bundle_id
+    limits = settings.limits
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()     # uvicorn calls this after the in-flight requests have finished
+
+    app = FastAPI(title="kidrr-serve", version=__version__, lifespan=lifespan,
+                  description="Image-text retrieval with a KIDRR bundle (docs/serve.md).")
+    app.state.engine, app.state.metrics = engine, metrics
+
+    def reject(status: int, kind: str, message: str, headers=None):
+        metrics.errors.labels(kind).inc()
+        return _error(status, kind, message, bundle, headers)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        route = request.url.path
+        if settings.token and route not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+                response = reject(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer ...)",
+                                  {"WWW-Authenticate": "Bearer"})
+                metrics.observe(route, 401, time.perf_counter() - started)
+                return response
+        metrics.in_flight.inc()
+        try:
+            response = await call_next(request)
+        finally:
+            metrics.in_flight.dec()
+        response.headers["X-Kidrr-Bundle"] = bundle
+        matched = request.scope.get("route")    # the route's template, never the raw path (bounded labels)
+        metrics.observe(matched.path if matched is not None else "unmatched", response.status_code,
+                        time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        try:
+            json.loads(await request.body() or b"null")
+            malformed = any(e.get("type") == "json_invalid" for e in errors)
+        except ValueError:
+            malformed = True
+        if malformed:
+            return reject(400, "malformed_json", "the body is not valid JSON; send a JSON object")
+        parts = []
+        for e in errors[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {e.get('msg')}")
+        return reject(422, "invalid_request", "; ".join(parts))
+
+    @app.exception_handler(InputError)
+    async def bad_input(request: Request, exc: InputError):
+        return reject(422, "invalid_input", str(exc))
+
+    @app.exception_handler(LookupError)
+    async def missing(request: Request, exc: LookupError):
+        return reject(404, "not_available", str(exc.args[0] if exc.args else exc))
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):
+        return reject(503, "overloaded", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(ShardUnavailable)
+    async def shard_down(request: Request, exc: ShardUnavailable):
+        return reject(503, "shard_unavailable", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(asyncio.TimeoutError)
+    async def timed_out(request: Request, exc: Exception):
+        return reject(504, "timeout", f"no answer within {settings.timeout_s} s; the service is busy, retry later")
+
+    @app.exception_handler(KidrrError)
+    async def kidrr_error(request: Request, exc: KidrrError):
+        status = 500 if isinstance(exc, BundleError) else 422
+        return reject(status, type(exc).__name__, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return reject(500, "internal", f"internal error ({type(exc).__name__}); see the service log")
+
+    async def within_timeout(coro):
+        return await asyncio.wait_for(coro, settings.timeout_s)
+
+    def finite(x: float) -> float:
+        if not math.isfinite(x):   # never send a NaN ranking: a server-side fault (500), logged
+            raise RuntimeError("the model produced a non-finite score; the bundle or gallery is broken")
+        return x
+
+    @app.get("/v1/health", summary="liveness: the process answers")
+    async def health():
+        return {"bundle": bundle, "status": "alive"}
+
+    @app.get("/v1/ready", summary="readiness: every part can answer queries")
+    async def ready():
+        ok, detail = await engine.ready()
+        return JSONResponse({"bundle": bundle, "ready": ok, "detail": detail}, status_code=200 if ok else 503)
+
+    @app.get("/v1/info", summary="bundle, gallery, engine and limits")
+    async def info():
+        return dict(engine.info(), settings=settings.public())
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.post("/v1/search/images", response_model=schemas.TextSearchResponse,
+              summary="images for a caption (exact, or two-stage with shortlist k')")
+    async def search_images(body: schemas.TextSearch):
+        _check_limits(limits, body.k, body.shortlist, [body.query])
+        hits = await within_timeout(engine.search_text(body.query, body.k, body.shortlist))
+        ids = engine.catalog.ids      # v1 gallery: labels are positions; format 2: labels are the ids
+        return {"bundle": bundle, "k": body.k, "shortlist": body.shortlist,
+                "results": [{"id": ids[p], "position": p, "score": finite(s)} if ids is not None else
+                            {"id": p, "position": None, "score": finite(s)} for p, s in hits]}
+
+    @app.post("/v1/search/captions", response_model=schemas.ImageSearchResponse,
+              summary="captions for an image given as region features (R, F)")
+    async def search_captions(body: schemas.ImageSearch):
+        _check_limits(limits, body.k, body.shortlist)
+        hits = await within_timeout(engine.search_image(body.features, body.k, body.shortlist))
+        texts = engine.catalog.captions
+        return {"bundle": bundle, "k": body.k, "shortlist": body.shortlist,
+                "results": [{"position": p, "caption": texts[p], "score": finite(s)} for p, s in hits]}
+
+    @app.post("/v1/score", response_model=schemas.ScoreResponse,
+              summary="scores of every given image (features) with every given caption")
+    async def score(body: schemas.ScoreRequest):
+        _check_limits(limits, captions=body.captions, items=max(len(body.captions), len(body.features)))
+        if len(body.captions) * len(body.features) > limits.max_pairs:
+            raise InputError(f"{len(body.features)} x {len(body.captions)} pairs, more than the "
+                             f"{limits.max_pairs} allowed in one request")
+        if not body.captions or not body.features:
+            raise InputError("give at least one caption and one image")
+        scores = await within_timeout(engine.score(body.features, body.captions))
+        return {"bundle": bundle, "scores": scores.tolist()}
+
+    @app.post("/v1/encode", response_model=schemas.EncodeResponse,
+              summary="global embeddings of captions and/or images")
+    async def encode(body: schemas.EncodeRequest):
+        captions = body.captions or []
+        _check_limits(limits, captions=captions, items=max(len(captions), len(body.features or [])))
+        if not captions and not body.features:
+            raise InputError("give captions, features or both")
+        out = await within_timeout(engine.encode(captions or None, body.features or None))
+        return dict({"bundle": bundle}, **{key: value.tolist() for key, value in out.items()})
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, bundle=bundle)   # outermost: before parsing
+    return app

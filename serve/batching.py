@@ -1,0 +1,102 @@
+"""Micro-batching with a bounded queue, for the local engine (Ray Serve's @serve.batch does this there).
+
+Requests that arrive within `max_wait_s` of each other (up to `max_batch` of them) run as one call
+of `fn(items) -> results` on a worker thread, so the event loop keeps accepting requests while the
+encoders work. More than `max_queue` waiting requests: `Overloaded` at once (the API answers 503)
+instead of a queue that grows until every request times out. A request whose caller gave up
+(timeout, disconnect) before its batch started is dropped from the batch.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller should retry later (HTTP 503)."""
+
+
+class MicroBatcher:
+    def __init__(self, fn, max_batch: int = 16, max_wait_s: float = 0.005, max_queue: int = 64,
+                 workers: int = 1, name: str = "batch"):
+        if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_s < 0:
+            raise ValueError("max_batch, max_queue and workers must be >= 1 and max_wait_s >= 0")
+        self.fn, self.max_batch, self.max_wait_s, self.max_queue = fn, max_batch, max_wait_s, max_queue
+        self.name = name
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"kidrr-{name}")
+        self._slots = asyncio.Semaphore(workers)
+        self._waiting: list = []          # [(item, future)] not yet in a batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._running: set = set()
+        self.batch_sizes: list = []       # sizes of the last batches run (metrics, tests)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()   # bound to the running loop (Python < 3.10 binds at creation)
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, item):
+        if self._task is None:
+            raise RuntimeError(f"{self.name} batcher is not started")
+        if len(self._waiting) >= self.max_queue:
+            raise Overloaded(f"{self.name} queue is full ({self.max_queue} waiting); retry shortly")
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        self._wake.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                await self._slots.acquire()   # a free worker first: requests keep gathering meanwhile
+                if len(self._waiting) < self.max_batch and self.max_wait_s > 0:
+                    await asyncio.sleep(self.max_wait_s)
+                batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+                batch = [(item, fut) for item, fut in batch if not fut.done()]
+                if not batch:
+                    self._slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._run(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list) -> None:
+        try:
+            self.batch_sizes = (self.batch_sizes + [len(batch)])[-256:]
+            loop = asyncio.get_running_loop()
+            try:
+                results = await loop.run_in_executor(self._pool, self.fn, [item for item, _ in batch])
+            except Exception as exc:   # the whole batch failed: every caller gets the error
+                results = [exc] * len(batch)
+            for (_, fut), result in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+        finally:
+            self._slots.release()
+
+    async def stop(self) -> None:
+        """Finish the batches already running, refuse what is still waiting, stop the worker."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        for _, fut in self._waiting:
+            if not fut.done():
+                fut.set_exception(Overloaded(f"{self.name} is shutting down"))
+        self._waiting = []
+        self._pool.shutdown(wait=True)

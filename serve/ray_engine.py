@@ -1,0 +1,162 @@
+"""The ray engine: the same FastAPI app as a Ray Serve ingress, over S shard deployments.
+
+The ingress encodes each query once (Ray Serve's @serve.batch gathers concurrent queries into one
+encoder call), sends the encoded query to every shard deployment, and merges their top-k lists.
+Each shard deployment owns rows [start, stop) of the gallery, does its own shortlist and rerank
+(@serve.batch again: an exact search scores the whole batch in one pass), and runs N replicas for
+throughput. Ray Serve supplies the replicas, scheduling, restarts after a crash, the bounded
+queues (max_ongoing_requests / max_queued_requests -> 503) and graceful shutdown.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+
+from kidrr.runtime import Retriever
+
+from .api import ShardUnavailable, create_app
+from .batching import Overloaded
+from .engine import Engine
+from .shards import ShardSearcher, merge_top_k, queries_from_index
+
+log = logging.getLogger("kidrr.serve")
+APP_NAME = "kidrr"
+RETRIES = 3                  # a search is read-only: retrying on another replica is safe
+RETRY_PAUSE_S = 0.2
+GRACEFUL_S = 10.0            # replicas finish in-flight requests for up to this long when stopped
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=GRACEFUL_S)
+class Shard:
+    """One part of the collection (a ShardSpec: rows of a .npz gallery, or a format-2 folder)."""
+
+    def __init__(self, bundle: str, spec, threads: int, max_batch: int, batch_wait_s: float):
+        self.retriever = Retriever(bundle, threads=threads)
+        self.searcher = ShardSearcher(self.retriever, spec.open(self.retriever), spec.start)
+        self.spec = spec
+        self.search.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
+        self.search.set_batch_wait_timeout_s(batch_wait_s)  # type: ignore[attr-defined]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def search(self, queries: list) -> list:
+        return await asyncio.get_running_loop().run_in_executor(None, self.searcher.search, queries)
+
+    def ping(self) -> int:
+        return len(self.searcher)
+
+
+class RayEngine(Engine):
+    name = "ray"
+
+    def __init__(self, retriever, catalog, settings, shards: list, encode, replicas):
+        super().__init__(retriever, catalog, settings)
+        self.shards, self.encode_queries, self.replicas = shards, encode, replicas
+
+    def info(self) -> dict:
+        return dict(super().info(), shards=len(self.shards), replicas=self.replicas)
+
+    async def _ask(self, shard, query):
+        for attempt in range(RETRIES):
+            try:
+                return await shard.search.remote(query)
+            except BackPressureError as exc:
+                raise Overloaded(f"a shard's queue is full; retry shortly ({exc})") from exc
+            except (RayActorError, ActorUnavailableError) as exc:
+                log.warning("shard replica unavailable (attempt %d): %s", attempt + 1, type(exc).__name__)
+                if attempt + 1 == RETRIES:
+                    raise ShardUnavailable("a shard replica died and no other could answer; retry shortly") from exc
+                await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def search_text(self, query: str, k: int, shortlist: int | None) -> list:
+        k, kp = self.check_text_query(query, k, shortlist)
+        encoded = await self.encode_queries((query, k, kp))
+        per_shard = await asyncio.gather(*(self._ask(shard, encoded) for shard in self.shards))
+        return merge_top_k(per_shard, k)
+
+    async def ready(self) -> tuple:
+        try:
+            sizes = await asyncio.wait_for(asyncio.gather(*(s.ping.remote() for s in self.shards)), 5.0)
+        except Exception as exc:   # any shard that cannot answer a ping makes the service not ready
+            return False, f"a shard does not answer ({type(exc).__name__})"
+        return True, f"{len(sizes)} shard(s) answering, {sum(sizes)} items"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=GRACEFUL_S)
+@serve.ingress()
+class Ingress:
+    """The HTTP front: encodes queries once, fans out to the shards, merges."""
+
+    def __init__(self, bundle: str, catalog, settings, threads: int, shards: list, replicas: int):
+        retriever = Retriever(bundle, threads=threads)
+        self.retriever, self.settings = retriever, settings
+        self.encode_queries.set_max_batch_size(settings.max_batch)  # type: ignore[attr-defined]
+        self.encode_queries.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)  # type: ignore[attr-defined]
+        self.engine = RayEngine(retriever, catalog, settings, shards, self.encode_queries, replicas)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def encode_queries(self, items: list) -> list:
+        def run():
+            index = self.retriever.encode_texts([q for q, _, _ in items])
+            return queries_from_index(index, [k for _, k, _ in items], [kp for _, _, kp in items])
+        return await asyncio.get_running_loop().run_in_executor(None, run)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.engine, self.settings)
+
+
+def build_application(bundle: str, catalog, settings, replicas: int = 1, threads: int = 1):
+    """The Serve application: one shard deployment per catalog shard, N replicas each, behind one ingress.
+    The catalog (ids, captions, shard specs: paths, never arrays) travels with the ingress's arguments."""
+    per_replica = 2 * settings.max_batch            # room for a full batch while the previous one runs
+    shard = Shard.options  # type: ignore[attr-defined]  # the decorator returns a Deployment
+    shard_apps = [shard(name=f"shard{i}", num_replicas=replicas, max_ongoing_requests=per_replica)
+                  .bind(bundle, spec, threads, settings.max_batch, settings.batch_wait_ms / 1000)
+                  for i, spec in enumerate(catalog.shards)]
+    return Ingress.options(  # type: ignore[attr-defined]
+        max_ongoing_requests=per_replica, max_queued_requests=settings.max_queue).bind(
+        bundle, catalog, settings, threads, shard_apps, replicas)
+
+
+def start_ray(address: str | None, num_cpus: int | None):
+    """Join a cluster (address) or start a local Ray; returns True when we started it (and must stop it)."""
+    import ray
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    # A local Ray stays on the loopback interface: nothing of it is reachable from outside.
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    return True
+
+
+def replica_actor_names(deployment: str) -> list:
+    """Names of the live replica actors of one deployment of the app (for the replica-kill test)."""
+    import ray
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in names
+                  if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#{deployment}#"))
+
+
+def kill_replica(name: str) -> None:
+    """Kill one replica actor as a crash would; Serve notices and starts a replacement."""
+    import ray
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+
+def deploy(app, host: str, port: int):
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(app, name=APP_NAME, route_prefix="/")
+
+
+def stop_ray(started_here: bool) -> None:
+    import ray
+    try:
+        serve.delete(APP_NAME)     # replicas drain their in-flight requests (graceful_shutdown_timeout_s)
+        if started_here:
+            serve.shutdown()
+    finally:
+        if started_here:
+            ray.shutdown()

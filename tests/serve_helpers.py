@@ -1,0 +1,94 @@
+"""Shared pieces of the serve tests: a small bundle and gallery, and independent references.
+
+The references do not use kidrr.serve: exact search is a full argsort of Retriever.score over the
+whole gallery; two-stage is a numpy argsort of each shard's globals products (its own k' items),
+then Retriever.score over the union of those shortlists, then the same ranking.
+"""
+import os
+import socket
+
+import numpy as np
+
+import test_runtime_helpers as helpers
+from kidrr.runtime import Gallery
+
+SCORE_TOL = 1e-5     # fp32: a pair scored in another tile shape may differ in the last bits
+QUERIES = ["a dog runs on the grass", "a red car", "two cats sleep", "the child holds a ball",
+           "a big dog and a small cat", "a man rides a red bike"]
+
+
+def build(root, n_images=60, regions=5):
+    """(bundle path, gallery path, ids path, captions path, features) under root."""
+    ckpt = helpers.small_checkpoint(os.path.join(root, "ckpt"))
+    bundle = helpers.make_bundle(ckpt, os.path.join(root, "bundle"))
+    from kidrr.runtime import Retriever
+    with Retriever(bundle, threads=1) as rt:
+        feats = helpers.random_features(n_images, regions=regions, seed=7)
+        gallery_path = os.path.join(root, "gallery.npz")
+        rt.encode_images(feats).save(gallery_path)
+    ids_path = os.path.join(root, "ids.txt")
+    with open(ids_path, "w") as fh:
+        fh.write("".join(f"img-{i:04d}\n" for i in range(n_images)))
+    captions_path = os.path.join(root, "captions.txt")
+    with open(captions_path, "w") as fh:
+        fh.write("\n".join(helpers.CAPTIONS) + "\n")
+    return bundle, gallery_path, ids_path, captions_path, feats
+
+
+def rank(scores, positions, k):
+    """[(position, score)] best first, ties by the smaller position."""
+    order = np.lexsort((positions, -scores))[:k]
+    return [(int(positions[i]), float(scores[i])) for i in order]
+
+
+def exact_reference(rt, gallery, query, k):
+    scores = rt.score(gallery, [query])[:, 0]
+    return rank(scores, np.arange(len(gallery)), k)
+
+
+def union_rerank_reference(rt, gallery, query, k, shortlist, ranges):
+    """Each shard shortlists `shortlist` of its own rows by the globals; rerank the union in one go."""
+    qglob = np.asarray(rt.encode_texts([query]).globals[0])
+    union = []
+    for start, stop in ranges:
+        sims = gallery.globals[start:stop] @ qglob
+        union.extend(start + np.argsort(-sims, kind="stable")[:shortlist])
+    union = np.array(sorted(union))
+    sub = Gallery(np.array(gallery.locals[union]), np.array(gallery.globals[union]), gallery.bundle_id)
+    return rank(rt.score(sub, [query])[:, 0], union, k)
+
+
+def assert_same_hits(got, want):
+    """Same positions in the same order, scores within SCORE_TOL."""
+    assert [p for p, _ in got] == [p for p, _ in want], (got, want)
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=SCORE_TOL)
+
+
+def hits_of(response_json):
+    return [(r["position"], r["score"]) for r in response_json["results"]]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def disk_shards(gallery, root, ranges):
+    """Format-2 gallery folders (fp32 locals, exact first stage), one per row range, ids img-NNNN."""
+    from kidrr.gallery import GalleryWriter, create_gallery
+    folders = []
+    for i, (start, stop) in enumerate(ranges):
+        folder = os.path.join(root, f"shard{i}.gallery")
+        create_gallery(folder, gallery.bundle_id, regions=gallery.locals.shape[1], dim=gallery.globals.shape[1],
+                       locals_dtype="fp32")
+        with GalleryWriter(folder) as writer:
+            mid = (start + stop) // 2          # two segments: rows keep their order across them
+            for a, b in ((start, mid), (mid, stop)):
+                writer.add(gallery.globals[a:b], gallery.locals[a:b], [f"img-{r:04d}" for r in range(a, b)])
+        folders.append(folder)
+    return folders
+
+
+def as_ids(hits):
+    return [(f"img-{p:04d}", s) for p, s in hits]
