@@ -60,3 +60,35 @@ def test_cpp_pixels_and_features_equal_python(built, pixel_bundle, jpegs, tmp_pa
         worst = max(worst, float(np.abs(got - want).max()))
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=path)
     print(f"\nC++ vs Python features: max |diff| {worst:.2e} over {len(jpegs)} JPEGs")
+
+
+def test_kidrr_index_writes_a_gallery_python_reads(built, pixel_bundle, jpegs, tmp_path):
+    """kidrr_index BUNDLE IMAGE_DIR OUT: a format-2 folder that kidrr.gallery opens and verifies,
+    with the file names as ids, whose vectors equal the Python runtime's encode_image_files of the
+    same files (within 1e-5); a file that is not a JPEG is skipped and named (exit 1)."""
+    import shutil
+    from kidrr.gallery import open_gallery, verify
+    from kidrr.runtime import open_bundle
+    images = tmp_path / "photos"
+    images.mkdir()
+    for p in jpegs:
+        shutil.copy(p, images / os.path.basename(p))
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "photos.gallery"
+    proc = cpp.run([os.path.join(built, "kidrr_index"), pixel_bundle[0], str(images), str(out)])
+    assert proc.returncode == 1 and "skipped broken.jpg" in proc.stderr, proc.stdout + proc.stderr
+    proc2 = cpp.run([os.path.join(built, "kidrr_index"), pixel_bundle[0], str(images), str(out)])
+    assert proc2.returncode == 2 and "already exists" in proc2.stderr  # never overwrites
+    names = sorted(os.path.basename(p) for p in jpegs)
+    with open_bundle(pixel_bundle[0], threads=1) as rt:
+        disk = open_gallery(str(out), bundle_id=rt.bundle_id)
+        assert verify(disk) == [] and disk.ids() == names
+        want = rt.encode_image_files([str(images / n) for n in names], names=names)
+        locs, globs = disk.gather(np.arange(len(names)))
+        np.testing.assert_allclose(globs, want.globals, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(locs, want.locals, atol=1e-5, rtol=0)
+        caption = "a red circle"
+        got = cpp.run([os.path.join(built, "kidrr_search"), pixel_bundle[0], str(out), caption, "-k", "3"])
+        hits = [line.split("\t") for line in got.stdout.splitlines() if not line.startswith("#")]
+        ref = rt.search_text(caption, 3, gallery=want)
+        assert [h[3][3:] for h in hits] == [label for label, _ in ref], got.stdout

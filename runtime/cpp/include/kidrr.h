@@ -137,6 +137,11 @@ KIDRR_API size_t kidrr_gallery_count(const kidrr_gallery* gallery); /* live item
  * search is always an exact scan of the globals (faiss indexes are not read). */
 KIDRR_API kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_gallery* gallery, const char* caption,
                                             size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
+/* Write encoded images as a NEW format-2 gallery folder (one segment, fp32 locals) with the given
+ * ids (n = the image count; unique non-empty UTF-8, <= 1024 bytes). The folder must not exist: it
+ * appears all at once, and nothing is overwritten. kidrr.gallery reads it and can append to it. */
+KIDRR_API kidrr_status kidrr_gallery_write(const kidrr_bundle* bundle, const kidrr_images* images, const char* const* ids,
+                                           size_t n, const char* folder);
 /* The id of a row: *id points into the gallery's map (valid until kidrr_gallery_close), *len bytes
  * of UTF-8, not NUL-terminated. */
 KIDRR_API kidrr_status kidrr_gallery_id(const kidrr_gallery* gallery, size_t row, const char** id, size_t* len);

@@ -8,6 +8,7 @@
 #include "disk_gallery.hpp"
 #include "error.hpp"
 #include "gallery.hpp"
+#include "gallery2_writer.hpp"
 #include "kidrr.h"
 #include "npy.hpp"
 
@@ -292,6 +293,22 @@ kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_galler
         auto found = bundle->impl->search(*gallery->impl, caption, k, shortlist);
         for (size_t t = 0; t < found.size(); ++t) hits[t] = {found[t].image, found[t].score};
         *n_hits = found.size();
+    });
+}
+
+kidrr_status kidrr_gallery_write(const kidrr_bundle* bundle, const kidrr_images* images, const char* const* ids, size_t n,
+                                 const char* folder) {
+    return guarded("kidrr_gallery_write", [&] {
+        REQUIRE(bundle && images && ids && folder && *folder, "bundle, images, ids and folder must not be NULL or empty");
+        REQUIRE(n == images->data.n, std::to_string(n) + " ids for " + std::to_string(images->data.n) + " images");
+        if (images->data.bundle_id != bundle->impl->identity())
+            throw kidrr::Error(KIDRR_ERR_INPUT, "the images were encoded by another bundle; encode them with this one");
+        std::vector<std::string> names;
+        for (size_t i = 0; i < n; ++i) {
+            REQUIRE(ids[i], "id " + std::to_string(i) + " is NULL");
+            names.emplace_back(ids[i]);
+        }
+        kidrr::write_gallery2(images->data, names, folder);
     });
 }
 
