@@ -233,7 +233,7 @@ def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads,
 @click.option("--shortlists", default="50,100,200", show_default=True, help="k' values")
 @click.option("--queries", type=int, default=60, show_default=True, help="text queries per configuration")
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
-@click.option("--methods", default="ivf,hnsw", show_default=True, help="ANN indexes to build (hnsw up to 100k)")
+@click.option("--methods", default="ivf", show_default=True, help="ANN indexes to build: ivf and/or hnsw (hnsw up to 100k)")
 @click.option("--precision-folds", type=int, default=1, show_default=True,
               help="5fold folds of the synthetic test set scored exhaustively per locals dtype (0: skip)")
 @click.option("--work", default=None, help="folder for the galleries (default: a temporary one, deleted)")

@@ -17,7 +17,7 @@ from ..errors import BackendUnavailable, BundleError, InputError
 from .. import optional
 from ..fileio import foreign_entries, replace_dir_atomic, staging_dir, write_atomic
 from .lint import lint_bundle
-from .manifest import check_bundle
+from .manifest import GRAPHS, check_bundle
 
 DEFAULT_SHAPES = "n=1:32:64,m=1:8:64,R=1:36:64,L=1:16:64"
 TIMING_CACHE = "timing.cache"
@@ -122,7 +122,8 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
     logger = trt.Logger(trt.Logger.WARNING)
     cache_path = os.path.join(engines_dir, TIMING_CACHE)
     # One engine set per key, holding the three plans: the runtime's trt backend loads a set.
-    profiles = {graph: input_profiles(entry, prof_shapes) for graph, entry in manifest["graphs"].items()}
+    profiles = {graph: input_profiles(entry, prof_shapes) for graph, entry in manifest["graphs"].items()
+                if graph in GRAPHS}   # the image graphs run on ONNX Runtime
     key = engine_key("+".join(manifest["graphs"][g]["sha256"] for g in sorted(profiles)), trt.__version__, sm,
                      engine_precision, {f"{g}.{name}": shape for g in sorted(profiles)
                                         for name, shape in profiles[g].items()})
@@ -133,7 +134,7 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
         return plans
     with staging_dir(engines_dir, ".tmp-engine-") as staging:
         meta = {"tensorrt": trt.__version__, "compute_capability": sm, "precision": engine_precision, "graphs": {}}
-        for graph, entry in manifest["graphs"].items():
+        for graph, entry in ((g, manifest["graphs"][g]) for g in profiles):
             log(f"  {graph}: building engine (TensorRT {trt.__version__}, sm {sm}, {engine_precision})")
             data = _build_one(major, logger, os.path.join(bundle, entry["file"]), profiles[graph], fp16_flag,
                               workspace_mb, cache_path)
