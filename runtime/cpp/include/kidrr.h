@@ -114,6 +114,17 @@ KIDRR_API kidrr_status kidrr_score(const kidrr_bundle* bundle, const kidrr_image
 KIDRR_API kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* gallery, const char* caption,
                                     size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
 
+/* Photos in (bundles with preprocessing + backbone graphs, docs/images.md; others give
+ * KIDRR_ERR_BUNDLE). Pixels are RGB8: `height` rows of `width` R,G,B bytes, rows `stride` bytes apart
+ * (stride >= 3 * width); at most the bundle's max_pixels. kidrr_extract_features writes the
+ * backbone's features (R x F floats, out_len >= R * F; *regions = R); kidrr_encode_pixels encodes n
+ * images into a set as kidrr_encode_images does. Decoding files (JPEG...) is the caller's: the
+ * kidrr_index example uses libjpeg-turbo. */
+KIDRR_API kidrr_status kidrr_extract_features(const kidrr_bundle* bundle, const uint8_t* rgb, size_t height, size_t width,
+                                              size_t stride, float* out, size_t out_len, size_t* regions);
+KIDRR_API kidrr_status kidrr_encode_pixels(const kidrr_bundle* bundle, const uint8_t* const* rgb, const size_t* heights,
+                                           const size_t* widths, const size_t* strides, size_t n, kidrr_images** out);
+
 /* Format-2 gallery folders (kidrr.gallery, docs/gallery.md): opened read-only and memory-mapped
  * (opening reads the manifest and the arrays' headers; searches read the globals they scan and the
  * locals they score), checked as the Python reader checks them: KIDRR_ERR_INPUT for a damaged

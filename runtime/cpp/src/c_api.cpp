@@ -233,6 +233,44 @@ kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* galler
     });
 }
 
+kidrr_status kidrr_extract_features(const kidrr_bundle* bundle, const uint8_t* rgb, size_t height, size_t width, size_t stride,
+                                    float* out, size_t out_len, size_t* regions) {
+    return guarded("kidrr_extract_features", [&] {
+        REQUIRE(bundle && rgb && out && regions, "bundle, rgb, out and regions must not be NULL");
+        const kidrr::Bundle& b = *bundle->impl;
+        const size_t need = kidrr::mul_size(b.image_regions(), b.feature_size(), "features", KIDRR_ERR_INVALID_ARGUMENT);
+        *regions = b.image_regions();
+        REQUIRE(b.has_image_graphs() == false || out_len >= need,
+                "out holds " + std::to_string(out_len) + " floats but R x F = " + std::to_string(need) + " are needed");
+        const std::vector<float> f = b.extract_features(rgb, height, width, stride);
+        std::copy(f.begin(), f.end(), out);
+    });
+}
+
+kidrr_status kidrr_encode_pixels(const kidrr_bundle* bundle, const uint8_t* const* rgb, const size_t* heights, const size_t* widths,
+                                 const size_t* strides, size_t n, kidrr_images** out) {
+    return guarded("kidrr_encode_pixels", [&] {
+        REQUIRE(out, "out must not be NULL");
+        *out = nullptr;
+        REQUIRE(bundle && rgb && heights && widths && strides, "bundle, rgb, heights, widths and strides must not be NULL");
+        REQUIRE(n > 0, "n must be at least 1");
+        const kidrr::Bundle& b = *bundle->impl;
+        std::vector<float> features;
+        for (size_t i = 0; i < n; ++i) {
+            REQUIRE(rgb[i], "image " + std::to_string(i) + " is NULL");
+            try {
+                const std::vector<float> f = b.extract_features(rgb[i], heights[i], widths[i], strides[i]);
+                features.insert(features.end(), f.begin(), f.end());
+            } catch (const kidrr::Error& e) {
+                throw kidrr::Error(e.code, "image " + std::to_string(i) + ": " + e.what());
+            }
+        }
+        auto img = std::make_unique<kidrr_images>();
+        img->data = b.encode_images(features.data(), n, b.image_regions(), b.feature_size());
+        *out = img.release();
+    });
+}
+
 kidrr_status kidrr_gallery_open(const kidrr_bundle* bundle, const char* folder, kidrr_gallery** out) {
     return guarded("kidrr_gallery_open", [&] {
         REQUIRE(out, "out must not be NULL");
