@@ -14,6 +14,7 @@ setup(
         "kidrr.export",
         "kidrr.gallery",
         "kidrr.images",
+        "kidrr.photos",
         "kidrr.runtime",
         "kidrr.serve",
     ],
@@ -24,9 +25,11 @@ setup(
         "kidrr.bench": "bench",
         "kidrr.gallery": "gallery",
         "kidrr.images": "images",
+        "kidrr.photos": "photos",
         "kidrr.serve": "serve",
     },
-    package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors"]},
+    package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors",
+                            "shipped_pixels/*.json", "shipped_pixels/*.safetensors"]},
     install_requires=[
         # Pinned to the CPU build that pip finds locally; a range would pull a multi-GB CUDA wheel.
         "torch==2.13.0",
@@ -62,6 +65,8 @@ setup(
             "kidrr-bench=kidrr.bench.cli:main",
             "kidrr-gallery=kidrr.gallery.cli:main",
             "kidrr-features=kidrr.images.features:main",
+            "kidrr-index=kidrr.photos.index:main",
+            "kidrr-search=kidrr.photos.search:main",
             "kidrr-render=kidrr.render:main",
             "kidrr-serve=kidrr.serve.cli:main",
         ]

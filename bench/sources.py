@@ -25,6 +25,11 @@ def shipped_checkpoint_dir() -> str:
     return str(resources.files("kidrr") / "shipped")
 
 
+def shipped_pixel_checkpoint_dir() -> str:
+    # Same folder as kidrr.checkpoint.shipped_pixel_checkpoint(), without importing torch.
+    return str(resources.files("kidrr") / "shipped_pixels")
+
+
 def cache_root() -> str:
     return os.path.abspath(os.environ.get("KIDRR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kidrr"))
 

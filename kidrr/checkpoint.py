@@ -32,6 +32,12 @@ def shipped_checkpoint() -> str:
     return str(resources.files("kidrr") / "shipped")
 
 
+def shipped_pixel_checkpoint() -> str:
+    """Folder of the second shipped model: trained on the pixel synthetic set's EfficientNet-Lite0
+    features (kidrr-render + kidrr-features); its config names the backbone, so its bundle takes images."""
+    return str(resources.files("kidrr") / "shipped_pixels")
+
+
 def check_replaceable_checkpoint(folder: str) -> None:
     """CheckpointError unless folder is empty or a kidrr checkpoint holding only a checkpoint's files."""
     entries = os.listdir(folder)

@@ -6,8 +6,9 @@ or vocabulary changes the numbers as surely as changed weights do.
 
 bundle_id: only what changes the numbers a bundle computes: its format, model config, tokenizer,
 precision, each graph's bytes (sha256) and I/O contract, and the other files' bytes. Not export
-timings, exporter versions or the verification report, so re-exporting the same checkpoint gives
-the same identity and galleries saved from the first export stay valid.
+timings, exporter versions or the verification report, so re-exporting the same checkpoint (with
+any exporter version that writes the same graphs) gives the same identity and saved galleries stay
+valid. The C ABI computes the same value (runtime/cpp/src/manifest.cpp identity_text).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def checkpoint_id(folder: str) -> str:
 
 
 def bundle_id(manifest: dict) -> str:
-    """sha256 of the canonical JSON of the manifest's number-changing fields (a validated manifest)."""
+    """sha256 of the canonical JSON (sorted keys, no spaces, ASCII escapes) of the manifest's
+    number-changing fields; absent fields count as null. `manifest` is a validated one."""
     graphs = {name: {k: entry.get(k) for k in GRAPH_KEYS} for name, entry in manifest["graphs"].items()}
     core = {k: manifest.get(k) for k in BUNDLE_KEYS}
     core["graphs"] = graphs

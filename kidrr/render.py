@@ -8,18 +8,21 @@ complete. A folder holding a different render (other seed, sizes or look) is ref
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import tempfile
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from .config import dump_json
 from .errors import ConfigError, DataError
-from .fileio import write_atomic
-from .synthetic import SyntheticConfig
-from .synthetic_images import SPLITS, PixelSplit, RenderConfig, make_pixel_split
+from .fileio import replace_dir_atomic, write_atomic
+from .synthetic import COLOURS, SIZES, SyntheticConfig
+from .synthetic_images import SHAPES, SPLITS, PixelSplit, RenderConfig, make_pixel_split, render_scene
 
 CAPTIONS_FILE, RECORD_FILE, IMAGES_DIR = "captions.tsv", "render.json", "images"
 
@@ -60,6 +63,60 @@ def write_pixel_split(split: PixelSplit, folder: str, progress: bool = True) -> 
     captions_path = os.path.join(folder, CAPTIONS_FILE)
     write_atomic(captions_path, ("\n".join(rows) + "\n").encode("utf-8"))
     return captions_path
+
+
+# The demo folder: DEMO_SCENES pictures of the pixel test split (seed DEMO_SEED), plus the example
+# query's scene and its three family members, so `kidrr-search --demo` shows the model telling
+# them apart. Scenes are (kind, colour, size, cell) indices; cells 3 and 5 are middle left / right.
+DEMO_SEED, DEMO_SCENES = 0, 60
+_K, _C, _S = SHAPES.index, COLOURS.index, SIZES.index
+DEMO_EXAMPLES = {
+    "example_big_red_circle_left_of_small_blue_square.png":
+        [(_K("circle"), _C("red"), _S("big"), 3), (_K("square"), _C("blue"), _S("small"), 5)],
+    "example_colours_swapped.png":
+        [(_K("circle"), _C("blue"), _S("big"), 3), (_K("square"), _C("red"), _S("small"), 5)],
+    "example_places_swapped.png":
+        [(_K("circle"), _C("red"), _S("big"), 5), (_K("square"), _C("blue"), _S("small"), 3)],
+    "example_sizes_swapped.png":
+        [(_K("circle"), _C("red"), _S("small"), 3), (_K("square"), _C("blue"), _S("big"), 5)],
+}
+
+
+def demo_record() -> dict:
+    synthetic = SyntheticConfig(test_images=DEMO_SCENES, seed=DEMO_SEED)
+    return {"demo": 1, "test_split": make_pixel_split("test", synthetic).describe(),
+            "examples": {name: [list(o) for o in scene] for name, scene in DEMO_EXAMPLES.items()},
+            "renderer": renderer_fingerprint()}
+
+
+def renderer_fingerprint() -> str:
+    """sha256 of the scene and drawing code: a changed renderer never reuses a stale demo folder."""
+    from importlib import resources
+    digest = hashlib.sha256()
+    for name in ("synthetic.py", "synthetic_images.py"):
+        digest.update((resources.files("kidrr") / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def render_demo_folder(root: str, progress: bool = False) -> str:
+    """The demo pictures in root/pixel-demo-<fingerprint>/ (rendered on first use, then reused)."""
+    record = demo_record()
+    folder = os.path.join(root, f"pixel-demo-{record['renderer']}")
+    done = os.path.join(folder, RECORD_FILE)
+    if os.path.exists(done):
+        return folder
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=root, prefix=".tmp-demo-")
+    split = make_pixel_split("test", SyntheticConfig(test_images=DEMO_SCENES, seed=DEMO_SEED))
+    pictures = [(split.file_name(i), lambda i=i: split.picture(i)[0]) for i in range(len(split))]
+    pictures += [(name, lambda k=k, scene=scene: render_scene(scene, np.random.default_rng([DEMO_SEED, 0xDE40, k]),
+                                                              split.render)[0])
+                 for k, (name, scene) in enumerate(DEMO_EXAMPLES.items())]
+    for name, draw in tqdm(pictures, desc="render demo", unit="img", disable=not progress):
+        draw().save(os.path.join(staging, name), format="PNG")
+    write_atomic(os.path.join(staging, RECORD_FILE), dump_json(record).encode())
+    replace_dir_atomic(staging, folder)  # whole folder or none: a half-rendered demo is never reused
+    return folder
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

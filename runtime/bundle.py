@@ -18,12 +18,14 @@ from kidrr.tokenizer import TOKENIZER_RULES, Vocabulary
 MANIFEST = "manifest.json"
 KNOWN_FORMATS = ("kidrr-bundle/1",)
 GRAPHS = ("image_encoder", "text_encoder", "similarity")
+IMAGE_GRAPHS = ("preprocess", "backbone")   # present when manifest["image"] is (docs/images.md)
 
 
 @dataclass(frozen=True)
 class Bundle:
     """A verified bundle. `identity` (kidrr.identity.bundle_id: what changes the numbers, not export
-    timings or versions) tags galleries built from it, so a re-export keeps saved galleries valid."""
+    timings or versions; the C ABI computes the same) tags galleries built from it, so a re-export
+    keeps saved galleries valid."""
     path: str
     manifest: dict
     vocab: Vocabulary
@@ -46,6 +48,15 @@ class Bundle:
 
     def graph_path(self, name: str) -> str:
         return os.path.join(self.path, self.graph(name)["file"])
+
+    @property
+    def image(self) -> dict | None:
+        """manifest["image"] (backbone, preprocessing, max_pixels) when the bundle takes pixels, else None."""
+        return self.manifest.get("image")
+
+    @property
+    def takes_pixels(self) -> bool:
+        return self.image is not None
 
 
 MAX_MANIFEST_BYTES = 16 << 20   # a real manifest is a few kB; refuse to read a crafted giant
@@ -159,6 +170,16 @@ def _check_structure(manifest: dict, path: str) -> None:
     for name in GRAPHS:
         if name not in manifest["graphs"]:
             raise BundleError(f"{path}: graph {name!r} has no file/sha256 entry; re-export the bundle")
+    image = manifest.get("image")
+    if image is not None:
+        if not isinstance(image, dict) or not isinstance(image.get("backbone"), str):
+            raise _bad(path, "field 'image' must be an object naming the backbone")
+        mp = image.get("max_pixels")
+        if not _is_int(mp) or mp < 1:
+            raise _bad(path, f"image max_pixels must be an integer >= 1, got {mp!r}")
+        for name in IMAGE_GRAPHS:
+            if name not in manifest["graphs"]:
+                raise BundleError(f"{path}: the bundle takes pixels but lists no {name!r} graph; re-export it")
     for name, entry in manifest["graphs"].items():
         _check_graph(name, entry, path)
     for rel, digest in manifest["files"].items():

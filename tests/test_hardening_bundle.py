@@ -46,7 +46,7 @@ def test_reexport_keeps_the_identity_and_saved_galleries(made, tmp_path):
     assert load_bundle(other).identity != first                        # other numbers, other identity
 
 
-@pytest.mark.parametrize("field", ["export_seconds", "exporter", "verification", "source_checkpoint_sha256"])
+@pytest.mark.parametrize("field", ["exporter", "source_checkpoint_sha256", "export_seconds", "verification"])
 def test_identity_ignores_fields_that_do_not_change_numbers(made, tmp_path, field):
     copy = str(tmp_path / "b")
     shutil.copytree(made[1], copy)
@@ -55,6 +55,20 @@ def test_identity_ignores_fields_that_do_not_change_numbers(made, tmp_path, fiel
     manifest[field] = {"edited": 1}
     json.dump(manifest, open(path, "w"))
     assert load_bundle(copy).identity == load_bundle(made[1]).identity
+
+
+def test_manifest_holds_nothing_a_reexport_changes(made, tmp_path):
+    """Timings and the verification report live in export_report.json, and two exports of one
+    checkpoint write the same manifest."""
+    ck, bundle, _ = made
+    again = str(tmp_path / "again")
+    export_bundle(ck, again, **QUIET)
+    manifest = json.load(open(os.path.join(bundle, "manifest.json")))
+    assert not {"export_seconds", "verification"} & set(manifest)
+    report = json.load(open(os.path.join(bundle, "export_report.json")))
+    assert set(report["export_seconds"]) == {"image_encoder", "text_encoder", "similarity"}
+    assert open(os.path.join(bundle, "manifest.json"), "rb").read() == open(os.path.join(again, "manifest.json"),
+                                                                            "rb").read()
 
 
 # ---- item 8: manifest fields --------------------------------------------------------------

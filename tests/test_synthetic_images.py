@@ -131,3 +131,24 @@ def test_render_writes_the_captions_layout_resumes_and_refuses_another_render(tm
     assert result.exit_code != 0 and "different render" in result.output
     assert sorted(p.name for p in (out / "dev" / "images").iterdir()) == [split.file_name(i) for i in range(4)]
     assert CliRunner().invoke(main, ["--out", str(out), "--splits", "nope"]).exit_code != 0
+
+
+def test_demo_folder_holds_the_example_scene_and_its_family_and_is_reused(tmp_path):
+    from PIL import Image
+    from kidrr.render import DEMO_EXAMPLES, DEMO_SCENES, render_demo_folder
+    folder = render_demo_folder(str(tmp_path))
+    pictures = sorted(p for p in __import__("os").listdir(folder) if p.endswith(".png"))
+    assert len(pictures) == DEMO_SCENES + len(DEMO_EXAMPLES)
+    for name, scene in DEMO_EXAMPLES.items():
+        pixels = np.asarray(Image.open(f"{folder}/{name}"), dtype=np.int16)
+        for obj in scene:
+            _check_object(pixels, *obj, what=name)
+    # The example the demo query names: a big red circle in the middle-left cell, a small blue square
+    # in the middle-right one.
+    assert DEMO_EXAMPLES["example_big_red_circle_left_of_small_blue_square.png"] == [
+        (SHAPES.index("circle"), COLOURS.index("red"), SIZES.index("big"), 3),
+        (SHAPES.index("square"), COLOURS.index("blue"), SIZES.index("small"), 5)]
+    stamp = (tmp_path / folder / pictures[0]).stat().st_mtime_ns
+    assert render_demo_folder(str(tmp_path)) == folder
+    assert (tmp_path / folder / pictures[0]).stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
