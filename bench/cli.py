@@ -254,6 +254,8 @@ def scale_command(max_images, shortlists, queries, threads, methods, precision_f
             raise InputError(f"--methods must be ivf and/or hnsw, got {methods!r}")
         if queries < 16 or threads < 1 or precision_folds < 0 or precision_folds > 5:
             raise InputError("--queries must be >= 16, --threads >= 1, --precision-folds in 0..5")
+        if json_path and os.path.isdir(json_path):     # found now, not after the whole run
+            raise InputError(f"--json {json_path} is a folder; give a file name")
         run = run_scale(max_images, kps, queries, threads, work, out, json_path, chosen, precision_folds, keep,
                         progress=not quiet)
     except KidrrError as exc:
