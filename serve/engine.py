@@ -4,7 +4,8 @@
 image queries against the caption index, scoring given pairs, encoding. Text search is where the
 engines differ: `LocalEngine` batches concurrent queries (MicroBatcher) and searches its shards in
 this process; the Ray engine (ray_engine.py) encodes once at its ingress and fans out to shard
-deployments. Both return gallery positions; the app turns them into ids.
+deployments. Both return shard labels (a v1 gallery's positions, a format-2 gallery's ids); the app
+turns positions into ids.
 """
 from __future__ import annotations
 

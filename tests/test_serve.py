@@ -304,6 +304,10 @@ def test_start_up_refuses_bad_bundle_gallery_or_ids(built, tmp_path):
     short_ids.write_text("a\nb\n")
     r = _invoke(["--bundle", bundle, "--gallery", gallery_path, "--ids", str(short_ids)])
     assert r.exit_code == 2 and "2 lines but the gallery holds 60" in r.output
+    long_captions = tmp_path / "captions.txt"
+    long_captions.write_text("a dog\n" + "a red car " * 10 + "\n")
+    r = _invoke(["--bundle", bundle, "--gallery", gallery_path, "--captions", str(long_captions)])
+    assert r.exit_code == 2 and "caption 1 has" in r.output and "captions.txt" in r.output
     (tmp_path / "g.npz").write_bytes(b"PK\x03\x04 not a gallery")
     r = _invoke(["--bundle", bundle, "--gallery", str(tmp_path / "g.npz")])
     assert r.exit_code == 2 and "kidrr gallery file" in r.output
