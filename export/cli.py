@@ -26,12 +26,15 @@ def main():
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 @click.option("--no-verify", is_flag=True, help="skip the torch-vs-onnxruntime parity and recall checks")
 @click.option("--recall-images", type=int, default=None, help="synthetic dev images for the recall delta (all)")
-def onnx_cmd(checkpoint, out_dir, opset, precision, force, no_verify, recall_images):
-    """Write the bundle (manifest.json, vocab.json, three ONNX graphs) and verify it."""
+@click.option("--backbone", default=None,
+              help="expected image backbone (default: the one recorded in the checkpoint's config, if any)")
+def onnx_cmd(checkpoint, out_dir, opset, precision, force, no_verify, recall_images, backbone):
+    """Write the bundle (manifest.json, vocab.json, three ONNX graphs; plus preprocess.onnx and
+    backbone.onnx when the checkpoint was trained on kidrr-features output) and verify it."""
     from .bundle import export_bundle
     try:
         export_bundle(checkpoint, out_dir, precision=precision, opset=opset, force=force, verify=not no_verify,
-                      recall_images=recall_images)  # default log: above the progress bar
+                      recall_images=recall_images, backbone=backbone)  # default log: above the progress bar
     except KidrrError as exc:
         _fail(exc)
 

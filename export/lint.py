@@ -10,6 +10,7 @@ from . import trt_support as ts
 from .manifest import check_bundle
 
 PROFILE_AXES = ("n", "m", "R", "L")
+IMAGE_AXES = ("H", "W")   # preprocess.onnx: one image of any size (it runs on ONNX Runtime CPU)
 
 
 def _dtype_name(elem: int) -> str:
@@ -17,9 +18,13 @@ def _dtype_name(elem: int) -> str:
         elem, helper.tensor_dtype_to_np_dtype(elem).name if elem else "undefined")
 
 
-def lint_model(model: onnx.ModelProto, name: str) -> list:
-    """Problems (strings) that would stop TensorRT's parser or its optimisation profiles."""
+def lint_model(model: onnx.ModelProto, name: str, ort_only: bool = False) -> list:
+    """Problems (strings) that would stop TensorRT's parser or its optimisation profiles.
+
+    ort_only (preprocess.onnx, which always runs on ONNX Runtime's CPU provider): uint8 tensors and
+    the image axes H, W are allowed; every other rule still applies."""
     problems = []
+    profile_axes = PROFILE_AXES + IMAGE_AXES if ort_only else PROFILE_AXES
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if not ts.TRT_MIN_OPSET <= opset <= ts.TRT_MAX_OPSET:
         problems.append(f"{name}: opset {opset} is outside TensorRT's {ts.TRT_MIN_OPSET}..{ts.TRT_MAX_OPSET}")
@@ -40,7 +45,7 @@ def lint_model(model: onnx.ModelProto, name: str) -> list:
     io_names = {v.name for v in list(flat.graph.input) + list(flat.graph.output)}
     for v in values:
         dt = _dtype_name(v.type.tensor_type.elem_type)
-        if dt not in ts.SUPPORTED_DTYPES and not (dt == "uint8" and v.name in io_names):
+        if dt not in ts.SUPPORTED_DTYPES and not (dt == "uint8" and (ort_only or v.name in io_names)):
             problems.append(f"{name}: tensors of dtype {dt}, which TensorRT does not support inside a network")
     for t in flat.graph.initializer:
         dt = _dtype_name(t.data_type)
@@ -49,9 +54,9 @@ def lint_model(model: onnx.ModelProto, name: str) -> list:
     for v in model.graph.input:
         for k, d in enumerate(v.type.tensor_type.shape.dim):
             if d.HasField("dim_param"):
-                if d.dim_param not in PROFILE_AXES:
+                if d.dim_param not in profile_axes:
                     problems.append(f"{name}: input {v.name} axis {k} is dynamic ({d.dim_param!r}) but not one of "
-                                    f"the profile axes {PROFILE_AXES}")
+                                    f"the profile axes {profile_axes}")
             elif d.dim_value < 1:
                 problems.append(f"{name}: input {v.name} axis {k} has no size and no name: no profile can cover it")
     counts: dict = {}
@@ -63,4 +68,6 @@ def lint_model(model: onnx.ModelProto, name: str) -> list:
 def lint_bundle(bundle: str) -> dict:
     """{graph: [problems]} after checking the bundle's hashes (BundleError if edited)."""
     manifest = check_bundle(bundle)
-    return {g: lint_model(onnx.load(os.path.join(bundle, e["file"])), g) for g, e in manifest["graphs"].items()}
+    return {g: lint_model(onnx.load(os.path.join(bundle, e["file"])), g,
+                          ort_only=(g == "preprocess"))
+            for g, e in manifest["graphs"].items()}

@@ -8,7 +8,10 @@ from ..fileio import sha256_file
 FORMAT = "kidrr-bundle/1"
 MANIFEST = "manifest.json"
 GRAPHS = ("image_encoder", "text_encoder", "similarity")
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
+# Optional, present when the checkpoint names an image backbone (docs/images.md). preprocess always
+# runs on ONNX Runtime's CPU provider; TensorRT engines are built for GRAPHS only.
+IMAGE_GRAPHS = ("preprocess", "backbone")
+_DTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
            onnx.TensorProto.INT32: "int32", onnx.TensorProto.BOOL: "bool", onnx.TensorProto.DOUBLE: "float64"}
 
 

@@ -21,8 +21,9 @@ INPUT, OUTPUT = "pixels", "images"
 
 def preprocessing_graph(backbone: str, opset: int = 18) -> onnx.ModelProto:
     """HWC uint8 -> NCHW float32 at the backbone's size: Cast, Transpose, antialiased linear Resize,
-    (x - mean) / scale. Antialias (opset >= 18) widens the triangle filter when shrinking, as Pillow's
-    BILINEAR does; without it a 4000 px photo would be point-sampled."""
+    (x - mean) / scale. Antialias (opset >= 18) widens the triangle filter when shrinking and
+    exclude_outside=1 renormalises the weights cut off at the borders: together that is Pillow's
+    BILINEAR on a float image (equal within float32 rounding, tests/test_images.py)."""
     if opset < 18:
         raise ValueError("the preprocessing graph needs opset >= 18 (Resize antialias)")
     side = backbone_spec(backbone).input_size
@@ -36,7 +37,7 @@ def preprocessing_graph(backbone: str, opset: int = 18) -> onnx.ModelProto:
         helper.make_node("Transpose", ["nhwc"], ["nchw_u8"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", ["nchw_u8"], ["nchw"], to=TensorProto.FLOAT),
         helper.make_node("Resize", ["nchw", "", "", "sizes"], ["resized"], mode="linear", antialias=1,
-                         coordinate_transformation_mode="half_pixel"),
+                         exclude_outside=1, coordinate_transformation_mode="half_pixel"),
         helper.make_node("Sub", ["resized", "mean"], ["centred"]),
         helper.make_node("Mul", ["centred", "inv_scale"], [OUTPUT]),
     ]

@@ -57,7 +57,7 @@ def backbone_spec(name: str) -> BackboneSpec:
 # (x - 127) / 128 on 0..255 RGB, the normalisation these Lite weights were trained with.
 PREPROCESSING = {
     "name": "kidrr-whole-image/1",
-    "resize": "onnx Resize mode=linear antialias=1 coordinate_transformation_mode=half_pixel, float32",
+    "resize": "onnx Resize mode=linear antialias=1 exclude_outside=1 coordinate_transformation_mode=half_pixel, float32",
     "crop": "none (aspect ratio not kept)",
     "mean": 127.0,
     "scale": 128.0,

@@ -5,6 +5,7 @@ Torch-free. The runtime trusts nothing in the folder that manifest.json does not
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -12,18 +13,19 @@ from dataclasses import dataclass
 from kidrr.config import ModelConfig
 from kidrr.errors import BundleError, CheckpointError, ConfigError
 from kidrr.fileio import sha256_file
-from kidrr.identity import bundle_id
 from kidrr.tokenizer import TOKENIZER_RULES, Vocabulary
 
 MANIFEST = "manifest.json"
 KNOWN_FORMATS = ("kidrr-bundle/1",)
 GRAPHS = ("image_encoder", "text_encoder", "similarity")
+IMAGE_GRAPHS = ("preprocess", "backbone")   # present when manifest["image"] is (docs/images.md)
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle. `identity` (kidrr.identity.bundle_id: what changes the numbers, not export
-    timings or versions) tags galleries built from it, so a re-export keeps saved galleries valid."""
+    """A verified bundle. `identity` (sha256 of manifest.json, as the C ABI computes it) tags galleries
+    built from it. The exporter keeps timings and reports out of the manifest (export_report.json),
+    so re-exporting a checkpoint gives the same identity and saved galleries stay valid."""
     path: str
     manifest: dict
     vocab: Vocabulary
@@ -47,11 +49,20 @@ class Bundle:
     def graph_path(self, name: str) -> str:
         return os.path.join(self.path, self.graph(name)["file"])
 
+    @property
+    def image(self) -> dict | None:
+        """manifest["image"] (backbone, preprocessing, max_pixels) when the bundle takes pixels, else None."""
+        return self.manifest.get("image")
+
+    @property
+    def takes_pixels(self) -> bool:
+        return self.image is not None
+
 
 MAX_MANIFEST_BYTES = 16 << 20   # a real manifest is a few kB; refuse to read a crafted giant
 
 
-def _read_manifest(folder: str) -> dict:
+def _read_manifest(folder: str) -> tuple[dict, bytes]:
     path = os.path.join(folder, MANIFEST)
     try:
         if not os.path.isdir(folder):
@@ -78,7 +89,7 @@ def _read_manifest(folder: str) -> dict:
                           f"re-export it") from exc
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} must hold a JSON object, not {type(manifest).__name__}; re-export the bundle")
-    return manifest
+    return manifest, raw
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -159,6 +170,16 @@ def _check_structure(manifest: dict, path: str) -> None:
     for name in GRAPHS:
         if name not in manifest["graphs"]:
             raise BundleError(f"{path}: graph {name!r} has no file/sha256 entry; re-export the bundle")
+    image = manifest.get("image")
+    if image is not None:
+        if not isinstance(image, dict) or not isinstance(image.get("backbone"), str):
+            raise _bad(path, "field 'image' must be an object naming the backbone")
+        mp = image.get("max_pixels")
+        if not _is_int(mp) or mp < 1:
+            raise _bad(path, f"image max_pixels must be an integer >= 1, got {mp!r}")
+        for name in IMAGE_GRAPHS:
+            if name not in manifest["graphs"]:
+                raise BundleError(f"{path}: the bundle takes pixels but lists no {name!r} graph; re-export it")
     for name, entry in manifest["graphs"].items():
         _check_graph(name, entry, path)
     for rel, digest in manifest["files"].items():
@@ -220,7 +241,7 @@ def _verify_file(folder: str, rel: str, expected: str) -> None:
 def load_bundle(folder: str, verify: bool = True) -> Bundle:
     """Open and verify a bundle folder. verify=False skips the hashes (not the format check)."""
     folder = os.path.abspath(folder)
-    manifest = _read_manifest(folder)
+    manifest, raw = _read_manifest(folder)
     path = os.path.join(folder, MANIFEST)
     _check_structure(manifest, path)
     vocab_rel = manifest["tokenizer"]["vocab"]
@@ -238,4 +259,4 @@ def load_bundle(folder: str, verify: bool = True) -> Bundle:
     if size != len(vocab):
         raise BundleError(f"bundle file {vocab_rel} has {len(vocab)} words but the manifest's model says "
                           f"vocab_size {size}; re-export the bundle")
-    return Bundle(folder, manifest, vocab, bundle_id(manifest))
+    return Bundle(folder, manifest, vocab, hashlib.sha256(raw).hexdigest())

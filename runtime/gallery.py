@@ -23,6 +23,7 @@ from .search import shortlist_rows
 
 GALLERY_FORMAT = "kidrr-gallery/1"
 V1_MEMBERS = {"format", "bundle_id", "locals", "globals"}
+V1_OPTIONAL = {"names"}   # the images' file names (encode_image_files); older files have none
 
 
 @runtime_checkable
@@ -48,15 +49,25 @@ def _freeze(*arrays):
 
 @dataclass(frozen=True)
 class Gallery:
-    """Image locals (n, R, D), globals (n, D), and the bundle identity they came from."""
+    """Image locals (n, R, D), globals (n, D), the bundle identity they came from, and optionally one
+    name per row (the image's file name, from encode_image_files): search then answers with the names."""
     locals: np.ndarray
     globals: np.ndarray
     bundle_id: str
+    names: tuple | None = None
 
     def __post_init__(self):
         if self.locals.ndim != 3 or self.globals.ndim != 2 or len(self.locals) != len(self.globals) \
                 or self.locals.shape[2] != self.globals.shape[1]:
             raise InputError(f"gallery arrays disagree: locals {self.locals.shape}, globals {self.globals.shape}")
+        if self.names is not None:
+            names = tuple(self.names)
+            if len(names) != len(self.globals) or not all(isinstance(n, str) and n for n in names):
+                raise InputError(f"gallery names must be {len(self.globals)} non-empty strings (one per image), "
+                                 f"got {len(names)}")
+            if len(set(names)) != len(names):
+                raise InputError("gallery names must be unique (they are what search answers with)")
+            object.__setattr__(self, "names", names)
         _freeze(self.locals, self.globals)
 
     def __len__(self) -> int:
@@ -70,6 +81,8 @@ class Gallery:
         return self.locals[rows], self.globals[rows]
 
     def labels(self, rows) -> list:
+        if self.names is not None:
+            return [self.names[int(r)] for r in rows]
         return [int(r) for r in rows]
 
     def tiles(self, rows_per_tile: int):
@@ -83,8 +96,9 @@ class Gallery:
 
     def save(self, path: str) -> None:
         buf = io.BytesIO()
+        names = {} if self.names is None else {"names": np.array(self.names, dtype=str)}
         np.savez(buf, format=np.array(GALLERY_FORMAT), bundle_id=np.array(self.bundle_id),
-                 locals=self.locals, globals=self.globals)
+                 locals=self.locals, globals=self.globals, **names)
         write_atomic(path, buf.getvalue())
 
     @classmethod
@@ -121,7 +135,13 @@ class Gallery:
         bad = ~(np.isfinite(locs).all(axis=(1, 2)) & np.isfinite(globs).all(axis=1))
         if bad.any():
             raise DataError(f"{path}: items {np.flatnonzero(bad)[:5].tolist()} hold NaN or inf; rebuild the gallery")
-        return cls(locs, globs, tag)
+        names = arrays.get("names")
+        if names is not None:
+            if names.dtype.kind != "U" or names.shape != (len(globs),):
+                raise DataError(f"{path}: names must be {len(globs)} strings, got {names.dtype} {names.shape}; "
+                                f"rebuild the gallery")
+            names = tuple(str(n) for n in names)
+        return cls(locs, globs, tag, names)
 
 
 def _read_v1(path: str) -> dict:
@@ -133,8 +153,9 @@ def _read_v1(path: str) -> dict:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
-            if set(infos) != V1_MEMBERS:
-                raise damaged(f"members {sorted(infos)}, expected {sorted(V1_MEMBERS)}")
+            if not V1_MEMBERS <= set(infos) <= V1_MEMBERS | V1_OPTIONAL:
+                raise damaged(f"members {sorted(infos)}, expected {sorted(V1_MEMBERS)} (and optionally "
+                              f"{sorted(V1_OPTIONAL)})")
             out = {}
             for name, info in infos.items():
                 with zf.open(info) as fh:

@@ -47,21 +47,26 @@ class OrtRunner(Runner):
         opts.log_severity_level = 3
         self.sessions = {}
         for graph in ("image_encoder", "text_encoder", "similarity"):
-            try:
-                self.sessions[graph] = ort.InferenceSession(bundle.graph_path(graph), sess_options=opts,
-                                                            providers=self.providers)
-            except Exception as exc:  # onnxruntime raises its own unexported exception types
-                raise BundleError(f"bundle file {bundle.graph(graph)['file']} cannot be loaded by "
-                                  f"onnxruntime ({str(exc)[:300]}); re-export the bundle") from exc
+            self.sessions[graph] = self._session(ort, bundle, graph, opts)
+        if bundle.takes_pixels:
+            self.sessions["backbone"] = self._session(ort, bundle, "backbone", opts)
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
         self._inputs = {g: [i.name for i in s.get_inputs()] for g, s in self.sessions.items()}
 
-        for graph, names in INPUTS.items():
+        expected = dict(INPUTS, **({"backbone": ("images",)} if bundle.takes_pixels else {}))
+        for graph, names in expected.items():
             if sorted(self._inputs[graph]) != sorted(names):
                 raise BundleError(f"bundle file {bundle.graph(graph)['file']} has inputs {self._inputs[graph]}, "
                                   f"the contract (docs/bundle.md) says {list(names)}; re-export the bundle")
             check_graph_io(bundle, graph, [(i.name, ORT_DTYPES.get(i.type, i.type), i.shape)
                                            for i in self.sessions[graph].get_inputs()])
+
+    def _session(self, ort, bundle, graph, opts):
+        try:
+            return ort.InferenceSession(bundle.graph_path(graph), sess_options=opts, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own unexported exception types
+            raise BundleError(f"bundle file {bundle.graph(graph)['file']} cannot be loaded by "
+                              f"onnxruntime ({str(exc)[:300]}); re-export the bundle") from exc
 
     def _run(self, graph: str, feeds: dict):
         # session.run is thread-safe in onnxruntime; numpy inputs that are already contiguous
@@ -71,6 +76,13 @@ class OrtRunner(Runner):
     def encode_images(self, features):
         locs, glob = self._run("image_encoder", {"features": as_float32(features)})
         return locs, glob
+
+    def extract_features(self, images):
+        if "backbone" not in self.sessions:
+            raise BundleError(f"bundle {self.bundle.path} has no image backbone: it takes region features, not "
+                              f"pixels; export a checkpoint trained on kidrr-features output")
+        (features,) = self._run("backbone", {"images": as_float32(images)})
+        return features
 
     def encode_texts(self, ids, lengths):
         locs, glob = self._run("text_encoder", {"ids": as_int64(ids), "lengths": as_int64(lengths)})

@@ -46,6 +46,7 @@ class Retriever:
         self._lock = threading.Lock()
         self._gallery: Gallery | None = None
         self._captions: CaptionIndex | None = None
+        self._pre = None   # the preprocessing session, made on first use (bundles with a backbone)
 
     @property
     def bundle_id(self) -> str:
@@ -61,6 +62,77 @@ class Retriever:
             locs.append(l)
             globs.append(g)
         return Gallery(np.concatenate(locs), np.concatenate(globs), self.bundle_id)
+
+    # ---- pixels in (bundles with a backbone; docs/images.md) ------------------------------------
+    def _preprocessor(self):
+        if not self.bundle.takes_pixels:
+            raise BundleError(f"bundle {self.bundle.path} takes region features, not pixels (it has no "
+                              f"backbone); export a checkpoint trained on kidrr-features output")
+        with self._lock:
+            if self._pre is None:
+                from kidrr.images.preprocess import Preprocessor
+                self._pre = Preprocessor(self.bundle.graph_path("preprocess"), threads=self.runner.threads)
+            return self._pre
+
+    def _encode_batches(self, sources, names, strict, batch_size, progress, report):
+        from kidrr.images.batch import decode_batch, unique_names
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        pre = self._preprocessor()
+        max_pixels = int(self.bundle.image.get("max_pixels") or 0) or None
+        keep = unique_names(names, report)
+        if strict and len(report):
+            name, reason, message = report.skipped[0]
+            raise InputError(f"{name}: [{reason}] {message}")
+        sources, names = [sources[i] for i in keep], [names[i] for i in keep]
+        locs, globs, kept = [], [], []
+        with tqdm(total=len(names), desc="encoding images", unit="img", disable=not progress, leave=False) as bar:
+            for i in range(0, len(names), batch_size):
+                kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+                batch, ok = decode_batch(sources[i:i + batch_size], names[i:i + batch_size], pre, report,
+                                         strict=strict, **kw)
+                if batch is not None:
+                    l, g = self.runner.encode_images(self.runner.extract_features(batch))
+                    locs.append(l)
+                    globs.append(g)
+                    kept.extend(ok)
+                bar.update(len(names[i:i + batch_size]))
+        if not kept:
+            raise InputError(f"none of the {len(names)} image(s) could be encoded: "
+                             + "; ".join(m for _, _, m in report.skipped[:3]))
+        return Gallery(np.concatenate(locs), np.concatenate(globs), self.bundle_id, names=tuple(kept))
+
+    def encode_image_files(self, paths, names=None, strict: bool = False, batch_size: int = 32,
+                           progress: bool = False, report=None) -> Gallery:
+        """Image files -> Gallery whose ids are the names (default: the paths as given).
+
+        A file that cannot be used is left out (no row) and listed in report (a
+        kidrr.images.batch.SkipReport, if given); strict=True raises at the first one instead.
+        """
+        from kidrr.images.batch import SkipReport
+        paths = [str(p) for p in paths]
+        names = list(names) if names is not None else paths
+        if len(names) != len(paths):
+            raise InputError(f"{len(paths)} paths but {len(names)} names")
+        if not paths:
+            raise InputError("no image files given")
+        return self._encode_batches(paths, names, strict, batch_size, progress,
+                                    report if report is not None else SkipReport())
+
+    def encode_pixels(self, arrays, names=None, strict: bool = True, batch_size: int = 32, report=None) -> Gallery:
+        """RGB8 arrays (H, W, 3) uint8, any sizes -> Gallery (ids: names, default '0', '1', ...).
+
+        strict by default: an unusable array is the caller's bug, not a bad file in a folder."""
+        from kidrr.images.batch import SkipReport
+        arrays = list(arrays)
+        if not arrays:
+            raise InputError("no images given")
+        names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(arrays))]
+        if len(names) != len(arrays):
+            raise InputError(f"{len(arrays)} arrays but {len(names)} names")
+        arrays = [np.asarray(a) for a in arrays]
+        return self._encode_batches(arrays, names, strict, batch_size, False,
+                                    report if report is not None else SkipReport())
 
     def encode_texts(self, captions, on_long: str | None = None, on_unknown: str | None = None) -> CaptionIndex:
         """list[str] -> CaptionIndex (sorted by length inside; scores come back in your order)."""
@@ -165,7 +237,8 @@ class Retriever:
         if kp is None and isinstance(gallery, Gallery):
             scores = self.score(gallery, queries)           # (n, q) in query order
             for q in range(len(queries)):
-                results[q] = top_k(scores[:, q], k)
+                best = top_k(scores[:, q], k)
+                results[q] = list(zip(gallery.labels([i for i, _ in best]), [sc for _, sc in best]))
         elif kp is None:
             results = self._search_streamed(gallery, queries, k)
         else:

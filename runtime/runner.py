@@ -105,6 +105,10 @@ class Runner(ABC):
     def score(self, img_locals, img_global, cap_locals, cap_global, cap_lengths) -> np.ndarray:
         """One tile: n images x m captions -> float32 scores (n, m)."""
 
+    def extract_features(self, images: np.ndarray) -> np.ndarray:
+        """float32 (n, 3, S, S) preprocessed images -> region features (n, R, F): the bundle's backbone."""
+        raise BackendUnavailable(f"backend {self.name!r} does not run image backbones; use backend='ort'")
+
     def describe(self) -> str:
         return self.name
 

@@ -35,6 +35,16 @@ class TorchRunner(Runner):
                               f"one bundle {bundle.path} was exported from ({str(expected)[:12]}...); pass "
                               f"checkpoint=<the folder given to kidrr-export>")
         self.model, self.device = model, device
+        self.backbone = None
+        if bundle.takes_pixels:
+            from kidrr.backbone import load_backbone
+            self.backbone = load_backbone(bundle.image["backbone"]).to(device)
+
+    def extract_features(self, images):
+        if self.backbone is None:
+            raise BundleError(f"bundle {self.bundle.path} has no image backbone: it takes region features, not pixels")
+        with self.torch.inference_mode():
+            return self.backbone(self._tensor(as_float32(images))).cpu().numpy()
 
     def _tensor(self, x):
         # Galleries are read-only arrays; torch wants writable memory, so those are copied (reference path).

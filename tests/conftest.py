@@ -37,3 +37,41 @@ def tiny_model():
     model = KIDRR(ModelConfig.small(vocab_size=len(vocab), feature_size=24, embed_size=32, sim_size=16,
                                     knowledge_nodes=4)).eval()
     return model, vocab
+
+
+@pytest.fixture(scope="session")
+def features_data(tmp_path_factory):
+    """A kidrr-features data folder (train: 4 photos, dev: 2), extracted once per test session."""
+    from image_files import photo_folder, write_tsv
+    from kidrr.images.features import extract_features
+    root = tmp_path_factory.mktemp("features")
+    folder = os.path.join(root, "photos")
+    names = photo_folder(folder, 6, seed=5)
+    out = os.path.join(root, "data")
+    for split, part in (("train", names[:4]), ("dev", names[4:])):
+        write_tsv(os.path.join(root, f"{split}.tsv"), part)
+        extract_features(folder, os.path.join(root, f"{split}.tsv"), out, split, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pixel_bundle(tmp_path_factory):
+    """(bundle folder, checkpoint folder) of a tiny random KIDRR model on Lite0 features, exported once
+    per session with the preprocessing and backbone graphs (and verified at export)."""
+    import torch
+    from kidrr.backbone import features_record
+    from kidrr.checkpoint import save_checkpoint
+    from kidrr.config import ModelConfig
+    from kidrr.export.bundle import export_bundle
+    from kidrr.model import KIDRR
+    from kidrr.tokenizer import Vocabulary
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["a red circle", "a blue square on the grass", "two dogs play in the snow"] * 3)
+    record = {k: v for k, v in features_record("efficientnet-lite0").items()}
+    model = KIDRR(ModelConfig.small(vocab_size=len(vocab), feature_size=1280, embed_size=32, sim_size=16,
+                                    knowledge_nodes=4, image_backbone=record)).eval()
+    root = tmp_path_factory.mktemp("pixel-bundle")
+    ckpt, bundle = os.path.join(root, "ckpt"), os.path.join(root, "bundle")
+    save_checkpoint(ckpt, model, vocab)
+    export_bundle(ckpt, bundle, progress=False, log=lambda m: None)
+    return bundle, ckpt

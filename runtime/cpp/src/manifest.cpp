@@ -5,7 +5,6 @@
 
 #include "error.hpp"
 #include "json.hpp"
-#include "sha256.hpp"
 #include "tokenizer.hpp"
 
 namespace kidrr {
@@ -77,34 +76,30 @@ GraphSpec graph(const Json& graphs, const char* name, size_t n_inputs, size_t n_
     return g;
 }
 
-// kidrr.identity.bundle_id: sha256 of the canonical JSON (sorted keys, no spaces, non-ASCII escaped,
-// as Python's json.dumps(sort_keys=True, separators=(",", ":"))) of only the fields that change the
-// numbers, so a re-export of the same checkpoint keeps its identity. Absent fields are null.
-std::string bundle_identity(const Json& m, const Json& graphs) {
-    static const char* const kBundleKeys[] = {"format", "model", "tokenizer", "precision", "files"};
-    static const char* const kGraphKeys[] = {"file", "sha256", "opset", "precision", "inputs", "outputs", "kidrr_functions"};
-    Json core = Json::object();
-    for (const char* k : kBundleKeys) {
-        const Json* v = member(m, k);
-        core[k] = v ? *v : Json(nullptr);
-    }
-    Json per_graph = Json::object();
-    for (const auto& [name, entry] : graphs.items()) {
-        Json g = Json::object();
-        for (const char* k : kGraphKeys) {
-            const Json* v = member(entry, k);
-            g[k] = v ? *v : Json(nullptr);
-        }
-        per_graph[name] = std::move(g);
-    }
-    core["graphs"] = std::move(per_graph);
-    const std::string canonical = core.dump(-1, ' ', /*ensure_ascii=*/true);
-    Sha256 h;
-    h.update(canonical.data(), canonical.size());
-    return h.hex_digest();
-}
-
 }  // namespace
+
+std::string identity_text(const Json& m) {
+    static const char* const kGraphKeys[] = {"file", "sha256", "opset", "precision", "inputs", "outputs", "kidrr_functions"};
+    static const char* const kBundleKeys[] = {"format", "model", "tokenizer", "precision", "files"};
+    auto value = [](const Json& obj, const char* key) {
+        const Json* v = member(obj, key);
+        return v ? *v : Json(nullptr);
+    };
+    Json core = Json::object();
+    for (const char* k : kBundleKeys) core[k] = value(m, k);
+    Json graphs = Json::object();
+    for (const auto& [name, entry] : m.at("graphs").items()) {
+        Json g = Json::object();
+        for (const char* k : kGraphKeys) g[k] = value(entry, k);
+        graphs[name] = g;
+    }
+    core["graphs"] = graphs;
+    // nlohmann's objects are sorted by key (byte order = code point order for UTF-8, as Python's
+    // sort_keys), dump() without indent writes "," and ":" unspaced, ensure_ascii escapes as
+    // Python does (lower-case u-escapes, surrogate pairs, DEL escaped), and doubles print shortest round-trip
+    // ("0.1", "1e-05", "9.0") as Python's repr.
+    return core.dump(-1, ' ', true);
+}
 
 Manifest parse_manifest(std::string_view raw, const std::string& path) {
     const Json m = parse_json(raw, path);
@@ -119,6 +114,7 @@ Manifest parse_manifest(std::string_view raw, const std::string& path) {
     if (string(tok, "rules", "tokenizer.rules", path) != kTokenizerRules)
         throw Error(KIDRR_ERR_BUNDLE, path + ": tokenizer rules differ from this runtime's " + std::string(kTokenizerRules));
     Manifest out;
+    out.identity_text = identity_text(m);
     out.feature_size = positive_int(member(model, "feature_size"), "model.feature_size", path);
     out.embed_size = positive_int(member(model, "embed_size"), "model.embed_size", path);
     const Json* max_len = member(tok, "max_caption_len");
@@ -154,7 +150,6 @@ Manifest parse_manifest(std::string_view raw, const std::string& path) {
         if (sha.size() != 64 || sha.find_first_not_of("0123456789abcdef") != std::string::npos)
             bad(path, "the sha256 of " + rel + " is not 64 lower-case hex digits");
     }
-    out.identity = bundle_identity(m, graphs);
     return out;
 }
 
