@@ -74,6 +74,24 @@ class Engine:
         return await self._work(lambda: self.retriever.search_image(feats[0], k, captions=self.caption_index,
                                                                      shortlist=kp))
 
+    async def search_image_file(self, data: bytes, k: int, shortlist: int | None) -> list:
+        """Captions for an uploaded image file (JPEG, PNG...): decoded with the images package's limits,
+        encoded by the bundle's preprocessing and backbone graphs (bundles exported with them only)."""
+        if not self.retriever.bundle.takes_pixels:
+            raise NotAvailable("this bundle has no image graphs (preprocess + backbone), so it takes region "
+                               "features only: POST them to /v1/search/captions, or serve a bundle exported "
+                               "from a checkpoint trained on kidrr-features")
+        if self.caption_index is None:
+            raise NotAvailable("this service has no caption index; start it with --captions FILE")
+        k = check_k(k, len(self.caption_index), "caption index")
+        kp = check_shortlist(shortlist, k, len(self.caption_index))
+
+        def run():
+            from kidrr.images.decode import decode_image      # Pillow, only for this endpoint
+            query = self.retriever.encode_pixels([decode_image(bytes(data), name="the uploaded image")])
+            return self.retriever.search_image(query, k, captions=self.caption_index, shortlist=kp)[0]
+        return await self._work(run)
+
     async def score(self, features, captions: list) -> np.ndarray:
         feats = self.check_image(features)
         return await self._work(lambda: self.retriever.score(self.retriever.encode_images(feats), captions))
