@@ -120,6 +120,10 @@ def test_search_text_answers_with_file_names(pixel_bundle, photos, tmp_path):
             rt.encode_pixels([np.zeros((4, 4, 3), np.float32)])
         with pytest.raises(InputError, match="broken.png"):
             rt.encode_image_files([os.path.join(folder, "broken.png")], strict=True)
+        from kidrr.images.batch import SkipReport
+        dup_report = SkipReport()
+        twice = rt.encode_image_files([os.path.join(folder, good[0])] * 2, names=[good[0]] * 2, report=dup_report)
+        assert twice.names == (good[0],) and [r for _, r, _ in dup_report.skipped] == ["duplicate"]
     order = np.argsort(-scores, kind="stable")[:3]
     assert [name for name, _ in hits] == [good[i] for i in order]
     assert [s for _, s in hits] == pytest.approx(scores[order].tolist(), abs=1e-6)
@@ -133,3 +137,11 @@ def test_gallery_ids_are_checked():
         Gallery(locs, globs, "x", ("a.jpg", "a.jpg"))
     with pytest.raises(InputError, match="2 non-empty strings"):
         Gallery(locs, globs, "x", ("a.jpg",))
+
+
+def test_kidrr_features_runs_the_graph_the_bundle_ships(pixel_bundle, in_backbone_cache):
+    """Training features and runtime features come from one computation: the same backbone.onnx."""
+    from kidrr.backbone import cached_backbone_onnx
+    from kidrr.fileio import sha256_file
+    bundle, _ = pixel_bundle
+    assert sha256_file(cached_backbone_onnx("efficientnet-lite0")) == sha256_file(os.path.join(bundle, "backbone.onnx"))
