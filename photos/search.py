@@ -62,7 +62,7 @@ def search(gallery: str, query: str, k: int = 10, bundle: str | None = None, sho
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("query")
-@click.option("--gallery", required=True, help="gallery made by kidrr-index (folder, or .npz file)")
+@click.option("--gallery", default=None, help="gallery made by kidrr-index (folder, or .npz file)")
 @click.option("--bundle", default=None, help="bundle (default: the one the gallery was made with)")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="number of photos to list")
 @click.option("--shortlist", type=int, default=None, help="two-stage search: rerank this many by the globals")
@@ -70,6 +70,9 @@ def search(gallery: str, query: str, k: int = 10, bundle: str | None = None, sho
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def main(query, gallery, bundle, k, shortlist, threads, as_json):
     """Photos of GALLERY ranked by how well they match QUERY."""
+    if gallery is None:   # kept optional so other sources (a demo folder) can be added beside --gallery
+        click.echo("error: pass --gallery (a gallery made by kidrr-index)", err=True)
+        sys.exit(2)
     try:
         hits = search(gallery, query, k, bundle, shortlist, threads)
     except KidrrError as exc:
