@@ -155,7 +155,8 @@ class Retriever:
 
     # ---- scoring ---------------------------------------------------------------------------
     def _own(self, item, what: str):
-        kind = CaptionIndex if what == "caption index" else Gallery
+        # Galleries: anything with the GallerySource methods (a Gallery, or a format-2 DiskGallery).
+        kind = CaptionIndex if what == "caption index" else GallerySource
         if not isinstance(item, kind):
             raise InputError(f"expected a {kind.__name__} as the {what}, got {type(item).__name__}; make one with "
                              f"{'encode_texts' if kind is CaptionIndex else 'encode_images'}()")

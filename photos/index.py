@@ -1,0 +1,158 @@
+"""`kidrr-index`: a folder of photos -> a gallery searchable by text (torch-free: the runtime + kidrr.gallery).
+
+The gallery is format 2 (a folder, written through kidrr.gallery's GalleryWriter, the code path of
+`kidrr-gallery add`), or a v1 .npz file when --out ends in .npz. Ids are the files' paths relative
+to the image folder. Beside it, `kidrr-index.json` records the bundle it was made with (so
+kidrr-search needs no --bundle), the image folder, and what was skipped and why.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+from tqdm import tqdm
+
+from kidrr.config import dump_json
+from kidrr.errors import InputError, KidrrError
+from kidrr.fileio import write_atomic
+from kidrr.images.batch import SkipReport, list_image_files
+
+SIDECAR = "kidrr-index.json"
+SEGMENT_IMAGES = 1024      # images encoded per gallery segment: bounds memory, keeps segments few
+
+
+def sidecar_path(gallery: str) -> str:
+    """Where the index record of a gallery lives: inside a format-2 folder, next to a .npz file."""
+    return gallery + "." + SIDECAR if gallery.endswith(".npz") else os.path.join(gallery, SIDECAR)
+
+
+def read_sidecar(gallery: str) -> dict | None:
+    path = sidecar_path(gallery)
+    if not os.path.isfile(path):
+        return None
+    if os.path.getsize(path) > 64 << 20:
+        raise InputError(f"{path} is larger than any index record; it is not one, remove it")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); pass --bundle explicitly") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("bundle"), str):
+        raise InputError(f"{path} does not name a bundle; pass --bundle explicitly")
+    return record
+
+
+def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threads: int = 0,
+                 strict: bool = False, append: bool = False, progress: bool = True) -> dict:
+    """Encode every image under `images` into the gallery `out`; returns the index record."""
+    from kidrr.runtime import open_bundle
+    files, ignored = list_image_files(images)
+    report = SkipReport()
+    v1 = out.endswith(".npz")
+    with open_bundle(bundle, threads=threads) as rt:
+        if not rt.bundle.takes_pixels:
+            raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
+                             f"bundle exported from a checkpoint trained on kidrr-features output")
+        todo, before = files, 0
+        if v1:
+            if os.path.exists(out) and not append:
+                raise InputError(f"{out} exists; choose another --out (kidrr never overwrites a gallery)")
+            if append:
+                raise InputError("--append works with format-2 gallery folders, not .npz files")
+        else:
+            from kidrr.gallery import create_gallery, open_gallery
+            if append and os.path.isdir(out):
+                existing = open_gallery(out, bundle_id=rt.bundle_id)
+                present = existing.find(files)
+                todo, before = [f for f in files if f not in present], len(existing)
+            else:
+                create_gallery(out, rt.bundle_id, regions=int(rt.bundle.image["regions"]),
+                               dim=int(rt.bundle.model["embed_size"]))
+        bar = tqdm(total=len(todo), desc="kidrr-index", unit="img", disable=not progress)
+        added, parts = 0, []
+        try:
+            for start in range(0, len(todo), SEGMENT_IMAGES):
+                names = todo[start:start + SEGMENT_IMAGES]
+                skipped_before = len(report)
+                try:
+                    gallery = _encode_chunk(rt, images, names, batch_size, strict, report, bar)
+                except InputError:
+                    if strict or len(report) - skipped_before < len(names):
+                        raise
+                    continue   # every file of this chunk was skipped (each is in the report)
+                if v1:
+                    parts.append(gallery)
+                else:
+                    from kidrr.gallery import GalleryWriter
+                    with GalleryWriter(out) as writer:
+                        writer.add(gallery.globals, gallery.locals, list(gallery.names))
+                added += len(gallery)
+        finally:
+            bar.close()
+        if added == 0 and not before:
+            if not v1:
+                _remove_empty_gallery(out)
+            raise InputError(f"none of the {len(files)} image file(s) in {images} could be indexed; "
+                             + "; ".join(m for _, _, m in report.skipped[:3]))
+        if v1:
+            import numpy as np
+            from kidrr.runtime import Gallery
+            Gallery(np.concatenate([p.locals for p in parts]), np.concatenate([p.globals for p in parts]),
+                    rt.bundle_id, tuple(n for p in parts for n in p.names)).save(out)
+        record = {"bundle": os.path.abspath(bundle), "bundle_id": rt.bundle_id, "images": os.path.abspath(images),
+                  "backbone": rt.bundle.image["backbone"], "indexed": added, "already_indexed": len(files) - len(todo),
+                  "files_found": len(files), "other_files_ignored": ignored, "skipped": report.to_json()}
+    write_atomic(sidecar_path(out), dump_json(record).encode())
+    report.print_summary(len(todo), added)
+    return record
+
+
+def _encode_chunk(rt, images, names, batch_size, strict, report, bar):
+    try:
+        return rt.encode_image_files([os.path.join(images, n) for n in names], names=names, strict=strict,
+                                     batch_size=batch_size, report=report)
+    finally:
+        bar.update(len(names))
+
+
+def _remove_empty_gallery(out: str) -> None:
+    """Undo create_gallery when nothing could be added (only the files it made, never anything else)."""
+    from kidrr.gallery import open_gallery
+    from kidrr.gallery.layout import LOCK, MANIFEST
+    try:
+        if len(open_gallery(out)) == 0:
+            for name in os.listdir(out):
+                if name in (MANIFEST, LOCK):
+                    os.unlink(os.path.join(out, name))
+            if not os.listdir(out):
+                os.rmdir(out)
+    except (KidrrError, OSError):
+        pass   # leave an empty gallery rather than risk deleting what is not ours
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bundle", default=None, help="bundle with an image backbone (default: the shipped pixel model)")
+@click.option("--images", required=True, help="folder of photos (searched recursively; ids are relative paths)")
+@click.option("--out", required=True, help="gallery to write: a folder (format 2) or a .npz file (v1)")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
+@click.option("--strict", is_flag=True, help="stop at the first bad file instead of skipping it")
+@click.option("--append", is_flag=True, help="add the files not yet in an existing format-2 gallery (resume)")
+def main(bundle, images, out, batch_size, threads, strict, append):
+    """Index a folder of photos for text search. Exit code 0: all indexed; 1: some skipped; 2: error."""
+    from .default_bundle import resolve_bundle
+    try:
+        record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append)
+    except KidrrError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"indexed {record['indexed']} images into {out}"
+               + (f" ({record['already_indexed']} were already there)" if record["already_indexed"] else ""),
+               err=True)
+    sys.exit(1 if record["skipped"] else 0)
+
+
+if __name__ == "__main__":
+    main()
