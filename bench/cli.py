@@ -20,12 +20,14 @@ from tqdm import tqdm
 
 from kidrr import __version__, metrics
 from kidrr.errors import InputError, KidrrError
+from kidrr import fileio
 from kidrr.fileio import write_atomic
 
 from . import dataset, parity, plots, report, sources
 from .targets import BACKENDS, PRECISIONS, REFERENCE, parse_list, plan_targets
 
 DEFAULT_OUT = "kidrr-bench-out"
+FORMAT = "kidrr-bench/1"
 
 
 def _ints(text: str, what: str) -> list:
@@ -66,14 +68,6 @@ def _writable_folder(folder: str, what: str) -> None:
                          f"folder") from exc
 
 
-def _is_bench_report(path: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh).get("format") == "kidrr-bench/1"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def check_outputs(out: str, json_path: str | None) -> None:
     """Refuse unusable or foreign outputs before the run, so no report is lost and nothing else overwritten.
 
@@ -83,17 +77,12 @@ def check_outputs(out: str, json_path: str | None) -> None:
     """
     if os.path.lexists(out) and not os.path.isdir(out):
         raise InputError(f"--out {out} exists and is not a folder; give a folder for the reports")
-    if os.path.isdir(out) and os.listdir(out) and not _is_bench_report(os.path.join(out, "results.json")):
+    if os.path.isdir(out) and os.listdir(out) and fileio.report_format(os.path.join(out, "results.json")) != FORMAT:
         raise InputError(f"--out {out} is not empty and holds no kidrr-bench results.json; the reports would "
                          f"overwrite files there. Choose a new or empty folder")
     _writable_folder(out, "--out")
     if json_path:
-        if os.path.isdir(json_path):
-            raise InputError(f"--json {json_path} is a folder; give a file name, e.g. {json_path}/results.json")
-        if os.path.lexists(json_path) and not _is_bench_report(json_path):
-            raise InputError(f"--json {json_path} exists and is not a kidrr-bench report; it was not "
-                             f"overwritten. Choose another file name")
-        _writable_folder(os.path.dirname(json_path), "--json")
+        fileio.check_report_path(json_path, "--json", FORMAT)
 
 
 def run_worker(spec: dict, work: str, bar) -> dict:
@@ -173,7 +162,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
         for label, r in results.items():
             if r.get("status") == "ok" and label != f"{REFERENCE} fp32":
                 r["parity"] = parity.compare(r, reference, work)
-    run = {"format": "kidrr-bench/1", "wall_s": time.perf_counter() - started, "results": results,
+    run = {"format": FORMAT, "wall_s": time.perf_counter() - started, "results": results,
            "skipped": skipped,
            "setup": {"command": shlex.join(["kidrr-bench"] + sys.argv[1:]), "kidrr": __version__,
                      "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
@@ -244,7 +233,7 @@ def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads,
 @click.option("--shortlists", default="50,100,200", show_default=True, help="k' values")
 @click.option("--queries", type=int, default=60, show_default=True, help="text queries per configuration")
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
-@click.option("--methods", default="ivf,hnsw", show_default=True, help="ANN indexes to build (hnsw up to 100k)")
+@click.option("--methods", default="ivf", show_default=True, help="ANN indexes to build: ivf and/or hnsw (hnsw up to 100k)")
 @click.option("--precision-folds", type=int, default=1, show_default=True,
               help="5fold folds of the synthetic test set scored exhaustively per locals dtype (0: skip)")
 @click.option("--work", default=None, help="folder for the galleries (default: a temporary one, deleted)")

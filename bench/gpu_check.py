@@ -393,6 +393,12 @@ def main(out, images, captions, dims, shortlists, tile, budget, seed, allow_cpu)
     except ValueError:
         raise click.BadParameter("--shortlists takes integers >= 1 ('20,100'); --tile two ('128,64')") from None
     kps = [k for k in kps if k <= min(images, captions)]
+    from kidrr.errors import InputError
+    from kidrr.fileio import check_report_path
+    try:
+        check_report_path(out, "--out", "kidrr-gpu-check/1")   # before the run, not after it
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     try:
         report = run_check(images, captions, dims, kps, tiles, budget, seed, allow_cpu)
     except NoGpu as exc:

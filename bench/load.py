@@ -12,10 +12,17 @@ is the runtime's own two-stage search. Writes load.json, load.md and load.png to
 """
 from __future__ import annotations
 
-import asyncio
+import os
+
+if __name__ == "__main__":
+    # Before numpy loads: the in-process reference timing runs with one BLAS thread, as kidrr-serve
+    # does (kidrr.serve.cli.one_blas_thread); the services it starts inherit it.
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+import asyncio  # noqa: E402
 import itertools
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -287,6 +294,7 @@ def plot(report: dict, path: str) -> None:
         axes[2].set(yscale="log", xlabel="seconds", ylabel="latency (ms)",
                     title=f"ray 2 shards x {kill['replicas_per_shard']} replicas, one killed (concurrency 8)")
         axes[2].legend(fontsize=7)
+    fig.tight_layout()
     write_figure(fig, path)
     plt.close(fig)
 

@@ -363,6 +363,13 @@ def main(argv=None) -> None:
         PARTS[args.part](args)
         return
     os.makedirs(args.work, exist_ok=True)
+    if args.json:
+        from kidrr.errors import InputError
+        from kidrr.fileio import check_report_path
+        try:
+            check_report_path(args.json, "--json")   # before the run: a folder or a foreign file fails now
+        except InputError as exc:
+            p.error(str(exc))
     results = {}
     steps = [("prepare",), ("gemm",), ("loop",), ("tiled",), ("ort", "--precision", "fp32"),
              ("ort", "--precision", "int8"), ("eval", "--precision", "fp32"), ("eval", "--precision", "int8"),
@@ -375,8 +382,8 @@ def main(argv=None) -> None:
             results[key] = r
     print(table(results))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        from kidrr.fileio import write_atomic
+        write_atomic(os.path.abspath(args.json), json.dumps(results, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from kidrr.config import ModelConfig, TrainConfig
+from kidrr.fileio import write_atomic
 from kidrr.model import KIDRR
 from kidrr.tokenizer import SPECIALS, Vocabulary
 from kidrr.train import Trainer
@@ -67,6 +69,13 @@ def main(argv=None) -> None:
         p.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
     if args.steps < 1:
         p.error("--steps must be >= 1")
+    if args.json:
+        from kidrr.errors import InputError
+        from kidrr.fileio import check_report_path
+        try:
+            check_report_path(args.json, "--json")   # before the run: a folder or a foreign file fails now
+        except InputError as exc:
+            p.error(str(exc))
     torch.set_num_threads(args.threads)
     results = []
     for name in names:
@@ -76,8 +85,8 @@ def main(argv=None) -> None:
               f"F={r['feature_size']} L={r['caption_tokens']}: {r['pairs_per_s']:,.0f} pairs/s "
               f"(median step {r['median_step_s']:.2f} s over {r['steps']}, {args.threads} threads)", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"threads": args.threads, "results": results}, fh, indent=2)
+        write_atomic(os.path.abspath(args.json), json.dumps({"threads": args.threads, "results": results},
+                                                            indent=2).encode())
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def check_opset(opset: int | None) -> int:
 
 STAGING_PREFIX = ".tmp-bundle-"
 ENGINES = "engines"   # kidrr-export trt writes its engine sets here; they belong to the bundle
+EXPORT_REPORT = "export_report.json"   # export timings and the verification report (not part of the identity)
 
 
 def check_replaceable_bundle(folder: str) -> None:
@@ -58,7 +59,7 @@ def check_replaceable_bundle(folder: str) -> None:
                           f"only replaces a bundle. Choose a new or empty --out folder")
     graphs_ = manifest.get("graphs") if isinstance(manifest.get("graphs"), dict) else {}
     files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    known = {mf.MANIFEST, ENGINES, *files}
+    known = {mf.MANIFEST, ENGINES, EXPORT_REPORT, *files}
     known |= {g.get("file") for g in graphs_.values() if isinstance(g, dict) and isinstance(g.get("file"), str)}
     foreign = foreign_entries(folder, known)
     if foreign:
@@ -142,7 +143,8 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
                   force: bool = False, verify_outputs: bool = True, verify: bool | None = None,
                   recall_images: int | None = None, progress: bool = True, log=None,
                   backbone: str | None = None) -> dict:
-    """Write a bundle; returns its manifest. checkpoint None exports the shipped model.
+    """Write a bundle; returns its manifest plus export_seconds and verification (written to
+    export_report.json beside it). checkpoint None exports the shipped model.
 
     verify (default on): fp32 graphs must match PyTorch within 1e-5 (VerificationError otherwise);
     fp16/int8 also report their recall delta against fp32 on the synthetic dev set (first
@@ -213,18 +215,21 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
         "source_checkpoint_sha256": ckpt_sha,
         "exporter": {"kidrr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
-        "export_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "verification": report,
     }
     if backbone is not None:   # bundles without a backbone keep the manifest they always had
         manifest["image"] = _image_section(model.cfg.image_backbone)
-    with open(os.path.join(staging, mf.MANIFEST), "w") as fh:
-        fh.write(dump_json(manifest))
-        fh.flush()
-        os.fsync(fh.fileno())
+    # The manifest holds only what a re-export of the same checkpoint reproduces byte for byte;
+    # timings and the verification numbers go beside it in export_report.json, so a re-export
+    # keeps the bundle's identity (kidrr.identity.bundle_id) and saved galleries stay valid.
+    export_report = {"export_seconds": {k: round(v, 3) for k, v in timings.items()}, "verification": report}
+    for name, doc in ((mf.MANIFEST, manifest), (EXPORT_REPORT, export_report)):
+        with open(os.path.join(staging, name), "w") as fh:
+            fh.write(dump_json(doc))
+            fh.flush()
+            os.fsync(fh.fileno())
     replace_dir_atomic(staging, out_dir, check_replaceable_bundle)
     bar.update(1)
-    return manifest
+    return dict(manifest, **export_report)
 
 
 def _verify(model, vocab, folder, precision, opset, recall_images, progress, log) -> dict:

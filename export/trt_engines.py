@@ -62,6 +62,8 @@ def engine_key(onnx_sha256: str, trt_version: str, compute_capability: str, prec
 
 
 def import_tensorrt():
+    """The tensorrt module, or BackendUnavailable (kidrr.optional). Callers then `import tensorrt as trt`
+    themselves, so a type checker sees every TensorRT call (tests/test_trt_api.py checks them)."""
     return optional.import_tensorrt()
 
 
@@ -109,7 +111,8 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
     problems = [p for ps in lint_bundle(bundle).values() for p in ps]
     if problems:
         raise BundleError("the bundle does not pass `kidrr-export lint`: " + "; ".join(problems))
-    trt = import_tensorrt()
+    import_tensorrt()
+    import tensorrt as trt
     major = trt_major(trt)
     engine_precision, fp16_flag = plan_precision(manifest["precision"], precision, major)
     prof_shapes = parse_shapes(shapes, manifest["model"]["max_caption_len"])
@@ -133,7 +136,7 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
         meta = {"tensorrt": trt.__version__, "compute_capability": sm, "precision": engine_precision, "graphs": {}}
         for graph, entry in ((g, manifest["graphs"][g]) for g in profiles):
             log(f"  {graph}: building engine (TensorRT {trt.__version__}, sm {sm}, {engine_precision})")
-            data = _build_one(trt, major, logger, os.path.join(bundle, entry["file"]), profiles[graph], fp16_flag,
+            data = _build_one(major, logger, os.path.join(bundle, entry["file"]), profiles[graph], fp16_flag,
                               workspace_mb, cache_path)
             with open(os.path.join(staging, f"{graph}.plan"), "wb") as fh:
                 fh.write(data)
@@ -154,7 +157,8 @@ def _check_replaceable_engines(folder: str) -> None:
                           f"before rebuilding")
 
 
-def _build_one(trt, major, logger, onnx_path, profile, fp16_flag, workspace_mb, cache_path) -> bytes:
+def _build_one(major, logger, onnx_path, profile, fp16_flag, workspace_mb, cache_path) -> bytes:
+    import tensorrt as trt
     builder = trt.Builder(logger)
     flags = 0
     if not fp16_flag and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):

@@ -72,6 +72,8 @@ def read_npy_header(path: str) -> tuple[np.dtype, tuple]:
     try:
         with open(path, "rb") as fh:
             head = fh.read(NPY_HEADER_BYTES)
+    except FileNotFoundError:
+        raise      # open_gallery retries: a compaction may have removed it after the manifest switch
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc.strerror}); the gallery is damaged, restore it or rebuild it") from exc
     if len(head) < NPY_HEADER_BYTES or head[:8] != b"\x93NUMPY\x01\x00" \
@@ -230,6 +232,9 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
 
 def read_manifest(folder: str) -> tuple[Manifest, bytes]:
     path = os.path.join(folder, MANIFEST)
+    if os.path.isfile(folder):
+        raise DataError(f"{folder} is a file, not a gallery folder; a v1 .npz gallery loads with Gallery.load "
+                        f"or converts with `kidrr-gallery convert`")
     if not os.path.isdir(folder):
         raise DataError(f"gallery folder {folder} does not exist; create one with `kidrr-gallery create`")
     try:

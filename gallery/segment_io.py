@@ -17,6 +17,9 @@ from kidrr.errors import DataError
 from .layout import ID_BYTES_FILE, LOCALS_DTYPES, NPY_HEADER_BYTES, array_spec, npy_header, read_npy_header, segment_files
 
 
+CONVERT_ROWS = 64
+
+
 def id_hash(encoded: bytes) -> int:
     """The lookup key of an id: the first 8 bytes of sha256(UTF-8 id) as a little-endian uint64."""
     return int.from_bytes(hashlib.sha256(encoded).digest()[:8], "little")
@@ -87,17 +90,20 @@ class SegmentWriter:
         b = len(globals_)
         if self.written + b > self.rows:
             raise DataError(f"segment {self.folder}: more rows than the {self.rows} declared")
-        if self.locals_dtype == "int8":
-            q, scale = quantize_int8(locals_)
-            arrays = {"locals.npy": q, "scales.npy": scale}
-        else:
-            arrays = {"locals.npy": locals_.astype(LOCALS_DTYPES[self.locals_dtype], copy=False)}
         lengths = np.fromiter((len(e) for e in encoded_ids), dtype=np.int64, count=b)
         offsets = self.id_end + np.cumsum(lengths)
         try:
             self.files["globals.npy"].write(np.ascontiguousarray(globals_, "<f4"))
-            for name, arr in arrays.items():
-                self.files[name].write(np.ascontiguousarray(arr))
+            # Converted a slice at a time: small temporaries are reused by the allocator, while one the
+            # size of the batch would be fresh pages (faulted in, then returned) on every call.
+            for i in range(0, b, CONVERT_ROWS):
+                part = locals_[i:i + CONVERT_ROWS]
+                if self.locals_dtype == "int8":
+                    q, scale = quantize_int8(part)
+                    self.files["locals.npy"].write(q)
+                    self.files["scales.npy"].write(scale)
+                else:
+                    self.files["locals.npy"].write(np.ascontiguousarray(part, LOCALS_DTYPES[self.locals_dtype]))
             self.files[ID_BYTES_FILE].write(b"".join(encoded_ids))
             self.files["id_offsets.npy"].write(offsets.astype("<i8"))
         except OSError as exc:

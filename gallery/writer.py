@@ -73,10 +73,12 @@ def check_vectors(globals_, locals_, regions: int, dim: int, locals_dtype: str):
                          f"(n, {dim}) globals and (n, {regions}, {dim}) locals")
     g, l = g.astype(np.float32, copy=False), l.astype(np.float32, copy=False)
     for name, arr in (("globals", g), ("locals", l)):
-        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        # A row sum in float64 is NaN/inf exactly when the row holds one (float32 values cannot overflow
+        # it), and needs no temporary the size of the batch.
+        bad = ~np.isfinite(arr.reshape(len(arr), -1).sum(axis=1, dtype=np.float64))
         if bad.any():
             raise InputError(f"{name} hold NaN or inf (rows {np.flatnonzero(bad)[:5].tolist()}); clean them first")
-    if locals_dtype == "fp16" and np.abs(l).max(initial=0) > np.finfo(np.float16).max:
+    if locals_dtype == "fp16" and len(l) and max(l.max(), -l.min()) > np.finfo(np.float16).max:
         raise InputError("locals exceed the fp16 range (65504); use --locals-dtype fp32 or int8")
     return g, l
 

@@ -33,6 +33,7 @@ def _check_value(what: str, name: str, kind: str, value, lo=None, hi=None, hi_op
         ok = isinstance(value, list) and all(_is_int(v) for v in value)
     if not ok:
         example = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+                   "record": "null or a JSON object",
                    "ints": "a list of integers, e.g. [30]",
                    "record": "a JSON object or null"}[kind]
         raise ConfigError(f"{what} field {name} must be {example}, got {value!r} ({type(value).__name__})")

@@ -90,8 +90,12 @@ def load_split(folder: str, split: str) -> Split:
         raise DataError(f"{ims_path} is not a plain .npy array ({exc})") from exc
     if images.ndim != 3 or not np.issubdtype(images.dtype, np.floating):
         raise DataError(f"{ims_path} must hold a float (N, R, F) array, got {images.dtype} {images.shape}")
-    with open(caps_path, encoding="utf-8") as fh:
-        captions = [line.rstrip("\r\n") for line in fh]
+    try:
+        with open(caps_path, encoding="utf-8") as fh:
+            captions = [line.rstrip("\r\n") for line in fh]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{caps_path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save the captions as "
+                        f"UTF-8, one per line") from None
     while captions and not captions[-1].strip():
         captions.pop()  # a trailing newline is not a caption
     empty = [i + 1 for i, c in enumerate(captions) if not c.strip()]

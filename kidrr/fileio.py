@@ -40,6 +40,40 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def report_format(path: str):
+    """The "format" of a JSON report file; "" for JSON without one; None if not a JSON object."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data.get("format", "") if isinstance(data, dict) else None
+
+
+def check_report_path(path: str, what: str, fmt: str | None = None) -> None:
+    """Before a long run that ends by writing a JSON report to path: InputError if path is a folder,
+    its folder is not writable, or it holds a file that is not an earlier report of this kind (fmt:
+    its "format" value; None: any JSON object), which would be overwritten."""
+    from .errors import InputError
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path} is a folder; give a file name, e.g. {os.path.join(path, 'report.json')}")
+    if os.path.lexists(path):
+        found = report_format(path)
+        if found is None or (fmt is not None and found != fmt):
+            raise InputError(f"{what} {path} exists and is not a {fmt or 'JSON'} report; it was not overwritten. "
+                             f"Choose another file name")
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a writable "
+                         f"folder") from exc
+
+
 def follow_umask(path: str) -> None:
     """Give a file written by a library that makes private files (safetensors: 0600) the usual mode."""
     os.chmod(path, 0o666 & ~_UMASK)

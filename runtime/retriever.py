@@ -154,9 +154,9 @@ class Retriever:
         return Gallery.load(path, bundle_id=self.bundle_id, dim=self.planner.dim)
 
     # ---- scoring ---------------------------------------------------------------------------
-    def _own(self, item, what: str):
-        # Galleries: anything with the GallerySource methods (a Gallery, or a format-2 DiskGallery).
-        kind = CaptionIndex if what == "caption index" else GallerySource
+    def _own(self, item, what: str, kind: type = Gallery):
+        """item, checked: its type (kind), its bundle, its vector size, not empty. Scoring needs an
+        in-memory Gallery; search takes any GallerySource (a Gallery or a gallery on disk)."""
         if not isinstance(item, kind):
             raise InputError(f"expected a {kind.__name__} as the {what}, got {type(item).__name__}; make one with "
                              f"{'encode_texts' if kind is CaptionIndex else 'encode_images'}()")
@@ -172,7 +172,7 @@ class Retriever:
 
     def _captions_arg(self, captions) -> CaptionIndex:
         if isinstance(captions, CaptionIndex):
-            return self._own(captions, "caption index")
+            return self._own(captions, "caption index", CaptionIndex)
         return self.encode_texts(captions)
 
     def _plan_for(self, gallery: Gallery, captions: CaptionIndex, force: bool = False):
@@ -205,9 +205,9 @@ class Retriever:
                              self._plan_for(gallery, captions), progress=bar if progress else None)
 
     # ---- attached indexes ------------------------------------------------------------------
-    def use_gallery(self, gallery: Gallery) -> None:
+    def use_gallery(self, gallery: GallerySource) -> None:
         with self._lock:
-            self._gallery = self._own(gallery, "gallery")
+            self._gallery = self._own(gallery, "gallery", GallerySource)
 
     def use_captions(self, captions) -> None:
         index = self._captions_arg(captions)
@@ -216,7 +216,7 @@ class Retriever:
 
     def _attached(self, given, attr: str, what: str):
         if given is not None:
-            return self._own(given, what)
+            return self._own(given, what, CaptionIndex if attr == "_captions" else GallerySource)
         with self._lock:
             found = getattr(self, attr)
         if found is None:
@@ -273,9 +273,9 @@ class Retriever:
         k = check_k(k, len(index), "caption index")
         kp = check_shortlist(shortlist, k, len(index))
         if isinstance(features, Gallery):
-            single, queries = False, self._own(features, "query gallery")
+            single, queries = False, self._own(features, "query gallery", Gallery)
         elif isinstance(features, GallerySource):     # a gallery on disk as queries: read it whole
-            parts = list(self._own(features, "query gallery").tiles(STREAM_TILE_ROWS))
+            parts = list(self._own(features, "query gallery", GallerySource).tiles(STREAM_TILE_ROWS))
             single = False
             queries = Gallery(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
                               features.bundle_id)

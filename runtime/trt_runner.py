@@ -38,6 +38,8 @@ def engine_folder(bundle: Bundle, key: str | None = None) -> str:
 
 
 def _import_stack():
+    """(tensorrt, torch) or BackendUnavailable. Methods then `import tensorrt as trt` themselves, so a
+    type checker knows every TensorRT call (tests/test_trt_api.py checks them against tensorrt-stubs)."""
     try:
         trt = import_tensorrt()
     except BackendUnavailable as exc:
@@ -57,12 +59,13 @@ class TrtRunner(Runner):
 
     def __init__(self, bundle: Bundle, threads: int = 0, engine_key: str | None = None):
         super().__init__(bundle, threads)
-        trt, torch = _import_stack()
+        _, torch = _import_stack()
+        import tensorrt as trt
         folder = engine_folder(bundle, engine_key)
-        self.trt, self.torch = trt, torch
+        self.torch = torch
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
-        self.engines = {}
+        self.engines: dict[str, trt.ICudaEngine] = {}
         for graph in GRAPHS:
             with open(os.path.join(folder, graph + ".plan"), "rb") as fh:
                 engine = runtime.deserialize_cuda_engine(fh.read())
@@ -74,7 +77,8 @@ class TrtRunner(Runner):
 
     def _run(self, graph: str, feeds: dict) -> dict:
         """One execution context per call: contexts are not thread-safe, engines are."""
-        torch, trt = self.torch, self.trt
+        import tensorrt as trt
+        torch = self.torch
         engine = self.engines[graph]
         context = engine.create_execution_context()
         keep, outputs = [], []
@@ -87,7 +91,7 @@ class TrtRunner(Runner):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
                 continue
-            shape = tuple(context.get_tensor_shape(name))
+            shape = context.get_tensor_shape(name)[:]   # Dims slices to a tuple (the stubs know it; tuple(Dims) they do not)
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
             out = torch.empty(shape, dtype=dtype, device="cuda")
             context.set_tensor_address(name, out.data_ptr())

@@ -23,15 +23,11 @@ from kidrr import __version__
 from kidrr.errors import BundleError, InputError, KidrrError
 
 from . import schemas
-from .batching import Overloaded
+from .errors import NotAvailable, Overloaded, ShardUnavailable
 from .metrics import Metrics
 
 log = logging.getLogger("kidrr.serve")
 OPEN_PATHS = {"/v1/health"}          # liveness stays answerable without a token
-
-
-class ShardUnavailable(Exception):
-    """A shard could not answer (replica died, restarting): retry shortly (HTTP 503)."""
 
 
 def _error(status: int, kind: str, message: str, bundle: str | None, headers: dict | None = None):
@@ -40,7 +36,8 @@ def _error(status: int, kind: str, message: str, bundle: str | None, headers: di
 
 
 class BodyLimit:
-    """ASGI middleware: refuse bodies over max_bytes (declared or streamed) before anyone parses them."""
+    """ASGI middleware: a body over max_bytes (declared, or counted as it streams in) gets 413 before
+    the app sees any of it. The body is read here (at most max_bytes) and replayed to the app."""
 
     def __init__(self, app, max_bytes: int, bundle: str):
         self.app, self.max_bytes, self.bundle = app, max_bytes, bundle
@@ -48,40 +45,34 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = _error(413, "too_large", f"request body over the {self.max_bytes}-byte limit", self.bundle)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         try:
             if declared is not None and int(declared) > self.max_bytes:
                 return await too_big(scope, receive, send)
         except ValueError:
             return await _error(400, "bad_request", "Content-Length is not a number", self.bundle)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":      # the client went away: nothing to answer
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_bytes:
+                return await too_big(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
 
-        started = False
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()                       # then disconnect notices, as the server sends them
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, tracking_send)
-        except _TooLarge:
-            if not started:
-                await too_big(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def _check_limits(limits, k: int | None = None, shortlist: int | None = None, captions=(), items: int = 0):
@@ -129,7 +120,7 @@ def create_app(engine, settings) -> FastAPI:
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
                 response = reject(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer ...)",
                                   {"WWW-Authenticate": "Bearer"})
-                metrics.observe(route, 401, time.perf_counter() - started)
+                metrics.observe("unauthenticated", 401, time.perf_counter() - started)   # no raw paths as labels
                 return response
         metrics.in_flight.inc()
         try:
@@ -162,9 +153,9 @@ def create_app(engine, settings) -> FastAPI:
     async def bad_input(request: Request, exc: InputError):
         return reject(422, "invalid_input", str(exc))
 
-    @app.exception_handler(LookupError)
-    async def missing(request: Request, exc: LookupError):
-        return reject(404, "not_available", str(exc.args[0] if exc.args else exc))
+    @app.exception_handler(NotAvailable)
+    async def missing(request: Request, exc: NotAvailable):
+        return reject(404, "not_available", str(exc))
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):

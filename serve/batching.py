@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-
-class Overloaded(Exception):
-    """The queue is full: the caller should retry later (HTTP 503)."""
+from .errors import Overloaded
 
 
 class MicroBatcher:

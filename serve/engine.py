@@ -19,6 +19,7 @@ from kidrr.runtime.captions import tokenize_captions
 from kidrr.runtime.search import check_k, check_shortlist
 
 from .batching import MicroBatcher
+from .errors import NotAvailable
 from .shards import ShardSearcher, merge_top_k, queries_from_index
 
 
@@ -65,7 +66,7 @@ class Engine:
     # ---- what both engines answer in the front process ---------------------------------------
     async def search_image(self, features, k: int, shortlist: int | None) -> list:
         if self.caption_index is None:
-            raise LookupError("this service has no caption index; start it with --captions FILE")
+            raise NotAvailable("this service has no caption index; start it with --captions FILE")
         feats = self.check_image(features)
         k = check_k(k, len(self.caption_index), "caption index")
         kp = check_shortlist(shortlist, k, len(self.caption_index))

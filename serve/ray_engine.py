@@ -18,8 +18,8 @@ from ray.serve.exceptions import BackPressureError
 
 from kidrr.runtime import Retriever
 
-from .api import ShardUnavailable, create_app
-from .batching import Overloaded
+from .api import create_app
+from .errors import Overloaded, ShardUnavailable
 from .engine import Engine
 from .shards import ShardSearcher, merge_top_k, queries_from_index
 

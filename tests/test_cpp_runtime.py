@@ -235,3 +235,31 @@ def test_cpp_unit_tests_pass_on_the_shipped_models_bundle(built, shipped_bundle,
     feature_size = json.load(open(os.path.join(shipped_bundle, "manifest.json")))["model"]["feature_size"]
     proc = cpp.run([os.path.join(built, "kidrr_tests"), shipped_bundle, str(tampered), str(feature_size)])
     assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_bundle_identity_equals_python(built, bundle, tmp_path):
+    """The C runtime tags and checks galleries with kidrr.identity.bundle_id (the canonical JSON of
+    the number-changing manifest fields), so it must compute it byte for byte as Python does: on
+    the real manifest, and on variants with non-ASCII, control characters, odd floats, a missing
+    field and an extra graph."""
+    import copy
+    import json
+    from kidrr.identity import bundle_id
+    from kidrr.runtime import open_bundle
+    real = json.load(open(os.path.join(bundle[0], "manifest.json")))
+    variants = {"real": real}
+    v = copy.deepcopy(real)
+    v["model"].update(note="café 日本 😀 \x7f \x01\n\t\"\\/", tiny=1e-05, big=1e16, tenth=0.1, nine=9.0, neg=-0.0,
+                      third=1 / 3, huge=1.7976931348623157e308, nested={"b": [1, 2.5, None, True], "a": {}})
+    variants["odd values"] = v
+    v = copy.deepcopy(real)
+    del v["precision"]
+    v["graphs"]["extra"] = {"file": "x.onnx", "opset": 18}
+    v["export_seconds"] = {"image_encoder": 1.25}  # not part of the identity
+    variants["missing and extra"] = v
+    for name, manifest in variants.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        assert tool(built, "identity", path) == [bundle_id(manifest)], name
+    with open_bundle(bundle[0], threads=1) as r:
+        assert tool(built, "identity", os.path.join(bundle[0], "manifest.json")) == [r.bundle_id]

@@ -53,8 +53,8 @@ def bundle(checkpoint, tmp_path_factory):
 
 def test_bundle_layout_and_manifest(bundle, checkpoint):
     out, manifest = bundle
-    assert sorted(os.listdir(out)) == ["image_encoder.onnx", "manifest.json", "similarity.onnx", "text_encoder.onnx",
-                                       "vocab.json"]
+    assert sorted(os.listdir(out)) == ["export_report.json", "image_encoder.onnx", "manifest.json", "similarity.onnx",
+                                       "text_encoder.onnx", "vocab.json"]
     on_disk = json.load(open(os.path.join(out, "manifest.json")))
     assert on_disk["format"] == "kidrr-bundle/1" and on_disk["precision"] == "fp32"
     assert on_disk["model"] == checkpoint[1].cfg.to_dict()
@@ -65,7 +65,8 @@ def test_bundle_layout_and_manifest(bundle, checkpoint):
                                                              "dynamic_axes": {"0": "m", "1": "L"}}
     assert check_bundle(out)["source_checkpoint_sha256"] == on_disk["source_checkpoint_sha256"]
     # verification numbers are recorded and within the fp32 tolerance
-    assert all(v <= 1e-5 for v in on_disk["verification"]["max_abs_diff"].values())
+    report = json.load(open(os.path.join(out, "export_report.json")))   # beside the manifest: not its identity
+    assert all(v <= 1e-5 for v in report["verification"]["max_abs_diff"].values())
 
 
 def test_custom_ops_are_kidrr_functions(bundle):
@@ -205,10 +206,11 @@ def test_edited_bundle_is_refused(bundle, tmp_path):
     shutil.copytree(bundle[0], copy)
     with open(os.path.join(copy, "similarity.onnx"), "ab") as fh:
         fh.write(b"\0")
-    with pytest.raises(BundleError, match="similarity.onnx was changed"):
+    # lint reads the bundle with the runtime's own loader, so both refuse it with the same words
+    with pytest.raises(BundleError, match="similarity.onnx does not match its sha256"):
         lint_bundle(copy)
     result = CliRunner().invoke(main, ["lint", "--bundle", copy])
-    assert result.exit_code == 2 and "changed after export" in result.output
+    assert result.exit_code == 2 and "corrupted after export" in result.output
 
 
 def test_cli_onnx_and_lint(checkpoint, tmp_path):

@@ -93,9 +93,10 @@ def test_engine_set_is_what_the_trt_runtime_loads(monkeypatch, tmp_path):
     logger.WARNING = 0
     fake = types.SimpleNamespace(__version__="10.9.0", Logger=logger)
     built = []
-    monkeypatch.setattr(te, "import_tensorrt", lambda: fake)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)   # what `import tensorrt as trt` then finds
+    monkeypatch.setattr(te.optional, "tensorrt_missing", lambda: None)
     monkeypatch.setattr(te, "compute_capability", lambda: "9.0")
-    monkeypatch.setattr(te, "_build_one", lambda trt, major, logger, path, *a: built.append(path) or b"plan")
+    monkeypatch.setattr(te, "_build_one", lambda major, logger, path, *a: built.append(path) or b"plan")
     plans = te.build_engines(str(tmp_path / "b"), log=lambda m: None)
     assert sorted(plans) == ["image_encoder", "similarity", "text_encoder"] and len(built) == 3
     folder = engine_folder(load_bundle(str(tmp_path / "b")))

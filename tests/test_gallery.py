@@ -89,6 +89,9 @@ def test_bad_manifests_are_refused(tmp_path):
         open_gallery(folder)
     with pytest.raises(DataError, match="does not exist"):
         open_gallery(str(tmp_path / "nowhere"))
+    (tmp_path / "old.npz").write_bytes(b"PK")
+    with pytest.raises(DataError, match="is a file, not a gallery folder"):
+        open_gallery(str(tmp_path / "old.npz"))
 
 
 # ---- writer -----------------------------------------------------------------------------------
@@ -335,3 +338,35 @@ def test_convert_v1_and_cli(rt, tmp_path):
     shutil.copy(tmp_path / "g.npy", tmp_path / "cli" / seg / "globals.npy")
     r = run(main, ["verify", folder])
     assert r.exit_code != 0 and f"{seg}/globals.npy" in r.output
+
+
+# ---- the scale benchmark's pieces -------------------------------------------------------------
+def test_scale_items_are_reproducible_and_have_neighbours():
+    from kidrr.bench.scale import synthetic_items
+    g, l, _ = gh.items(30, regions=4, dim=16)
+    a = synthetic_items(l, g, 100, 200, seed=3)
+    b = synthetic_items(l, g, 100, 200, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2][0] == "item-0000100" and a[1].shape == (200, 49, 16)
+    np.testing.assert_allclose(np.linalg.norm(a[0], axis=1), 1, atol=1e-5)
+    sims = a[0] @ a[0].T
+    np.fill_diagonal(sims, -1)
+    assert np.median(sims.max(axis=1)) > np.median(sims) + 0.3     # mixtures of 30 bases: neighbours exist
+
+
+def test_scale_worker_measures_a_small_gallery(rt, tmp_path):
+    from kidrr.bench.scale_worker import serve
+    mem = rt.encode_images(helpers.random_features(50, seed=8))
+    folder = str(tmp_path / "g")
+    create_gallery(folder, rt.bundle_id, mem.locals.shape[1], mem.globals.shape[1], ann_min_rows=20)
+    with GalleryWriter(folder) as w:
+        w.add(mem.globals, mem.locals, [f"i{j}" for j in range(50)])
+    res = serve({"bundle": rt.bundle.path, "gallery": folder, "captions": helpers.CAPTIONS * 3, "threads": 1,
+                 "shortlists": [10, 60], "exhaustive": True, "batch": 16})
+    assert res["status"] == "ok" and res["items"] == 50 and res["rss_anon_mb"] > 0
+    assert set(res["configs"]) == {"exact@10", "ann@10", "exact@60", "ann@60"}
+    for name in ("exact@60", "ann@60"):          # k' beyond the gallery: exhaustive, whatever the first stage
+        assert res["configs"][name]["recall_vs_exhaustive"] == 1.0
+    assert res["configs"]["ann@60"]["overlap_exact"] == 1.0
+    assert 0 <= res["configs"]["ann@10"]["overlap_exact"] <= 1

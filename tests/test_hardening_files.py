@@ -84,8 +84,8 @@ def test_force_keeps_user_files_beside_a_bundle(ckpt, tmp_path):
     os.unlink(os.path.join(out, "my_gallery.npz"))
     os.makedirs(os.path.join(out, "engines", "somekey"))  # kidrr-export trt's own output belongs to the bundle
     export_bundle(ckpt, out, force=True, **QUIET)
-    assert sorted(os.listdir(out)) == ["image_encoder.onnx", "manifest.json", "similarity.onnx", "text_encoder.onnx",
-                                       "vocab.json"]
+    assert sorted(os.listdir(out)) == ["export_report.json", "image_encoder.onnx", "manifest.json", "similarity.onnx",
+                                       "text_encoder.onnx", "vocab.json"]
 
 
 def test_checkpoint_never_replaces_a_foreign_folder(tmp_path):
@@ -128,7 +128,7 @@ def test_bench_outputs_checked_before_the_run(tmp_path):
     check_outputs(out, None)  # a previous report folder may be rewritten
     with pytest.raises(InputError, match="is a folder"):
         check_outputs(out, str(tmp_path))
-    with pytest.raises(InputError, match="not a kidrr-bench report"):
+    with pytest.raises(InputError, match="not a kidrr-bench/1 report"):
         check_outputs(out, os.path.join(project, "notes.txt"))
     with pytest.raises(InputError, match="cannot write"):
         check_outputs("/proc/kidrr-bench-out", None)  # a read-only file system
@@ -221,3 +221,17 @@ def test_export_on_a_full_disk_is_a_typed_error(ckpt, tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="free some space"):
         export_bundle(ckpt, str(tmp_path / "b"), **QUIET)
     assert os.listdir(tmp_path) == []  # staging and lock removed
+
+
+def test_report_writers_refuse_foreign_files_before_running(tmp_path):
+    """gpu_check --out, train_speed/speed --json: checked before the run, like kidrr-bench's outputs."""
+    from kidrr.bench import gpu_check, train_speed
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        train_speed.main(["--configs", "small", "--json", str(notes)])
+    assert exc.value.code == 2 and notes.read_text() == "mine"
+    with pytest.raises(SystemExit):
+        train_speed.main(["--configs", "small", "--json", str(tmp_path)])
+    r = CliRunner().invoke(gpu_check.main, ["--out", str(notes)])
+    assert r.exit_code == 2 and "not a kidrr-gpu-check/1 report" in r.output and notes.read_text() == "mine"

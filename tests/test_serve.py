@@ -116,6 +116,8 @@ def test_format2_shards_with_a_repeated_id_are_refused(built, rt, gallery, tmp_p
 
 
 def test_caption_search_score_and_encode_match_the_runtime(client3, rt, built):
+    paths = client3.get("/openapi.json").json()["paths"]
+    assert {"/v1/search/images", "/v1/search/captions", "/v1/score", "/v1/encode", "/v1/ready"} <= set(paths)
     feats = built[4][:3]
     index = rt.encode_texts(built_captions(built))
     r = client3.post("/v1/search/captions", json={"features": feats[0].tolist(), "k": 3})
@@ -194,6 +196,9 @@ def test_body_size_limit_answers_413(built, rt):
     settings = Settings(Limits(max_body_bytes=4096))
     with make_client(built, rt, settings) as c:
         r = c.post("/v1/score", json={"features": [_image(built)] * 4, "captions": ["a dog"]})
+        assert r.status_code == 413 and r.json()["error"]["kind"] == "too_large"
+        streamed = iter([b'{"query": "' + b"a " * 1500, b"dog " * 1500 + b'"}'])   # no Content-Length: counted
+        r = c.post("/v1/search/images", content=streamed, headers={"content-type": "application/json"})
         assert r.status_code == 413 and r.json()["error"]["kind"] == "too_large"
         assert c.post("/v1/search/images", json={"query": "a dog", "k": 2}).status_code == 200
 

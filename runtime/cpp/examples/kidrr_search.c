@@ -1,12 +1,14 @@
 /* kidrr_search BUNDLE GALLERY "a dog runs on the grass" [-k K] [--shortlist S] [--repeat N]
  *
- * Prints the top-k images of GALLERY (a .npz from the Python runtime, or a .npy of features
- * (n, R, F)) for the caption, best first, then the median latency of one query (tokenise + encode
+ * Prints the top-k images of GALLERY (a format-2 gallery folder from kidrr.gallery, a .npz from the
+ * Python runtime, or a .npy of features (n, R, F)) for the caption, best first, then the median latency of one query (tokenise + encode
  * the caption + score the gallery) over --repeat runs. Plain C: it uses nothing but kidrr.h.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "kidrr.h"
@@ -24,7 +26,7 @@ static int cmp_double(const void* a, const void* b) {
 
 static int usage(const char* argv0) {
     fprintf(stderr, "usage: %s BUNDLE GALLERY CAPTION [-k K] [--shortlist S] [--repeat N] [--threads T]\n"
-                    "  GALLERY: .npz written by the Python runtime, or .npy features float32 (n, R, F)\n"
+                    "  GALLERY: a format-2 gallery folder, a .npz written by the Python runtime, or .npy features float32 (n, R, F)\n"
                     "  --shortlist S: two-stage search (globals shortlist of S, then full scores); 0 = exact\n", argv0);
     return 2;
 }
@@ -46,30 +48,51 @@ int main(int argc, char** argv) {
     kidrr_options options = {NULL, threads, 0, 0};
     kidrr_bundle* bundle = NULL;
     kidrr_images* gallery = NULL;
+    kidrr_gallery* folder = NULL; /* a format-2 gallery folder, searched in place (memory-mapped) */
+    struct stat st;
+    size_t count;
     kidrr_hit* hits = calloc(k, sizeof *hits);
     double* times = calloc((size_t)repeat, sizeof *times);
     size_t n_hits = 0;
     int rc = 1;
     if (!hits || !times) { fprintf(stderr, "out of memory\n"); goto done; }
     if (kidrr_open(argv[1], &options, &bundle) != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
-    if (kidrr_gallery_load(bundle, argv[2], &gallery) != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
+    if (stat(argv[2], &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (kidrr_gallery_open(bundle, argv[2], &folder) != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
+        count = kidrr_gallery_count(folder);
+    } else {
+        if (kidrr_gallery_load(bundle, argv[2], &gallery) != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
+        count = kidrr_images_count(gallery);
+    }
     /* The default top-5 shrinks to a smaller gallery; an explicit -k larger than it is an error. */
-    if (!k_given && k > kidrr_images_count(gallery)) k = kidrr_images_count(gallery);
+    if (!k_given && k > count) k = count;
     for (int r = 0; r < repeat; ++r) {
         double t0 = now_ms();
-        if (kidrr_search(bundle, gallery, argv[3], k, shortlist, hits, &n_hits) != KIDRR_OK) {
+        kidrr_status st_search = folder ? kidrr_gallery_search(bundle, folder, argv[3], k, shortlist, hits, &n_hits)
+                                        : kidrr_search(bundle, gallery, argv[3], k, shortlist, hits, &n_hits);
+        if (st_search != KIDRR_OK) {
             fprintf(stderr, "error: %s\n", kidrr_last_error());
             goto done;
         }
         times[r] = now_ms() - t0;
     }
     qsort(times, (size_t)repeat, sizeof *times, cmp_double);
-    printf("# %zu images, caption \"%s\", %s search\n", kidrr_images_count(gallery), argv[3], shortlist ? "two-stage" : "exact");
-    for (size_t t = 0; t < n_hits; ++t) printf("%zu\timage %zu\tscore %.7f\n", t + 1, hits[t].image, hits[t].score);
+    printf("# %zu images, caption \"%s\", %s search\n", count, argv[3], shortlist ? "two-stage" : "exact");
+    for (size_t t = 0; t < n_hits; ++t) {
+        printf("%zu\timage %zu\tscore %.7f", t + 1, hits[t].image, hits[t].score);
+        if (folder) {
+            const char* id;
+            size_t len;
+            if (kidrr_gallery_id(folder, hits[t].image, &id, &len) != KIDRR_OK) { fprintf(stderr, "\nerror: %s\n", kidrr_last_error()); goto done; }
+            printf("\tid %.*s", (int)len, id);
+        }
+        printf("\n");
+    }
     printf("# latency_ms median %.3f over %d runs\n", (times[(repeat - 1) / 2] + times[repeat / 2]) / 2, repeat);
     rc = 0;
 done:
     kidrr_images_free(gallery);
+    kidrr_gallery_close(folder);
     kidrr_close(bundle);
     free(hits);
     free(times);

@@ -36,7 +36,7 @@ def npz(members: dict) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for name, data in members.items():
-            zf.writestr(name + ".npy", data)
+            zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=(2026, 1, 1, 0, 0, 0)), data)  # reproducible bytes
     return buf.getvalue()
 
 
@@ -88,6 +88,26 @@ def main():
         nan = locs.copy()
         nan[1, 0, 0] = np.nan
         write(harness, "nan.npz", npz(gallery(nan, globs)))
+    gallery2_seeds()
+
+
+def gallery2_seeds():
+    """A real format-2 manifest (kidrr.gallery's writer: two segments, a removal) and a segment header."""
+    import tempfile
+    from kidrr.gallery import GalleryWriter, create_gallery
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "g")
+        create_gallery(folder, IDENTITY, regions=2, dim=D, locals_dtype="int8")
+        with GalleryWriter(folder) as w:
+            for lo in (0, 3):
+                w.add(rng.normal(size=(3, D)).astype(np.float32), rng.normal(size=(3, 2, D)).astype(np.float32),
+                      [f"img-{i}" for i in range(lo, lo + 3)])
+            w.remove(["img-1"])
+        with open(os.path.join(folder, "manifest.json"), "rb") as fh:
+            write("gallery2", "manifest.json", fh.read())
+        with open(os.path.join(folder, "seg-000000", "globals.npy"), "rb") as fh:
+            write("gallery2", "globals.npy", fh.read())
 
 
 if __name__ == "__main__":

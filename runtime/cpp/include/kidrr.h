@@ -46,6 +46,7 @@ typedef struct kidrr_bundle kidrr_bundle;     /* an opened bundle: three ONNX se
 typedef struct kidrr_images kidrr_images;     /* encoded images: locals (n, R, D) and globals (n, D) */
 typedef struct kidrr_captions kidrr_captions; /* encoded captions: locals (m, L, D), globals, lengths */
 typedef struct kidrr_vocab kidrr_vocab;       /* a vocabulary alone (vocab.json), for tokenising */
+typedef struct kidrr_gallery kidrr_gallery;   /* a format-2 gallery folder, memory-mapped (docs/gallery.md) */
 
 typedef struct kidrr_options {
     /* Path of libonnxruntime.so. NULL: $KIDRR_ORT_LIBRARY, else the library inside the onnxruntime
@@ -112,6 +113,22 @@ KIDRR_API kidrr_status kidrr_score(const kidrr_bundle* bundle, const kidrr_image
  * is KIDRR_ERR_INPUT (as in Python). */
 KIDRR_API kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* gallery, const char* caption,
                                     size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
+
+/* Format-2 gallery folders (kidrr.gallery, docs/gallery.md): opened read-only and memory-mapped
+ * (opening reads the manifest and the arrays' headers; searches read the globals they scan and the
+ * locals they score), checked as the Python reader checks them: KIDRR_ERR_INPUT for a damaged
+ * folder, KIDRR_ERR_BUNDLE for one another bundle encoded. Rows number items across segments; a
+ * removed item's row is never returned. Immutable: many threads may search one gallery at once. */
+KIDRR_API kidrr_status kidrr_gallery_open(const kidrr_bundle* bundle, const char* folder, kidrr_gallery** out);
+KIDRR_API void kidrr_gallery_close(kidrr_gallery* gallery);
+KIDRR_API size_t kidrr_gallery_count(const kidrr_gallery* gallery); /* live items; 0 for NULL */
+/* As kidrr_search; hits[t].image is a row, kidrr_gallery_id names it. The first stage of a two-stage
+ * search is always an exact scan of the globals (faiss indexes are not read). */
+KIDRR_API kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_gallery* gallery, const char* caption,
+                                            size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
+/* The id of a row: *id points into the gallery's map (valid until kidrr_gallery_close), *len bytes
+ * of UTF-8, not NUL-terminated. */
+KIDRR_API kidrr_status kidrr_gallery_id(const kidrr_gallery* gallery, size_t row, const char** id, size_t* len);
 
 /* Token ids of a caption with <start>/<end> as the bundle's text encoder sees them. *n_ids is set to
  * the number needed even when capacity is too small (then KIDRR_ERR_INVALID_ARGUMENT). */

@@ -80,12 +80,12 @@ Bundle::Bundle(const std::string& folder, const Options& options)
     if (!is_file(manifest_path))
         throw Error(KIDRR_ERR_BUNDLE, manifest_path + " is missing: " + folder + " is not a kidrr bundle (re-export it)");
     const std::string raw = read_file(manifest_path);
+    const Manifest m = parse_manifest(raw, manifest_path);
     {
         Sha256 h;
-        h.update(raw.data(), raw.size());
-        identity_ = h.hex_digest();  // the same identity the Python runtime tags galleries with
+        h.update(m.identity_text.data(), m.identity_text.size());
+        identity_ = h.hex_digest();  // the identity the Python runtime tags galleries with (kidrr/identity.py)
     }
-    const Manifest m = parse_manifest(raw, manifest_path);
     feature_size_ = m.feature_size;
     embed_size_ = m.embed_size;
     max_caption_len_ = m.max_caption_len;
@@ -228,44 +228,58 @@ void Bundle::score(const EncodedImages& images, const EncodedCaptions& captions,
 }
 
 std::vector<Hit> Bundle::search(const EncodedImages& gallery, const std::string& caption, size_t k, size_t shortlist) const {
+    return search(MemoryImages(gallery), caption, k, shortlist);
+}
+
+std::vector<Hit> Bundle::search(const ImageSource& gallery, const std::string& caption, size_t k, size_t shortlist) const {
     if (k == 0) throw Error(KIDRR_ERR_INVALID_ARGUMENT, "k must be at least 1");
     if (shortlist != 0 && shortlist < k)
         throw Error(KIDRR_ERR_INVALID_ARGUMENT, "shortlist (" + std::to_string(shortlist) + ") must be 0 (exact) or >= k (" + std::to_string(k) + ")");
-    if (gallery.n == 0) throw Error(KIDRR_ERR_INPUT, "the gallery is empty; encode at least one image first");
-    if (k > gallery.n)
-        throw Error(KIDRR_ERR_INPUT, "k (" + std::to_string(k) + ") is larger than the gallery (" +
-                                         std::to_string(gallery.n) + " images); ask for at most that many");
+    const size_t n = gallery.live();
+    if (n == 0) throw Error(KIDRR_ERR_INPUT, "the gallery is empty; encode at least one image first");
+    if (k > n)
+        throw Error(KIDRR_ERR_INPUT, "k (" + std::to_string(k) + ") is larger than the gallery (" + std::to_string(n) +
+                                         " images); ask for at most that many");
+    if (gallery.dim() != embed_size_) throw Error(KIDRR_ERR_INPUT, "the gallery was encoded by a bundle with another embed size");
+    if (gallery.bundle_id() != identity_)
+        throw Error(KIDRR_ERR_INPUT, "the gallery was encoded by another bundle (" + gallery.bundle_id().substr(0, 12) +
+                                         "...), not this one; re-encode it with this bundle");
     EncodedCaptions query = encode_captions({caption});
-    const size_t d = embed_size_, r = gallery.regions, n = gallery.n;
-    std::vector<size_t> rows(n);
-    std::iota(rows.begin(), rows.end(), size_t(0));
-    std::vector<float> scores;
+    const size_t d = embed_size_;
+    std::vector<size_t> rows;     // candidates, ascending
     if (shortlist == 0 || shortlist >= n) {
-        scores.resize(n);
-        score(gallery, query, scores.data());
+        rows = gallery.live_rows(0, gallery.rows());
     } else {
-        // Stage 1: the cosine of the l2-normalised globals; stage 2: the full score on the best few.
-        std::vector<float> cosine(n);
-        for (size_t i = 0; i < n; ++i) {
-            const float* g = gallery.globals.data() + i * d;
-            float s = 0;
-            for (size_t t = 0; t < d; ++t) s += g[t] * query.globals[t];
-            cosine[i] = s;
+        // Stage 1: the dot product of the l2-normalised globals over every live row, read a block
+        // at a time; stage 2: the full score of the best `shortlist`. A non-finite product (a
+        // damaged global) sorts last, as in the Python reader; gathering it later is an error.
+        constexpr size_t kBlock = 4096;
+        std::vector<float> block;
+        std::vector<std::pair<float, size_t>> cosine;
+        cosine.reserve(n);
+        for (size_t b0 = 0; b0 < gallery.rows(); b0 += kBlock) {
+            const size_t bn = std::min(kBlock, gallery.rows() - b0);
+            block.resize(bn * d);
+            gallery.read_globals(b0, bn, block.data());
+            for (size_t r : gallery.live_rows(b0, b0 + bn)) {
+                const float* g = block.data() + (r - b0) * d;
+                float s = 0;
+                for (size_t t = 0; t < d; ++t) s += g[t] * query.globals[t];
+                cosine.emplace_back(std::isfinite(s) ? s : -INFINITY, r);
+            }
         }
-        std::partial_sort(rows.begin(), rows.begin() + shortlist, rows.end(), [&](size_t a, size_t b) {
-            return cosine[a] > cosine[b] || (cosine[a] == cosine[b] && a < b);
+        std::partial_sort(cosine.begin(), cosine.begin() + shortlist, cosine.end(), [](const auto& a, const auto& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
         });
-        rows.resize(shortlist);
-        EncodedImages picked;
-        picked.n = shortlist; picked.regions = r; picked.dim = d; picked.bundle_id = gallery.bundle_id;
-        picked.locals.resize(shortlist * r * d);
-        picked.globals.resize(shortlist * d);
-        for (size_t s = 0; s < shortlist; ++s) {
-            std::copy_n(gallery.locals.begin() + rows[s] * r * d, r * d, picked.locals.begin() + s * r * d);
-            std::copy_n(gallery.globals.begin() + rows[s] * d, d, picked.globals.begin() + s * d);
-        }
-        scores.resize(shortlist);
-        score(picked, query, scores.data());
+        for (size_t t = 0; t < shortlist; ++t) rows.push_back(cosine[t].second);
+        std::sort(rows.begin(), rows.end());  // ascending reads: kinder to the page cache
+    }
+    // Score the candidates a tile at a time: only a tile's locals are ever in memory.
+    const size_t tile = tile_images_ * tile_captions_;
+    std::vector<float> scores(rows.size());
+    for (size_t t0 = 0; t0 < rows.size(); t0 += tile) {
+        const std::vector<size_t> part(rows.begin() + t0, rows.begin() + std::min(rows.size(), t0 + tile));
+        score(gallery.gather(part), query, scores.data() + t0);
     }
     std::vector<size_t> order(scores.size());
     std::iota(order.begin(), order.end(), size_t(0));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "encoded.hpp"
+#include "image_source.hpp"
 #include "ort.hpp"
 #include "tokenizer.hpp"
 
@@ -35,6 +36,8 @@ public:
     // (n, m) row-major into out.
     void score(const EncodedImages& images, const EncodedCaptions& captions, float* out) const;
     std::vector<Hit> search(const EncodedImages& gallery, const std::string& caption, size_t k, size_t shortlist) const;
+    // Any source (a memory-mapped format-2 gallery): hits name its rows; removed rows never appear.
+    std::vector<Hit> search(const ImageSource& gallery, const std::string& caption, size_t k, size_t shortlist) const;
     std::vector<int64_t> tokenize(const std::string& caption) const { return vocab_.encode(caption, max_caption_len_); }
 
     size_t feature_size() const { return feature_size_; }

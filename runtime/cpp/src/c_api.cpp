@@ -5,6 +5,7 @@
 
 #include "bundle.hpp"
 #include "checked.hpp"
+#include "disk_gallery.hpp"
 #include "error.hpp"
 #include "gallery.hpp"
 #include "kidrr.h"
@@ -18,6 +19,9 @@ struct kidrr_images {
 };
 struct kidrr_captions {
     kidrr::EncodedCaptions data;
+};
+struct kidrr_gallery {
+    std::unique_ptr<kidrr::DiskGallery> impl;
 };
 struct kidrr_vocab {
     kidrr::Vocabulary vocab;
@@ -226,6 +230,39 @@ kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* galler
         auto found = bundle->impl->search(gallery->data, caption, k, shortlist);
         for (size_t t = 0; t < found.size(); ++t) hits[t] = {found[t].image, found[t].score};
         *n_hits = found.size();
+    });
+}
+
+kidrr_status kidrr_gallery_open(const kidrr_bundle* bundle, const char* folder, kidrr_gallery** out) {
+    return guarded("kidrr_gallery_open", [&] {
+        REQUIRE(out, "out must not be NULL");
+        *out = nullptr;
+        REQUIRE(bundle && folder, "bundle and folder must not be NULL");
+        auto g = std::make_unique<kidrr_gallery>();
+        g->impl = std::make_unique<kidrr::DiskGallery>(folder, bundle->impl->identity(), bundle->impl->embed_size());
+        *out = g.release();
+    });
+}
+
+void kidrr_gallery_close(kidrr_gallery* gallery) { delete gallery; }
+size_t kidrr_gallery_count(const kidrr_gallery* gallery) { return gallery ? gallery->impl->live() : 0; }
+
+kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_gallery* gallery, const char* caption, size_t k,
+                                  size_t shortlist, kidrr_hit* hits, size_t* n_hits) {
+    return guarded("kidrr_gallery_search", [&] {
+        REQUIRE(bundle && gallery && caption && hits && n_hits, "bundle, gallery, caption, hits and n_hits must not be NULL");
+        auto found = bundle->impl->search(*gallery->impl, caption, k, shortlist);
+        for (size_t t = 0; t < found.size(); ++t) hits[t] = {found[t].image, found[t].score};
+        *n_hits = found.size();
+    });
+}
+
+kidrr_status kidrr_gallery_id(const kidrr_gallery* gallery, size_t row, const char** id, size_t* len) {
+    return guarded("kidrr_gallery_id", [&] {
+        REQUIRE(gallery && id && len, "gallery, id and len must not be NULL");
+        const std::string_view v = gallery->impl->id(row);
+        *id = v.data();
+        *len = v.size();
     });
 }
 

@@ -78,6 +78,29 @@ GraphSpec graph(const Json& graphs, const char* name, size_t n_inputs, size_t n_
 
 }  // namespace
 
+std::string identity_text(const Json& m) {
+    static const char* const kGraphKeys[] = {"file", "sha256", "opset", "precision", "inputs", "outputs", "kidrr_functions"};
+    static const char* const kBundleKeys[] = {"format", "model", "tokenizer", "precision", "files"};
+    auto value = [](const Json& obj, const char* key) {
+        const Json* v = member(obj, key);
+        return v ? *v : Json(nullptr);
+    };
+    Json core = Json::object();
+    for (const char* k : kBundleKeys) core[k] = value(m, k);
+    Json graphs = Json::object();
+    for (const auto& [name, entry] : m.at("graphs").items()) {
+        Json g = Json::object();
+        for (const char* k : kGraphKeys) g[k] = value(entry, k);
+        graphs[name] = g;
+    }
+    core["graphs"] = graphs;
+    // nlohmann's objects are sorted by key (byte order = code point order for UTF-8, as Python's
+    // sort_keys), dump() without indent writes "," and ":" unspaced, ensure_ascii escapes as
+    // Python does (lower-case u-escapes, surrogate pairs, DEL escaped), and doubles print shortest round-trip
+    // ("0.1", "1e-05", "9.0") as Python's repr.
+    return core.dump(-1, ' ', true);
+}
+
 Manifest parse_manifest(std::string_view raw, const std::string& path) {
     const Json m = parse_json(raw, path);
     if (!m.is_object()) bad(path, "the manifest is not a JSON object");
@@ -91,6 +114,7 @@ Manifest parse_manifest(std::string_view raw, const std::string& path) {
     if (string(tok, "rules", "tokenizer.rules", path) != kTokenizerRules)
         throw Error(KIDRR_ERR_BUNDLE, path + ": tokenizer rules differ from this runtime's " + std::string(kTokenizerRules));
     Manifest out;
+    out.identity_text = identity_text(m);
     out.feature_size = positive_int(member(model, "feature_size"), "model.feature_size", path);
     out.embed_size = positive_int(member(model, "embed_size"), "model.embed_size", path);
     const Json* max_len = member(tok, "max_caption_len");

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace kidrr {
 
 constexpr const char* kBundleFormat = "kidrr-bundle/1";
@@ -25,7 +27,15 @@ struct Manifest {
     std::string vocab_file;
     // Every file the manifest vouches for, (relative path, sha256): the three graphs, then `files`.
     std::vector<std::pair<std::string, std::string>> files;
+    // The text a bundle's identity is the sha256 of (kidrr/identity.py bundle_id): the canonical
+    // JSON of the fields that change the numbers, so re-exports keep it and galleries stay valid.
+    std::string identity_text;
 };
+
+// That text for a parsed manifest: {"files","format","graphs" (each graph's number-changing
+// keys),"model","precision","tokenizer"} as Python's json.dumps(sort_keys=True,
+// separators=(",", ":")) writes it (ASCII only, missing keys as null).
+std::string identity_text(const nlohmann::json& manifest);
 
 // Throws Error(KIDRR_ERR_BUNDLE) naming `path` and the field on anything malformed.
 Manifest parse_manifest(std::string_view raw, const std::string& path);

@@ -133,7 +133,7 @@ std::string NpyArray::unicode_scalar() const {
     return out;
 }
 
-NpyArray parse_npy(std::string_view b, const std::string& what) {
+NpyHeader parse_npy_header(std::string_view b, const std::string& what) {
     if (b.size() < 10 || b.compare(0, 6, "\x93NUMPY") != 0) bad(what, "not a .npy array");
     const int major = static_cast<unsigned char>(b[6]);
     size_t header_len, start;
@@ -151,25 +151,36 @@ NpyArray parse_npy(std::string_view b, const std::string& what) {
     auto order = h.text.find("fortran_order");
     if (descr == h.text.end() || order == h.text.end() || !h.has_shape) bad(what, ".npy header needs descr, fortran_order and shape");
     if (order->second != "False") bad(what, "Fortran-order arrays are not supported; save a C-order array");
-    NpyArray a;
-    a.descr = descr->second;
-    a.shape = h.shape;
-    size_t item;
-    if (a.descr == "<f4") {
-        item = 4;
-    } else if (a.descr.size() > 2 && a.descr.size() <= 8 && a.descr.compare(0, 2, "<U") == 0 &&
-               a.descr.find_first_not_of("0123456789", 2) == std::string::npos) {
-        item = 4 * std::stoul(a.descr.substr(2));  // at most 6 digits: cannot overflow
-    } else {
-        bad(what, "dtype " + a.descr + " is not supported (float32 '<f4' only)");
-    }
+    NpyHeader out;
+    out.descr = descr->second;
+    out.shape = h.shape;
+    out.data_offset = start + header_len;
+    const std::string& d = out.descr;
+    if (d == "<f4") out.item_size = 4;
+    else if (d == "<f2") out.item_size = 2;
+    else if (d == "|i1") out.item_size = 1;
+    else if (d == "<i8" || d == "<u8") out.item_size = 8;
+    else if (d.size() > 2 && d.size() <= 8 && d.compare(0, 2, "<U") == 0 && d.find_first_not_of("0123456789", 2) == std::string::npos)
+        out.item_size = 4 * std::stoul(d.substr(2));  // at most 6 digits: cannot overflow
+    else
+        bad(what, "dtype " + d + " is not supported");
+    out.data_bytes = mul_size(product(out.shape, what), out.item_size, what);
+    return out;
+}
+
+NpyArray parse_npy(std::string_view b, const std::string& what) {
+    const NpyHeader h = parse_npy_header(b, what);
+    if (h.descr != "<f4" && h.descr.compare(0, 2, "<U") != 0)
+        bad(what, "dtype " + h.descr + " is not supported here (float32 '<f4' only)");
     // The byte count the header promises, overflow-checked, must be exactly what the file holds.
-    const size_t bytes = mul_size(product(a.shape, what), item, what);
-    const size_t held = b.size() - start - header_len;
-    if (bytes != held)
-        bad(what, "its header promises " + std::to_string(bytes) + " bytes of data but the file holds " + std::to_string(held) +
+    const size_t held = b.size() - h.data_offset;
+    if (h.data_bytes != held)
+        bad(what, "its header promises " + std::to_string(h.data_bytes) + " bytes of data but the file holds " + std::to_string(held) +
                       " (truncated or crafted); rebuild it");
-    a.data.assign(b.data() + start + header_len, bytes);
+    NpyArray a;
+    a.descr = h.descr;
+    a.shape = h.shape;
+    a.data.assign(b.data() + h.data_offset, h.data_bytes);
     return a;
 }
 

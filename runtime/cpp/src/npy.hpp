@@ -24,6 +24,15 @@ struct NpyArray {
     std::string unicode_scalar() const;  // a '<U' 0-d array as UTF-8 (Error if it is not one)
 };
 
+// The header alone: dtype, shape, where the data starts and how many bytes it must hold
+// (overflow-checked). Dtypes: <f4 <f2 |i1 <i8 <u8 and <U<n>.
+struct NpyHeader {
+    std::string descr;
+    std::vector<size_t> shape;
+    size_t data_offset = 0, item_size = 0, data_bytes = 0;
+};
+NpyHeader parse_npy_header(std::string_view bytes, const std::string& what);
+
 // Throw Error(KIDRR_ERR_INPUT) naming `what` on a malformed or unsupported array.
 NpyArray parse_npy(std::string_view bytes, const std::string& what);
 // name (without ".npy") -> array, for stored (uncompressed) members only; CRC-32 checked.

@@ -1,5 +1,5 @@
 // SHA-256 through OpenSSL's libcrypto (EVP interface), used to check bundle files against
-// manifest.json and to compute a bundle's identity (the sha256 of its manifest).
+// manifest.json and to compute a bundle's identity (the sha256 of manifest.cpp's identity_text).
 #pragma once
 #include <cstddef>
 #include <string>

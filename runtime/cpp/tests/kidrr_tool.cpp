@@ -6,6 +6,7 @@
 //   kidrr_tool score BUNDLE FEATURES.npy FILE   -> n lines of m scores (%.9g)
 //   kidrr_tool search BUNDLE GALLERY CAPTION K SHORTLIST -> "<image> <score>" per hit
 //   kidrr_tool sha256 FILE
+//   kidrr_tool identity MANIFEST.json          -> the bundle identity the C runtime computes
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -14,7 +15,10 @@
 #include <vector>
 
 #include "error.hpp"
+#include "json.hpp"
+#include "manifest.hpp"
 #include "kidrr.h"
+#include "npy.hpp"
 #include "sha256.hpp"
 #include "tokenizer.hpp"
 
@@ -114,6 +118,18 @@ int main(int argc, char** argv) {
         for (size_t t = 0; t < n; ++t) std::printf("%zu %.9g\n", hits[t].image, hits[t].score);
         kidrr_images_free(gallery);
         kidrr_close(b);
+        return 0;
+    }
+    if (cmd == "identity") {
+        try {
+            const std::string text = kidrr::identity_text(kidrr::parse_json(kidrr::read_file_bytes(argv[2]), argv[2]));
+            kidrr::Sha256 h;
+            h.update(text.data(), text.size());
+            std::printf("%s\n", h.hex_digest().c_str());
+        } catch (const kidrr::Error& e) {
+            std::fprintf(stderr, "%s\n", e.what());
+            return 1;
+        }
         return 0;
     }
     if (cmd == "sha256") {
