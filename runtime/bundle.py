@@ -5,7 +5,6 @@ Torch-free. The runtime trusts nothing in the folder that manifest.json does not
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from kidrr.config import ModelConfig
 from kidrr.errors import BundleError, CheckpointError, ConfigError
 from kidrr.fileio import sha256_file
+from kidrr.identity import bundle_id
 from kidrr.tokenizer import TOKENIZER_RULES, Vocabulary
 
 MANIFEST = "manifest.json"
@@ -23,9 +23,9 @@ IMAGE_GRAPHS = ("preprocess", "backbone")   # present when manifest["image"] is 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle. `identity` (sha256 of manifest.json, as the C ABI computes it) tags galleries
-    built from it. The exporter keeps timings and reports out of the manifest (export_report.json),
-    so re-exporting a checkpoint gives the same identity and saved galleries stay valid."""
+    """A verified bundle. `identity` (kidrr.identity.bundle_id: what changes the numbers, not export
+    timings or versions; the C ABI computes the same) tags galleries built from it, so a re-export
+    keeps saved galleries valid."""
     path: str
     manifest: dict
     vocab: Vocabulary
@@ -62,7 +62,7 @@ class Bundle:
 MAX_MANIFEST_BYTES = 16 << 20   # a real manifest is a few kB; refuse to read a crafted giant
 
 
-def _read_manifest(folder: str) -> tuple[dict, bytes]:
+def _read_manifest(folder: str) -> dict:
     path = os.path.join(folder, MANIFEST)
     try:
         if not os.path.isdir(folder):
@@ -89,7 +89,7 @@ def _read_manifest(folder: str) -> tuple[dict, bytes]:
                           f"re-export it") from exc
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} must hold a JSON object, not {type(manifest).__name__}; re-export the bundle")
-    return manifest, raw
+    return manifest
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -241,7 +241,7 @@ def _verify_file(folder: str, rel: str, expected: str) -> None:
 def load_bundle(folder: str, verify: bool = True) -> Bundle:
     """Open and verify a bundle folder. verify=False skips the hashes (not the format check)."""
     folder = os.path.abspath(folder)
-    manifest, raw = _read_manifest(folder)
+    manifest = _read_manifest(folder)
     path = os.path.join(folder, MANIFEST)
     _check_structure(manifest, path)
     vocab_rel = manifest["tokenizer"]["vocab"]
@@ -259,4 +259,4 @@ def load_bundle(folder: str, verify: bool = True) -> Bundle:
     if size != len(vocab):
         raise BundleError(f"bundle file {vocab_rel} has {len(vocab)} words but the manifest's model says "
                           f"vocab_size {size}; re-export the bundle")
-    return Bundle(folder, manifest, vocab, hashlib.sha256(raw).hexdigest())
+    return Bundle(folder, manifest, vocab, bundle_id(manifest))
