@@ -2,7 +2,7 @@
 32, and end-to-end JPEG files -> gallery images/s (decode, preprocess graph, backbone, image encoder).
 
     python bench/images_speed.py   (or python -m kidrr.bench.images_speed) [--bundle B] [--threads 2]
-        [--backbone efficientnet-lite0] [--photos 64] [--out images-speed/]
+        [--backbone efficientnet-lite0] [--photos 64] [--threads 2 | 1,2] [--out images-speed/]
 
 Each measurement runs in its own process (torch and onnxruntime in one process disturb each other's
 threads), one after the other in the same run, so the ratios compare like with like. Reported:
@@ -122,7 +122,7 @@ def _bundle_for(bundle: str | None, backbone: str, work: str, log) -> tuple[str,
     return out, "random small model (D=256)"
 
 
-def run(bundle, backbone, threads, photos, repeats_b1, repeats_b32, repeats_e2e, out, log=print) -> dict:
+def run(bundle, backbone, thread_counts, photos, repeats_b1, repeats_b32, repeats_e2e, out, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="kidrr-images-speed-") as work:
         load_before = os.getloadavg()
         bundle, bundle_kind = _bundle_for(bundle, backbone, work, log)
@@ -131,23 +131,24 @@ def run(bundle, backbone, threads, photos, repeats_b1, repeats_b32, repeats_e2e,
         backbone = manifest["image"]["backbone"]
         os.environ["KIDRR_BENCH_BACKBONE_ONNX"] = os.path.join(bundle, manifest["graphs"]["backbone"]["file"])
         rows = []
-        for batch in BATCHES:
-            reps = repeats_b1 if batch == 1 else repeats_b32
-            for kind in ("torch", "ort"):
-                log(f"  backbone {kind} batch {batch} ...")
-                r = _child(["backbone", kind, backbone, str(batch), str(threads), str(reps)])
-                rows.append({"what": "backbone", "backend": kind, "batch": batch, **r})
         folder = os.path.join(work, "photos")
         os.makedirs(folder)
         _write_photos(folder, photos)
-        log(f"  end to end: {photos} JPEGs 500x375 -> gallery ...")
-        r = _child(["e2e", bundle, folder, str(threads), str(repeats_e2e)])
-        rows.append({"what": "jpeg->gallery", "backend": "ort", "batch": 32, **r})
+        for threads in thread_counts:
+            for batch in BATCHES:
+                reps = repeats_b1 if batch == 1 else repeats_b32
+                for kind in ("torch", "ort"):
+                    log(f"  backbone {kind} batch {batch}, {threads} thread(s) ...")
+                    r = _child(["backbone", kind, backbone, str(batch), str(threads), str(reps)])
+                    rows.append({"what": "backbone", "backend": kind, "batch": batch, "threads": threads, **r})
+            log(f"  end to end: {photos} JPEGs 500x375 -> gallery, {threads} thread(s) ...")
+            r = _child(["e2e", bundle, folder, str(threads), str(repeats_e2e)])
+            rows.append({"what": "jpeg->gallery", "backend": "ort", "batch": 32, "threads": threads, **r})
         load_after = os.getloadavg()
-    rate = {(r["what"], r["backend"], r["batch"]): r["images_per_s"] for r in rows}
-    report = {"backbone": backbone, "threads": threads, "bundle": bundle_kind, "rows": rows,
-              "ort_over_torch": {str(b): rate[("backbone", "ort", b)] / rate[("backbone", "torch", b)]
-                                 for b in BATCHES},
+    rate = {(r["what"], r["backend"], r["batch"], r["threads"]): r["images_per_s"] for r in rows}
+    report = {"backbone": backbone, "threads": list(thread_counts), "bundle": bundle_kind, "rows": rows,
+              "ort_over_torch": {f"batch {b}, {t} thread(s)": rate[("backbone", "ort", b, t)]
+                                 / rate[("backbone", "torch", b, t)] for t in thread_counts for b in BATCHES},
               "load_average_before": load_before, "load_average_after": load_after, "cpus": os.cpu_count()}
     os.makedirs(out, exist_ok=True)
     from kidrr.fileio import write_atomic
@@ -162,14 +163,16 @@ def _plot(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from kidrr.fileio import write_figure
-    labels = [f"{r['what']}\n{r['backend']} b{r['batch']}" for r in report["rows"]]
+    labels = [f"{r['what']}\n{r['backend']} b{r['batch']} t{r['threads']}" for r in report["rows"]]
     values = [r["images_per_s"] for r in report["rows"]]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(10, 3.4))
     colours = ["#4c72b0" if r["backend"] == "torch" else "#dd8452" for r in report["rows"]]
     ax.bar(range(len(values)), values, color=colours)
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     ax.set_ylabel("images / s (median)")
-    ax.set_title(f"{report['backbone']}, {report['threads']} threads (load {report['load_average_before'][0]:.1f})",
+    ax.set_yscale("log")
+    ax.set_title(f"{report['backbone']} (load average {report['load_average_before'][0]:.1f} on "
+                 f"{report['cpus']} CPUs)",
                  fontsize=9)
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
@@ -178,10 +181,11 @@ def _plot(report: dict, path: str) -> None:
 
 
 def _print(report: dict) -> None:
-    print(f"{'what':15s} {'backend':7s} {'batch':>5s} {'images/s':>9s} {'median s':>9s}")
+    print(f"{'what':15s} {'backend':7s} {'threads':>7s} {'batch':>5s} {'images/s':>9s} {'median s':>9s}")
     for r in report["rows"]:
-        print(f"{r['what']:15s} {r['backend']:7s} {r['batch']:5d} {r['images_per_s']:9.2f} {r['median_s']:9.4f}")
-    print("ORT / torch: " + ", ".join(f"batch {b} x{v:.2f}" for b, v in report["ort_over_torch"].items()))
+        print(f"{r['what']:15s} {r['backend']:7s} {r['threads']:7d} {r['batch']:5d} {r['images_per_s']:9.2f} "
+              f"{r['median_s']:9.4f}")
+    print("ORT / torch: " + ", ".join(f"{k} x{v:.2f}" for k, v in report["ort_over_torch"].items()))
     print(f"load average before {report['load_average_before'][0]:.1f}, after {report['load_average_after'][0]:.1f} "
           f"on {report['cpus']} CPUs")
 
@@ -200,13 +204,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", default=None, help="bundle with a backbone (default: shipped pixel model)")
     ap.add_argument("--backbone", default="efficientnet-lite0", help="for the random fallback bundle")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="2", help="thread counts, comma-separated (e.g. 1,2)")
     ap.add_argument("--photos", type=int, default=64, help="JPEGs for the end-to-end run")
     ap.add_argument("--repeats", type=int, default=15, help="timed calls at batch 1 (batch 32 and e2e: a third)")
     ap.add_argument("--out", default="images-speed", help="folder for images_speed.json and .png")
     a = ap.parse_args(argv)
     reps32 = max(3, a.repeats // 3)
-    report = run(a.bundle, a.backbone, a.threads, a.photos, a.repeats, reps32, reps32, a.out,
+    threads = [int(t) for t in str(a.threads).split(",") if t.strip()]
+    report = run(a.bundle, a.backbone, threads, a.photos, a.repeats, reps32, reps32, a.out,
                  log=lambda m: print(m, file=sys.stderr))
     _print(report)
 

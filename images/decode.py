@@ -57,8 +57,8 @@ def _check_size(img: Image.Image, name: str, max_pixels: int) -> None:
     if width < MIN_SIDE or height < MIN_SIDE:
         raise ImageError(f"{name} is {width} x {height} pixels: empty", reason="empty", path=name)
     if width * height > max_pixels:
-        raise ImageError(f"{name} is {width} x {height} = {width * height / 1e6:.0f} megapixels, over the limit of "
-                         f"{max_pixels / 1e6:.0f} megapixels (decoding it would need about "
+        raise ImageError(f"{name} is {width} x {height} = {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,} (decoding it would need about "
                          f"{20 * width * height / 1e9:.0f} GB); downscale it first", reason="too-large", path=name)
 
 
@@ -151,6 +151,6 @@ def check_pixels(pixels, name: str = "pixels", max_pixels: int = MAX_PIXELS) -> 
     if arr.shape[0] < MIN_SIDE or arr.shape[1] < MIN_SIDE:
         raise ImageError(f"{name} is empty: shape {arr.shape}", reason="empty")
     if arr.shape[0] * arr.shape[1] > max_pixels:
-        raise ImageError(f"{name} has {arr.shape[0] * arr.shape[1] / 1e6:.0f} megapixels, over the limit of "
-                         f"{max_pixels / 1e6:.0f}", reason="too-large")
+        raise ImageError(f"{name} has {arr.shape[0] * arr.shape[1]:,} pixels, over the limit of {max_pixels:,}",
+                         reason="too-large")
     return np.ascontiguousarray(arr)

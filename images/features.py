@@ -94,14 +94,16 @@ def _load_progress(paths: dict, digest: str, restart: bool):
 def extract_features(images_dir: str, captions: str, out: str, split: str = "train",
                      backbone: str = DEFAULT_BACKBONE, ids: str | None = None, batch_size: int = 32,
                      threads: int = 0, strict: bool = False, restart: bool = False, force: bool = False,
-                     max_pixels: int = MAX_PIXELS, progress: bool = True, stop_after: int | None = None) -> dict:
+                     max_pixels: int = MAX_PIXELS, progress: bool = True, stop_after: int | None = None,
+                     engine: str = "ort") -> dict:
     """Run the job; returns the record written to {split}_features.json.
 
     stop_after (tests: an interrupt) stops after that many batches, leaving a resumable job.
     """
-    import torch
-    from kidrr.backbone import features_record, load_backbone
+    from kidrr.backbone import features_record
 
+    if engine not in ENGINES:
+        raise DataError(f"engine must be one of {ENGINES}, got {engine!r}")
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
     spec = backbone_spec(backbone)
@@ -133,9 +135,7 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
                             f"pass --restart")
         print(f"resuming: {state['done']} of {len(plan)} images done, {state['rows']} rows kept", file=sys.stderr)
     resumed_skips = SkipReport([tuple(s) for s in state["skipped"]])
-    if threads:
-        torch.set_num_threads(threads)
-    net = load_backbone(backbone)
+    extract = backbone_runner(backbone, engine, threads)
     pre = Preprocessor(preprocessing_graph(backbone), threads=threads)
     start_time, start_done = time.perf_counter(), state["done"]
     bar = tqdm(total=len(plan), initial=state["done"], desc=f"kidrr-features {split}", unit="img",
@@ -147,8 +147,7 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
             batch, kept = decode_batch([p for _, p, _ in chunk], [n for n, _, _ in chunk], pre, resumed_skips,
                                        strict=strict, max_pixels=max_pixels)
             if batch is not None:
-                with torch.inference_mode():
-                    feats = net(torch.from_numpy(batch)).numpy()
+                feats = extract(batch)
                 r = state["rows"]
                 rows[r:r + len(kept)] = feats.astype(np.float16)
                 rows.flush()   # rows on disk before the progress record says so
@@ -174,7 +173,7 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
         raise DataError(f"none of the images in {images_dir} could be used; see the skipped files above")
     _finish(paths, state, plan)
     total = len(plan) + len(report) - len(resumed_skips)
-    record.update(split=split, images=state["rows"], source_images=total, skipped=report.to_json(),
+    record.update(split=split, engine=engine, images=state["rows"], source_images=total, skipped=report.to_json(),
                   images_per_s=round((state["done"] - start_done) / max(elapsed, 1e-9), 2))
     write_atomic(paths["record"], dump_json(record).encode())
     if len(report):
@@ -187,6 +186,31 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
     os.unlink(paths["progress"])
     report.print_summary(total, state["rows"])
     return record
+
+
+ENGINES = ("ort", "torch")
+
+
+def backbone_runner(backbone: str, engine: str, threads: int):
+    """(n, 3, S, S) float32 -> (n, R, F) float32. 'ort' (default) runs the very backbone.onnx a bundle
+    ships, so training features equal runtime features; 'torch' runs the package network."""
+    if engine == "torch":
+        import torch
+        from kidrr.backbone import load_backbone
+        if threads:
+            torch.set_num_threads(threads)
+        net = load_backbone(backbone)
+
+        def run(batch):
+            with torch.inference_mode():
+                return net(torch.from_numpy(batch)).numpy()
+        return run
+    import onnxruntime as ort
+    from kidrr.backbone import ONNX_INPUT, cached_backbone_onnx
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    session = ort.InferenceSession(cached_backbone_onnx(backbone), opts, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {ONNX_INPUT: batch})[0]
 
 
 def _finish(paths: dict, state: dict, plan: list) -> None:
@@ -234,11 +258,14 @@ def read_features_record(folder: str, split: str) -> dict | None:
 @click.option("--restart", is_flag=True, help="discard an interrupted run of this split and start over")
 @click.option("--force", is_flag=True, help="replace this split's finished features in --out")
 @click.option("--max-pixels", type=int, default=MAX_PIXELS, show_default=True, help="refuse larger images")
-def main(images_dir, captions, ids, out, split, backbone, batch_size, threads, strict, restart, force, max_pixels):
+@click.option("--engine", type=click.Choice(ENGINES), default="ort", show_default=True,
+              help="ort: the bundle's backbone graph (traced once, cached); torch: the package network")
+def main(images_dir, captions, ids, out, split, backbone, batch_size, threads, strict, restart, force, max_pixels,
+         engine):
     """Extract region features for a folder of photos. Exit code 0: all used; 1: some skipped; 2: error."""
     try:
         record = extract_features(images_dir, captions, out, split, backbone, ids, batch_size, threads, strict,
-                                  restart, force, max_pixels)
+                                  restart, force, max_pixels, engine=engine)
     except ImageError as exc:
         click.echo(f"error (--strict): {exc}", err=True)
         sys.exit(2)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import io
+import os
+import warnings
 
 import torch
 from torch import nn
 
 from kidrr.errors import CheckpointError, ConfigError
-from kidrr.fileio import sha256_file
+from kidrr.fileio import sha256_file, write_atomic
 from kidrr.images.spec import FEATURES_FORMAT, backbone_spec, preprocessing_record
 
 
@@ -75,3 +78,41 @@ def features_record(name: str) -> dict:
     return {"format": FEATURES_FORMAT, "backbone": name, "weights_sha256": weights_sha256(name),
             "regions": spec.regions, "feature_size": spec.feature_size,
             "preprocessing": preprocessing_record(name)}
+
+
+ONNX_INPUT, ONNX_OUTPUT = "images", "features"
+
+
+def backbone_onnx(name: str, opset: int = 18, net: RegionBackbone | None = None):
+    """The backbone as an ONNX ModelProto: images (n, 3, S, S) float32 -> features (n, R, F) float32.
+
+    Traced with torch's TorchScript exporter (plain convolutions, nothing it mistranslates; BatchNorm
+    folds into the convolutions); the batch axis stays dynamic (checked at two batch sizes at export).
+    This one graph is what kidrr-features runs and what the bundle ships, so training features and
+    runtime features come from the same computation."""
+    import onnx
+    spec = backbone_spec(name)
+    net = net if net is not None else load_backbone(name)
+    example = torch.zeros(2, 3, spec.input_size, spec.input_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
+        torch.onnx.export(net, (example,), buf, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                          dynamic_axes={ONNX_INPUT: {0: "n"}, ONNX_OUTPUT: {0: "n"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    model = onnx.load_from_string(buf.getvalue())
+    model.metadata_props.add(key="kidrr.backbone", value=name)
+    model.metadata_props.add(key="kidrr.weights_sha256", value=weights_sha256(name))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def cached_backbone_onnx(name: str, opset: int = 18) -> str:
+    """Path of backbone_onnx(name) in the kidrr cache ($KIDRR_CACHE, else ~/.cache/kidrr), traced once
+    per (backbone, weights, opset, torch version) and written atomically."""
+    root = os.environ.get("KIDRR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kidrr")
+    path = os.path.join(os.path.abspath(root), "backbones",
+                        f"{name}-{weights_sha256(name)[:16]}-opset{opset}-torch{torch.__version__}.onnx")
+    if not os.path.isfile(path):
+        write_atomic(path, backbone_onnx(name, opset).SerializeToString())
+    return path

@@ -62,16 +62,31 @@ def search(gallery: str, query: str, k: int = 10, bundle: str | None = None, sho
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("query")
-@click.option("--gallery", required=True, help="gallery made by kidrr-index (folder, or .npz file)")
+@click.option("--gallery", default=None, help="gallery made by kidrr-index (folder, or .npz file)")
 @click.option("--bundle", default=None, help="bundle (default: the one the gallery was made with)")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="number of photos to list")
 @click.option("--shortlist", type=int, default=None, help="two-stage search: rerank this many by the globals")
 @click.option("--threads", type=int, default=0)
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def main(query, gallery, bundle, k, shortlist, threads, as_json):
+@click.option("--demo", is_flag=True, help="search a rendered demo folder with the shipped pixel model (rendered, "
+                                           "exported and indexed into the cache on first use), e.g. "
+                                           "kidrr-search --demo \"a big red circle left of a small blue square\"")
+def main(query, gallery, bundle, k, shortlist, threads, as_json, demo):
     """Photos of GALLERY ranked by how well they match QUERY."""
+    if gallery is None:   # kept optional so other sources (a demo folder) can be added beside --gallery
+        click.echo("error: pass --gallery (a gallery made by kidrr-index)", err=True)
+        sys.exit(2)
     try:
-        hits = search(gallery, query, k, bundle, shortlist, threads)
+        if demo:
+            if gallery or bundle or shortlist:
+                raise InputError("--demo searches its own folder with the shipped pixel model; drop --gallery, "
+                                 "--bundle and --shortlist")
+            from .demo import demo_search
+            hits = demo_search(query, k, threads, log=None if as_json else lambda m: click.echo(m, err=True))
+        elif not gallery:
+            raise InputError("give --gallery (made by kidrr-index), or --demo to try the shipped pixel model")
+        else:
+            hits = search(gallery, query, k, bundle, shortlist, threads)
     except KidrrError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -40,10 +40,34 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
-def features_data(tmp_path_factory):
+def backbone_cache(tmp_path_factory):
+    """A KIDRR_CACHE for the traced backbone graph kidrr-features runs (never the user's ~/.cache)."""
+    return str(tmp_path_factory.mktemp("kidrr-cache"))
+
+
+@pytest.fixture
+def in_backbone_cache(backbone_cache, monkeypatch):
+    monkeypatch.setenv("KIDRR_CACHE", backbone_cache)
+    return backbone_cache
+
+
+@pytest.fixture(scope="session")
+def features_data(tmp_path_factory, backbone_cache):
     """A kidrr-features data folder (train: 4 photos, dev: 2), extracted once per test session."""
     from image_files import photo_folder, write_tsv
     from kidrr.images.features import extract_features
+    saved = os.environ.get("KIDRR_CACHE")
+    os.environ["KIDRR_CACHE"] = backbone_cache
+    try:
+        return _extract_features_data(tmp_path_factory, photo_folder, write_tsv, extract_features)
+    finally:
+        if saved is None:
+            os.environ.pop("KIDRR_CACHE", None)
+        else:
+            os.environ["KIDRR_CACHE"] = saved
+
+
+def _extract_features_data(tmp_path_factory, photo_folder, write_tsv, extract_features):
     root = tmp_path_factory.mktemp("features")
     folder = os.path.join(root, "photos")
     names = photo_folder(folder, 6, seed=5)

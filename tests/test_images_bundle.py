@@ -51,7 +51,8 @@ def test_manifest_lint_and_export_parity(pixel_bundle):
     assert pre_in == {"name": "pixels", "dtype": "uint8", "shape": ["H", "W", 3], "dynamic_axes": {"0": "H", "1": "W"}}
     assert manifest["image"]["backbone"] == "efficientnet-lite0" and manifest["image"]["regions"] == 49
     assert lint_bundle(bundle) == {g: [] for g in manifest["graphs"]}
-    diffs = manifest["verification"]["image"]["max_abs_diff"]
+    with open(os.path.join(bundle, "export_report.json")) as fh:
+        diffs = json.load(fh)["verification"]["image"]["max_abs_diff"]
     assert diffs["backbone.features"] <= 1e-4 and diffs["pixels_end_to_end.scores"] <= 1e-5
 
 
@@ -120,6 +121,10 @@ def test_search_text_answers_with_file_names(pixel_bundle, photos, tmp_path):
             rt.encode_pixels([np.zeros((4, 4, 3), np.float32)])
         with pytest.raises(InputError, match="broken.png"):
             rt.encode_image_files([os.path.join(folder, "broken.png")], strict=True)
+        from kidrr.images.batch import SkipReport
+        dup_report = SkipReport()
+        twice = rt.encode_image_files([os.path.join(folder, good[0])] * 2, names=[good[0]] * 2, report=dup_report)
+        assert twice.names == (good[0],) and [r for _, r, _ in dup_report.skipped] == ["duplicate"]
     order = np.argsort(-scores, kind="stable")[:3]
     assert [name for name, _ in hits] == [good[i] for i in order]
     assert [s for _, s in hits] == pytest.approx(scores[order].tolist(), abs=1e-6)
@@ -133,3 +138,11 @@ def test_gallery_ids_are_checked():
         Gallery(locs, globs, "x", ("a.jpg", "a.jpg"))
     with pytest.raises(InputError, match="2 non-empty strings"):
         Gallery(locs, globs, "x", ("a.jpg",))
+
+
+def test_kidrr_features_runs_the_graph_the_bundle_ships(pixel_bundle, in_backbone_cache):
+    """Training features and runtime features come from one computation: the same backbone.onnx."""
+    from kidrr.backbone import cached_backbone_onnx
+    from kidrr.fileio import sha256_file
+    bundle, _ = pixel_bundle
+    assert sha256_file(cached_backbone_onnx("efficientnet-lite0")) == sha256_file(os.path.join(bundle, "backbone.onnx"))
