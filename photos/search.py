@@ -73,9 +73,6 @@ def search(gallery: str, query: str, k: int = 10, bundle: str | None = None, sho
                                            "kidrr-search --demo \"a big red circle left of a small blue square\"")
 def main(query, gallery, bundle, k, shortlist, threads, as_json, demo):
     """Photos of GALLERY ranked by how well they match QUERY."""
-    if gallery is None:   # kept optional so other sources (a demo folder) can be added beside --gallery
-        click.echo("error: pass --gallery (a gallery made by kidrr-index)", err=True)
-        sys.exit(2)
     try:
         if demo:
             if gallery or bundle or shortlist:
