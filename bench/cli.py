@@ -21,7 +21,7 @@ from tqdm import tqdm
 from kidrr import __version__, metrics
 from kidrr.errors import InputError, KidrrError
 from kidrr import fileio
-from kidrr.fileio import write_atomic
+from kidrr.fileio import check_writable_folder, write_atomic
 
 from . import dataset, parity, plots, report, sources
 from .targets import BACKENDS, PRECISIONS, REFERENCE, parse_list, plan_targets
@@ -57,17 +57,6 @@ def _version(package: str):
         return None
 
 
-def _writable_folder(folder: str, what: str) -> None:
-    """InputError unless files can be created in folder (made if missing): checked before a long run."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise InputError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a writable "
-                         f"folder") from exc
-
-
 def check_outputs(out: str, json_path: str | None) -> None:
     """Refuse unusable or foreign outputs before the run, so no report is lost and nothing else overwritten.
 
@@ -80,7 +69,7 @@ def check_outputs(out: str, json_path: str | None) -> None:
     if os.path.isdir(out) and os.listdir(out) and fileio.report_format(os.path.join(out, "results.json")) != FORMAT:
         raise InputError(f"--out {out} is not empty and holds no kidrr-bench results.json; the reports would "
                          f"overwrite files there. Choose a new or empty folder")
-    _writable_folder(out, "--out")
+    check_writable_folder(out, "--out")
     if json_path:
         fileio.check_report_path(json_path, "--json", FORMAT)
 
@@ -254,6 +243,8 @@ def scale_command(max_images, shortlists, queries, threads, methods, precision_f
             raise InputError(f"--methods must be ivf and/or hnsw, got {methods!r}")
         if queries < 16 or threads < 1 or precision_folds < 0 or precision_folds > 5:
             raise InputError("--queries must be >= 16, --threads >= 1, --precision-folds in 0..5")
+        if json_path and os.path.isdir(json_path):     # found now, not after the whole run
+            raise InputError(f"--json {json_path} is a folder; give a file name")
         run = run_scale(max_images, kps, queries, threads, work, out, json_path, chosen, precision_folds, keep,
                         progress=not quiet)
     except KidrrError as exc:

@@ -174,13 +174,14 @@ def wait_ready(url: str, seconds: float, proc=None) -> None:
 
 # ---- the services --------------------------------------------------------------------------------
 class LocalService:
-    def __init__(self, bundle, gallery, ids, threads, workers, max_queue, log_path):
+    def __init__(self, bundle, gallery, ids, threads, workers, settings, log_path):
         self.port = free_port()
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
         self.log = open(log_path, "w")      # a file, not a pipe nobody reads (a full pipe would stall it)
         self.proc = subprocess.Popen([sys.executable, "-m", "kidrr.serve.cli", "--bundle", bundle, "--gallery",
                                       gallery, "--ids", ids, "--port", str(self.port), "--threads", str(threads),
-                                      "--workers", str(workers), "--max-queue", str(max_queue)], env=env,
+                                      "--workers", str(workers), "--max-queue", str(settings.max_queue),
+                                      "--max-batch", str(settings.max_batch)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
         wait_ready(self.url, 120, self.proc)
@@ -356,10 +357,11 @@ def _ints(text):
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="onnxruntime threads: local engine and in-process reference timing")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="local engine batch workers")
+@click.option("--max-batch", type=click.IntRange(1, 256), default=4, show_default=True, help="queries per batch")
 @click.option("--work", default=None, help="cache folder for the gallery (default: $KIDRR_CACHE/load)")
 @click.option("--out", default="kidrr-load-out", show_default=True)
 def main(bundle, items, regions, queries, k, shortlist, configs, concurrency, requests, seconds, kill, kill_seconds,
-         threads, workers, work, out):
+         threads, workers, max_batch, work, out):
     """Load-test kidrr-serve on 127.0.0.1 (bounded; stops by itself). See docs/serve.md."""
     from kidrr.runtime import Retriever
     from kidrr.serve.settings import Settings
@@ -381,7 +383,7 @@ def main(bundle, items, regions, queries, k, shortlist, configs, concurrency, re
     report = {"items": items, "regions": regions, "k": k, "shortlist": shortlist, "concurrency": levels,
               "host": _host(), "load_avg_start": os.getloadavg()[0], "sweeps": {}, "overhead": {},
               "limits": {"requests_per_level": requests, "seconds_per_level": seconds},
-              "local": {"threads": threads, "workers": workers}}
+              "local": {"threads": threads, "workers": workers}, "max_batch": max_batch}
     with Retriever(bundle, threads=threads) as rt:
         gallery_path, ids_path, captions = build_gallery(rt, items, regions, work)
         pool = usable_queries(rt, captions, queries)
@@ -400,13 +402,13 @@ def main(bundle, items, regions, queries, k, shortlist, configs, concurrency, re
                                 "p50_ms": float(np.percentile(times, 50) * 1e3),
                                 "p99_ms": float(np.percentile(times, 99) * 1e3)}
         del gallery
-    settings = Settings(max_queue=64)
+    settings = Settings(max_queue=64, max_batch=max_batch)
     ray_services = None
     try:
         for name in names:
             engine, shards = CONFIGS[name]
             if engine == "local":
-                service = LocalService(bundle, gallery_path, ids_path, threads, workers, settings.max_queue,
+                service = LocalService(bundle, gallery_path, ids_path, threads, workers, settings,
                                        os.path.join(work, "local-service.log"))
                 url = service.url
             else:

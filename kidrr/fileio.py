@@ -64,7 +64,12 @@ def check_report_path(path: str, what: str, fmt: str | None = None) -> None:
         if found is None or (fmt is not None and found != fmt):
             raise InputError(f"{what} {path} exists and is not a {fmt or 'JSON'} report; it was not overwritten. "
                              f"Choose another file name")
-    folder = os.path.dirname(path)
+    check_writable_folder(os.path.dirname(path), what)
+
+
+def check_writable_folder(folder: str, what: str) -> None:
+    """InputError unless files can be created in folder (made if missing): checked before a long run."""
+    from .errors import InputError
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

@@ -136,11 +136,12 @@ def create_app(engine, settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        try:
-            json.loads(await request.body() or b"null")
-            malformed = any(e.get("type") == "json_invalid" for e in errors)
-        except ValueError:
-            malformed = True
+        malformed = any(e.get("type") == "json_invalid" for e in errors)
+        if not malformed and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
+            try:                       # a body error on a body that is not JSON at all: say so
+                json.loads(await request.body() or b"null")
+            except ValueError:
+                malformed = True
         if malformed:
             return reject(400, "malformed_json", "the body is not valid JSON; send a JSON object")
         parts = []
@@ -221,6 +222,20 @@ def create_app(engine, settings) -> FastAPI:
         hits = await within_timeout(engine.search_image(body.features, body.k, body.shortlist))
         texts = engine.catalog.captions
         return {"bundle": bundle, "k": body.k, "shortlist": body.shortlist,
+                "results": [{"position": p, "caption": texts[p], "score": finite(s)} for p, s in hits]}
+
+    @app.post("/v1/search/captions/image", response_model=schemas.ImageSearchResponse,
+              summary="captions for an image file sent as the raw body (JPEG, PNG...; bundles with image graphs)",
+              openapi_extra={"requestBody": {"required": True, "content": {"image/*": {"schema": {
+                  "type": "string", "format": "binary"}}}}})
+    async def search_captions_by_file(request: Request, k: int = 10, shortlist: int | None = None):
+        _check_limits(limits, k, shortlist)
+        data = await request.body()
+        if not data:
+            raise InputError("send the image file as the request body (Content-Type: image/jpeg, image/png...)")
+        hits = await within_timeout(engine.search_image_file(data, k, shortlist))
+        texts = engine.catalog.captions
+        return {"bundle": bundle, "k": k, "shortlist": shortlist,
                 "results": [{"position": p, "caption": texts[p], "score": finite(s)} for p, s in hits]}
 
     @app.post("/v1/score", response_model=schemas.ScoreResponse,

@@ -79,6 +79,12 @@ def open_catalog(retriever, galleries: list, shards: int = 1, ids_path: str | No
     if not galleries:
         raise InputError("give a gallery: one .npz file, or format-2 gallery folders (one per shard)")
     captions = read_lines(captions_path, "captions") if captions_path else None
+    if captions:   # every caption must pass the bundle's tokenizer now, not in a replica after deploying
+        from kidrr.runtime.captions import tokenize_captions
+        try:
+            tokenize_captions(retriever.bundle.vocab, captions, retriever.bundle.max_caption_len)
+        except InputError as exc:
+            raise DataError(f"captions file {captions_path}: {exc} (line numbers count from 0)") from exc
     if len(galleries) == 1 and is_v1_file(galleries[0]):
         whole = _load_v1(retriever, galleries[0])
         specs = [ShardSpec(galleries[0], a, b) for a, b in split_rows(len(whole), shards)]

@@ -81,7 +81,8 @@ def read_token(token_file: str | None) -> str | None:
               help="onnxruntime threads per session (local process, each ray replica)")
 @click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
               help="local: search batches run at once (one thread each)")
-@click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="queries encoded and searched together")
 @click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True)
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
               help="waiting requests before 503")

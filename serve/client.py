@@ -35,10 +35,10 @@ class Client:
         self.retries, self.backoff_s = retries, backoff_s
         self.bundle: str | None = None
 
-    def _call(self, method: str, path: str, body=None) -> dict:
+    def _call(self, method: str, path: str, body=None, **request) -> dict:
         for attempt in range(self.retries + 1):
             try:
-                response = self.http.request(method, path, json=body)
+                response = self.http.request(method, path, json=body, **request)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise ServiceError(0, "unreachable", f"{self.http.base_url}: {exc}") from exc
@@ -79,6 +79,14 @@ class Client:
         """features: (R, F) region features of one image -> [{'position', 'caption', 'score'}]."""
         body = {"features": _features(features), "k": k, "shortlist": shortlist}
         return self._call("POST", "/v1/search/captions", body)["results"]
+
+    def search_captions_by_file(self, path: str, k: int = 10, shortlist: int | None = None) -> list:
+        """An image file (JPEG, PNG...) -> [{'position', 'caption', 'score'}]; bundles with image graphs."""
+        with open(path, "rb") as fh:
+            data = fh.read()
+        params = {"k": k} if shortlist is None else {"k": k, "shortlist": shortlist}
+        return self._call("POST", "/v1/search/captions/image", content=data, params=params,
+                          headers={"content-type": "application/octet-stream"})["results"]
 
     def score(self, features, captions: list) -> np.ndarray:
         """(n, R, F) features x m captions -> (n, m) scores."""

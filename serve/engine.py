@@ -4,7 +4,8 @@
 image queries against the caption index, scoring given pairs, encoding. Text search is where the
 engines differ: `LocalEngine` batches concurrent queries (MicroBatcher) and searches its shards in
 this process; the Ray engine (ray_engine.py) encodes once at its ingress and fans out to shard
-deployments. Both return gallery positions; the app turns them into ids.
+deployments. Both return shard labels (a v1 gallery's positions, a format-2 gallery's ids); the app
+turns positions into ids.
 """
 from __future__ import annotations
 
@@ -72,6 +73,24 @@ class Engine:
         kp = check_shortlist(shortlist, k, len(self.caption_index))
         return await self._work(lambda: self.retriever.search_image(feats[0], k, captions=self.caption_index,
                                                                      shortlist=kp))
+
+    async def search_image_file(self, data: bytes, k: int, shortlist: int | None) -> list:
+        """Captions for an uploaded image file (JPEG, PNG...): decoded with the images package's limits,
+        encoded by the bundle's preprocessing and backbone graphs (bundles exported with them only)."""
+        if not self.retriever.bundle.takes_pixels:
+            raise NotAvailable("this bundle has no image graphs (preprocess + backbone), so it takes region "
+                               "features only: POST them to /v1/search/captions, or serve a bundle exported "
+                               "from a checkpoint trained on kidrr-features")
+        if self.caption_index is None:
+            raise NotAvailable("this service has no caption index; start it with --captions FILE")
+        k = check_k(k, len(self.caption_index), "caption index")
+        kp = check_shortlist(shortlist, k, len(self.caption_index))
+
+        def run():
+            from kidrr.images.decode import decode_image      # Pillow, only for this endpoint
+            query = self.retriever.encode_pixels([decode_image(bytes(data), name="the uploaded image")])
+            return self.retriever.search_image(query, k, captions=self.caption_index, shortlist=kp)[0]
+        return await self._work(run)
 
     async def score(self, features, captions: list) -> np.ndarray:
         feats = self.check_image(features)

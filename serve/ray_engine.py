@@ -111,7 +111,7 @@ class Ingress:
 def build_application(bundle: str, catalog, settings, replicas: int = 1, threads: int = 1):
     """The Serve application: one shard deployment per catalog shard, N replicas each, behind one ingress.
     The catalog (ids, captions, shard specs: paths, never arrays) travels with the ingress's arguments."""
-    per_replica = 2 * settings.max_batch            # room for a full batch while the previous one runs
+    per_replica = max(32, 2 * settings.max_batch)   # room for full batches while the previous ones run
     shard = Shard.options  # type: ignore[attr-defined]  # the decorator returns a Deployment
     shard_apps = [shard(name=f"shard{i}", num_replicas=replicas, max_ongoing_requests=per_replica)
                   .bind(bundle, spec, threads, settings.max_batch, settings.batch_wait_ms / 1000)

@@ -22,7 +22,7 @@ class Limits:
 @dataclass(frozen=True)
 class Settings:
     limits: Limits = Limits()
-    max_batch: int = 16              # queries encoded / searched together
+    max_batch: int = 4               # queries encoded / searched together (see docs/serve.md: measured 4 vs 16)
     batch_wait_ms: float = 5.0       # how long a first request waits for company
     max_queue: int = 64              # waiting requests before 503
     workers: int = 2                 # local engine: batches run at once (each on its own thread)

@@ -109,11 +109,8 @@ def test_add_refuses_bad_items_and_changes_nothing(tmp_path):
                             ((g2, bad_l, ids2), r"NaN or inf \(rows \[2\]\)"),
                             ((g2[:, :4], l2, ids2), "do not fit this gallery"),
                             ((g2.astype(np.int64), l2, ids2), "floating point"),
-                            ((g2, l2 * 1e5, ids2), None),
                             ((g2, l2, ["", "x", "y", "z"]), "non-empty string"),
                             ((g2, l2, ["\ud800", "x", "y", "z"]), "UTF-8")]:
-            if match is None:
-                continue
             with pytest.raises(InputError, match=match):
                 w.add(*args)
     assert (tmp_path / "g" / "manifest.json").read_bytes() == before

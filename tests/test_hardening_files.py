@@ -147,14 +147,17 @@ def _modes(folder):
             for d, dirs, files in os.walk(folder) for n in dirs + files} | {".": stat.S_IMODE(os.stat(folder).st_mode)}
 
 
-def test_bundle_and_checkpoint_modes_follow_the_umask(tmp_path):
-    # A fresh interpreter: kidrr reads the umask once at import.
-    code = ("import os, sys\nos.umask(0o022)\nfrom kidrr.checkpoint import save_checkpoint\n"
-            "sys.path.insert(0, sys.argv[3])\nfrom test_hardening_files import _tiny_model, QUIET\n"
-            "from kidrr.export.bundle import export_bundle\nm, v = _tiny_model()\n"
-            "save_checkpoint(sys.argv[1], m, v)\nexport_bundle(sys.argv[1], sys.argv[2], **QUIET)\n")
-    ck, bundle = str(tmp_path / "ck"), str(tmp_path / "bundle")
-    subprocess.run([sys.executable, "-c", code, ck, bundle, os.path.dirname(__file__)], check=True, timeout=120)
+def test_bundle_and_checkpoint_modes_follow_the_umask(tmp_path, monkeypatch):
+    from kidrr import fileio
+    old = os.umask(0o022)   # kidrr reads the umask once at import: set both for this test
+    monkeypatch.setattr(fileio, "_UMASK", 0o022)
+    try:
+        model, vocab = _tiny_model()
+        ck, bundle = str(tmp_path / "ck"), str(tmp_path / "bundle")
+        save_checkpoint(ck, model, vocab)
+        export_bundle(ck, bundle, **QUIET)
+    finally:
+        os.umask(old)
     for folder in (ck, bundle):
         modes = _modes(folder)
         assert modes["."] == 0o755, modes

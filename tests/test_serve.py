@@ -304,6 +304,10 @@ def test_start_up_refuses_bad_bundle_gallery_or_ids(built, tmp_path):
     short_ids.write_text("a\nb\n")
     r = _invoke(["--bundle", bundle, "--gallery", gallery_path, "--ids", str(short_ids)])
     assert r.exit_code == 2 and "2 lines but the gallery holds 60" in r.output
+    long_captions = tmp_path / "captions.txt"
+    long_captions.write_text("a dog\n" + "a red car " * 10 + "\n")
+    r = _invoke(["--bundle", bundle, "--gallery", gallery_path, "--captions", str(long_captions)])
+    assert r.exit_code == 2 and "caption 1 has" in r.output and "captions.txt" in r.output
     (tmp_path / "g.npz").write_bytes(b"PK\x03\x04 not a gallery")
     r = _invoke(["--bundle", bundle, "--gallery", str(tmp_path / "g.npz")])
     assert r.exit_code == 2 and "kidrr gallery file" in r.output
@@ -373,3 +377,32 @@ def test_load_test_is_bounded_and_checks_every_answer(built, tmp_path):
     for row in rows:
         assert row["requests"] <= 12 and row["answered"] == row["requests"] and row["wrong"] == 0
     assert "local" in report["overhead"] and (out / "load.png").stat().st_size > 1000
+
+
+def test_captions_for_an_uploaded_image_file(pixel_bundle, built, rt, tmp_path):
+    """Bundles with image graphs (issue 11): the raw file in, the same answer as the runtime's own
+    encode_image_files + search_image; a features-only bundle says where to send features."""
+    from image_files import scene
+    bundle = pixel_bundle[0]
+    captions = ["a red circle", "a blue square on the grass", "two dogs play in the snow", "a red square"]
+    (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
+    photo = tmp_path / "photo.png"
+    scene(96, 64, 3).save(photo)
+    with Retriever(bundle, threads=1) as prt:
+        prt.encode_images(sh.helpers.random_features(8, regions=49, feature_size=1280)).save(str(tmp_path / "g.npz"))
+        catalog, sources = open_catalog(prt, [str(tmp_path / "g.npz")], 1, None, str(tmp_path / "captions.txt"))
+        want = prt.search_image(prt.encode_image_files([str(photo)]), 3, captions=prt.encode_texts(captions))[0]
+        with TestClient(create_app(LocalEngine(prt, catalog, sources, Settings()), Settings())) as c:
+            r = c.post("/v1/search/captions/image?k=3", content=photo.read_bytes(),
+                       headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            assert [x["caption"] for x in r.json()["results"]] == [captions[p] for p, _ in want]
+            np.testing.assert_allclose([x["score"] for x in r.json()["results"]], [s for _, s in want],
+                                       atol=sh.SCORE_TOL)
+            bad = c.post("/v1/search/captions/image?k=3", content=b"\x89PNG\r\n\x1a\n broken",
+                         headers={"content-type": "image/png"})
+            assert bad.status_code == 422 and bad.json()["error"]["kind"] == "invalid_input"
+            assert c.post("/v1/search/captions/image?k=x", content=b"x").status_code == 422
+    with make_client(built, rt) as c:   # the features-only test bundle
+        r = c.post("/v1/search/captions/image?k=2", content=photo.read_bytes())
+        assert r.status_code == 404 and "region features" in r.json()["error"]["message"]

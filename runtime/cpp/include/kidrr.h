@@ -114,6 +114,17 @@ KIDRR_API kidrr_status kidrr_score(const kidrr_bundle* bundle, const kidrr_image
 KIDRR_API kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* gallery, const char* caption,
                                     size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
 
+/* Photos in (bundles with preprocessing + backbone graphs, docs/images.md; others give
+ * KIDRR_ERR_BUNDLE). Pixels are RGB8: `height` rows of `width` R,G,B bytes, rows `stride` bytes apart
+ * (stride >= 3 * width); at most the bundle's max_pixels. kidrr_extract_features writes the
+ * backbone's features (R x F floats, out_len >= R * F; *regions = R); kidrr_encode_pixels encodes n
+ * images into a set as kidrr_encode_images does. Decoding files (JPEG...) is the caller's: the
+ * kidrr_index example uses libjpeg-turbo. */
+KIDRR_API kidrr_status kidrr_extract_features(const kidrr_bundle* bundle, const uint8_t* rgb, size_t height, size_t width,
+                                              size_t stride, float* out, size_t out_len, size_t* regions);
+KIDRR_API kidrr_status kidrr_encode_pixels(const kidrr_bundle* bundle, const uint8_t* const* rgb, const size_t* heights,
+                                           const size_t* widths, const size_t* strides, size_t n, kidrr_images** out);
+
 /* Format-2 gallery folders (kidrr.gallery, docs/gallery.md): opened read-only and memory-mapped
  * (opening reads the manifest and the arrays' headers; searches read the globals they scan and the
  * locals they score), checked as the Python reader checks them: KIDRR_ERR_INPUT for a damaged
@@ -126,6 +137,11 @@ KIDRR_API size_t kidrr_gallery_count(const kidrr_gallery* gallery); /* live item
  * search is always an exact scan of the globals (faiss indexes are not read). */
 KIDRR_API kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_gallery* gallery, const char* caption,
                                             size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
+/* Write encoded images as a NEW format-2 gallery folder (one segment, fp32 locals) with the given
+ * ids (n = the image count; unique non-empty UTF-8, <= 1024 bytes). The folder must not exist: it
+ * appears all at once, and nothing is overwritten. kidrr.gallery reads it and can append to it. */
+KIDRR_API kidrr_status kidrr_gallery_write(const kidrr_bundle* bundle, const kidrr_images* images, const char* const* ids,
+                                           size_t n, const char* folder);
 /* The id of a row: *id points into the gallery's map (valid until kidrr_gallery_close), *len bytes
  * of UTF-8, not NUL-terminated. */
 KIDRR_API kidrr_status kidrr_gallery_id(const kidrr_gallery* gallery, size_t row, const char** id, size_t* len);

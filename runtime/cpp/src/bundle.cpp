@@ -14,6 +14,7 @@
 #include "checked.hpp"
 #include "error.hpp"
 #include "manifest.hpp"
+#include "npy.hpp"
 #include "sha256.hpp"
 
 namespace kidrr {
@@ -29,13 +30,10 @@ bool is_file(const std::string& p) {
     return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(KIDRR_ERR_BUNDLE, "cannot read " + path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
+// manifest.json is a few KB: a huge one is not ours, and is refused before it is read.
+constexpr size_t kMaxManifestBytes = size_t(64) << 20;
+
+std::string read_file(const std::string& path) { return read_file_bytes(path, kMaxManifestBytes, KIDRR_ERR_BUNDLE); }
 
 // Shapes here come from sizes already checked by the callers; the byte count is checked again.
 size_t byte_count(const std::string& name, const std::vector<int64_t>& shape, size_t item) {
@@ -46,6 +44,10 @@ size_t byte_count(const std::string& name, const std::vector<int64_t>& shape, si
 InputTensor f32(const std::string& name, const float* data, std::vector<int64_t> shape) {
     const size_t bytes = byte_count(name, shape, sizeof(float));
     return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, std::move(shape), data, bytes};
+}
+InputTensor u8(const std::string& name, const uint8_t* data, std::vector<int64_t> shape) {
+    const size_t bytes = byte_count(name, shape, 1);
+    return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, std::move(shape), data, bytes};
 }
 InputTensor i64(const std::string& name, const int64_t* data, std::vector<int64_t> shape) {
     const size_t bytes = byte_count(name, shape, sizeof(int64_t));
@@ -113,6 +115,43 @@ Bundle::Bundle(const std::string& folder, const Options& options)
     image_encoder_ = std::make_unique<Session>(ort_, folder + "/" + m.image_encoder.file, options.intra_op_threads);
     text_encoder_ = std::make_unique<Session>(ort_, folder + "/" + m.text_encoder.file, options.intra_op_threads);
     similarity_ = std::make_unique<Session>(ort_, folder + "/" + m.similarity.file, options.intra_op_threads);
+    if (m.has_image) {
+        pre_io_ = {m.preprocess.inputs, m.preprocess.outputs};
+        backbone_io_ = {m.backbone.inputs, m.backbone.outputs};
+        image_regions_ = m.image_regions;
+        max_pixels_ = m.max_pixels;
+        preprocess_ = std::make_unique<Session>(ort_, folder + "/" + m.preprocess.file, options.intra_op_threads);
+        backbone_ = std::make_unique<Session>(ort_, folder + "/" + m.backbone.file, options.intra_op_threads);
+    }
+}
+
+std::vector<float> Bundle::extract_features(const uint8_t* rgb, size_t height, size_t width, size_t stride) const {
+    if (!preprocess_)
+        throw Error(KIDRR_ERR_BUNDLE, "this bundle has no preprocessing/backbone graphs (its model was trained on precomputed "
+                                      "features); export a model trained on kidrr-features output to encode pixels");
+    if (height == 0 || width == 0) throw Error(KIDRR_ERR_INPUT, "an image must be at least 1 x 1 pixels");
+    const size_t row = mul_size(width, 3, "image row");
+    if (stride < row) throw Error(KIDRR_ERR_INVALID_ARGUMENT, "stride (" + std::to_string(stride) + ") is less than 3 x width (" + std::to_string(row) + ")");
+    const size_t pixels = mul_size(height, width, "image size");
+    if (pixels > max_pixels_)
+        throw Error(KIDRR_ERR_INPUT, "image of " + std::to_string(width) + " x " + std::to_string(height) + " pixels is larger than the bundle's max_pixels " +
+                                         std::to_string(max_pixels_) + "; downscale it first");
+    // The graph takes a packed (H, W, 3) buffer: copy strided rows (docs/images.md).
+    std::vector<uint8_t> packed;
+    const uint8_t* data = rgb;
+    if (stride != row) {
+        packed.resize(mul_size(height, row, "image"));
+        for (size_t y = 0; y < height; ++y) std::copy_n(rgb + y * stride, row, packed.data() + y * row);
+        data = packed.data();
+    }
+    auto pre = preprocess_->run({u8(pre_io_.inputs[0], data, {to_dim(height, "height"), to_dim(width, "width"), 3})}, pre_io_.outputs);
+    if (pre[0].shape.size() != 4 || pre[0].shape[0] != 1 || pre[0].shape[1] != 3)
+        throw Error(KIDRR_ERR_BUNDLE, "preprocess.onnx output is not (1, 3, S, S); the bundle's graph disagrees with docs/images.md");
+    require_finite(pre[0], "the preprocessing graph", "the bundle's graph may be corrupt; re-export it");
+    auto feats = backbone_->run({f32(backbone_io_.inputs[0], pre[0].data.data(), pre[0].shape)}, backbone_io_.outputs);
+    expect_shape(feats[0], {1, int64_t(image_regions_), int64_t(feature_size_)}, "backbone output " + backbone_io_.outputs[0]);
+    require_finite(feats[0], "the backbone", "the bundle's graph may be corrupt; re-export it");
+    return std::move(feats[0].data);
 }
 
 EncodedImages Bundle::encode_images(const float* features, size_t n, size_t regions, size_t feature_size) const {

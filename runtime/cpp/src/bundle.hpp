@@ -33,6 +33,12 @@ public:
 
     EncodedImages encode_images(const float* features, size_t n, size_t regions, size_t feature_size) const;
     EncodedCaptions encode_captions(const std::vector<std::string>& captions) const;
+    // Photos in (docs/images.md): RGB8 pixels, rows `stride` bytes apart, through preprocess.onnx
+    // and backbone.onnx -> features (R x F floats). Error(KIDRR_ERR_BUNDLE) if the bundle has no
+    // image graphs.
+    std::vector<float> extract_features(const uint8_t* rgb, size_t height, size_t width, size_t stride) const;
+    bool has_image_graphs() const { return static_cast<bool>(preprocess_); }
+    size_t image_regions() const { return image_regions_; }
     // (n, m) row-major into out.
     void score(const EncodedImages& images, const EncodedCaptions& captions, float* out) const;
     std::vector<Hit> search(const EncodedImages& gallery, const std::string& caption, size_t k, size_t shortlist) const;
@@ -59,7 +65,10 @@ private:
     Vocabulary vocab_;
     std::shared_ptr<OrtRuntime> ort_;
     std::unique_ptr<Session> image_encoder_, text_encoder_, similarity_;
-    GraphIo image_io_, text_io_, sim_io_;
+    std::unique_ptr<Session> preprocess_, backbone_;  // only in bundles with an `image` record
+    GraphIo image_io_, text_io_, sim_io_, pre_io_, backbone_io_;
+    size_t image_regions_ = 0;
+    uint64_t max_pixels_ = 0;
 };
 
 }  // namespace kidrr

@@ -8,6 +8,7 @@
 #include "disk_gallery.hpp"
 #include "error.hpp"
 #include "gallery.hpp"
+#include "gallery2_writer.hpp"
 #include "kidrr.h"
 #include "npy.hpp"
 
@@ -233,6 +234,44 @@ kidrr_status kidrr_search(const kidrr_bundle* bundle, const kidrr_images* galler
     });
 }
 
+kidrr_status kidrr_extract_features(const kidrr_bundle* bundle, const uint8_t* rgb, size_t height, size_t width, size_t stride,
+                                    float* out, size_t out_len, size_t* regions) {
+    return guarded("kidrr_extract_features", [&] {
+        REQUIRE(bundle && rgb && out && regions, "bundle, rgb, out and regions must not be NULL");
+        const kidrr::Bundle& b = *bundle->impl;
+        const size_t need = kidrr::mul_size(b.image_regions(), b.feature_size(), "features", KIDRR_ERR_INVALID_ARGUMENT);
+        *regions = b.image_regions();
+        REQUIRE(b.has_image_graphs() == false || out_len >= need,
+                "out holds " + std::to_string(out_len) + " floats but R x F = " + std::to_string(need) + " are needed");
+        const std::vector<float> f = b.extract_features(rgb, height, width, stride);
+        std::copy(f.begin(), f.end(), out);
+    });
+}
+
+kidrr_status kidrr_encode_pixels(const kidrr_bundle* bundle, const uint8_t* const* rgb, const size_t* heights, const size_t* widths,
+                                 const size_t* strides, size_t n, kidrr_images** out) {
+    return guarded("kidrr_encode_pixels", [&] {
+        REQUIRE(out, "out must not be NULL");
+        *out = nullptr;
+        REQUIRE(bundle && rgb && heights && widths && strides, "bundle, rgb, heights, widths and strides must not be NULL");
+        REQUIRE(n > 0, "n must be at least 1");
+        const kidrr::Bundle& b = *bundle->impl;
+        std::vector<float> features;
+        for (size_t i = 0; i < n; ++i) {
+            REQUIRE(rgb[i], "image " + std::to_string(i) + " is NULL");
+            try {
+                const std::vector<float> f = b.extract_features(rgb[i], heights[i], widths[i], strides[i]);
+                features.insert(features.end(), f.begin(), f.end());
+            } catch (const kidrr::Error& e) {
+                throw kidrr::Error(e.code, "image " + std::to_string(i) + ": " + e.what());
+            }
+        }
+        auto img = std::make_unique<kidrr_images>();
+        img->data = b.encode_images(features.data(), n, b.image_regions(), b.feature_size());
+        *out = img.release();
+    });
+}
+
 kidrr_status kidrr_gallery_open(const kidrr_bundle* bundle, const char* folder, kidrr_gallery** out) {
     return guarded("kidrr_gallery_open", [&] {
         REQUIRE(out, "out must not be NULL");
@@ -254,6 +293,22 @@ kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_galler
         auto found = bundle->impl->search(*gallery->impl, caption, k, shortlist);
         for (size_t t = 0; t < found.size(); ++t) hits[t] = {found[t].image, found[t].score};
         *n_hits = found.size();
+    });
+}
+
+kidrr_status kidrr_gallery_write(const kidrr_bundle* bundle, const kidrr_images* images, const char* const* ids, size_t n,
+                                 const char* folder) {
+    return guarded("kidrr_gallery_write", [&] {
+        REQUIRE(bundle && images && ids && folder && *folder, "bundle, images, ids and folder must not be NULL or empty");
+        REQUIRE(n == images->data.n, std::to_string(n) + " ids for " + std::to_string(images->data.n) + " images");
+        if (images->data.bundle_id != bundle->impl->identity())
+            throw kidrr::Error(KIDRR_ERR_INPUT, "the images were encoded by another bundle; encode them with this one");
+        std::vector<std::string> names;
+        for (size_t i = 0; i < n; ++i) {
+            REQUIRE(ids[i], "id " + std::to_string(i) + " is NULL");
+            names.emplace_back(ids[i]);
+        }
+        kidrr::write_gallery2(images->data, names, folder);
     });
 }
 

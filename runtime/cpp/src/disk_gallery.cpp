@@ -26,12 +26,12 @@ constexpr int kOpenTries = 5;  // a writer may switch the manifest while we open
 }
 
 bool read_manifest(const std::string& folder, std::string& raw) {
-    std::ifstream in(folder + "/manifest.json", std::ios::binary);
-    if (!in) return false;
-    raw.assign(kGallery2MaxManifestBytes + 1, '\0');
-    in.read(&raw[0], std::streamsize(raw.size()));
-    raw.resize(size_t(in.gcount()));
-    return !in.bad();
+    try {
+        raw = read_file_bytes(folder + "/manifest.json", kGallery2MaxManifestBytes);
+        return true;
+    } catch (const Error&) {
+        return false;
+    }
 }
 
 // IEEE half -> float, exactly (every half is a float).
@@ -85,8 +85,11 @@ DiskGallery::DiskGallery(const std::string& folder, const std::string& bundle_id
         throw Error(KIDRR_ERR_INPUT, "gallery folder " + folder + " does not exist");
     for (int attempt = 1;; ++attempt) {
         std::string raw;
-        if (!read_manifest(folder, raw))
-            throw Error(KIDRR_ERR_INPUT, folder + " is not a kidrr gallery (manifest.json is missing or unreadable)");
+        try {
+            raw = read_file_bytes(folder + "/manifest.json", kGallery2MaxManifestBytes);
+        } catch (const Error& e) {
+            throw Error(KIDRR_ERR_INPUT, folder + " is not a kidrr gallery (" + e.what() + ")");
+        }
         manifest_ = parse_gallery2_manifest(raw, folder + "/manifest.json");
         if (manifest_.bundle_id != bundle_identity)
             throw Error(KIDRR_ERR_BUNDLE, "gallery " + folder + " was encoded by another bundle (" + manifest_.bundle_id.substr(0, 12) +

@@ -47,7 +47,8 @@ size_t positive_int(const Json* v, const std::string& what, const std::string& p
 }
 
 // Input/output names of a graph as the manifest lists them ({"name": ..., "dtype": ...} objects).
-std::vector<std::string> names(const Json& graph, const char* key, size_t expected, const std::string& gname, const std::string& path) {
+std::vector<std::string> names(const Json& graph, const char* key, size_t expected, const std::string& gname, const std::string& path,
+                               bool allow_uint8 = false) {
     const Json* list = member(graph, key);
     if (!list || !list->is_array() || list->size() != expected)
         bad(path, "graph " + gname + " must list " + std::to_string(expected) + " " + key);
@@ -57,7 +58,7 @@ std::vector<std::string> names(const Json& graph, const char* key, size_t expect
         if (const Json* dtype = member(item, "dtype")) {
             if (!dtype->is_string()) bad(path, "graph " + gname + ": dtype of " + name + " is not a string");
             const std::string& d = dtype->get_ref<const std::string&>();
-            if (d != "float32" && d != "int64")
+            if (d != "float32" && d != "int64" && !(allow_uint8 && d == "uint8"))
                 bad(path, "graph " + gname + ": " + name + " has dtype " + d + "; the C runtime feeds and reads float32/int64 only");
         }
         out.push_back(name);
@@ -65,13 +66,14 @@ std::vector<std::string> names(const Json& graph, const char* key, size_t expect
     return out;
 }
 
-GraphSpec graph(const Json& graphs, const char* name, size_t n_inputs, size_t n_outputs, const std::string& path) {
+GraphSpec graph(const Json& graphs, const char* name, size_t n_inputs, size_t n_outputs, const std::string& path,
+                bool allow_uint8 = false) {
     const Json* entry = member(graphs, name);
     if (!entry || !entry->is_object()) bad(path, std::string("graph '") + name + "' is missing");
     GraphSpec g;
     g.file = string(*entry, "file", std::string("graphs.") + name + ".file", path);
     g.sha256 = string(*entry, "sha256", std::string("graphs.") + name + ".sha256", path);
-    g.inputs = names(*entry, "inputs", n_inputs, name, path);
+    g.inputs = names(*entry, "inputs", n_inputs, name, path, allow_uint8);
     g.outputs = names(*entry, "outputs", n_outputs, name, path);
     return g;
 }
@@ -131,6 +133,24 @@ Manifest parse_manifest(std::string_view raw, const std::string& path) {
     out.text_encoder = graph(graphs, "text_encoder", 2, 2, path);
     out.similarity = graph(graphs, "similarity", 5, 1, path);
     for (const GraphSpec* g : {&out.image_encoder, &out.text_encoder, &out.similarity}) out.files.emplace_back(g->file, g->sha256);
+    if (const Json* image = member(m, "image")) {
+        // Photos in: the preprocessing and backbone graphs, named by image.graphs (docs/images.md).
+        if (!image->is_object()) bad(path, "field image is not an object");
+        const Json& names_of = object(*image, "graphs", path);
+        out.has_image = true;
+        out.image_regions = positive_int(member(*image, "regions"), "image.regions", path);
+        if (positive_int(member(*image, "feature_size"), "image.feature_size", path) != out.feature_size)
+            bad(path, "image.feature_size differs from model.feature_size");
+        const Json* mp = member(*image, "max_pixels");
+        if (!mp || !mp->is_number_unsigned() || mp->get<uint64_t>() < 1) bad(path, "field image.max_pixels is missing or not a positive integer");
+        out.max_pixels = mp->get<uint64_t>();
+        const std::string pre = string(names_of, "preprocess", "image.graphs.preprocess", path);
+        const std::string bb = string(names_of, "backbone", "image.graphs.backbone", path);
+        out.preprocess = graph(graphs, pre.c_str(), 1, 1, path, /*allow_uint8=*/true);
+        out.backbone = graph(graphs, bb.c_str(), 1, 1, path);
+        out.files.emplace_back(out.preprocess.file, out.preprocess.sha256);
+        out.files.emplace_back(out.backbone.file, out.backbone.sha256);
+    }
     if (const Json* extra = member(m, "files")) {
         if (!extra->is_object()) bad(path, "field files is not an object");
         for (const auto& [rel, sha] : extra->items()) {

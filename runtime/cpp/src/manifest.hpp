@@ -24,6 +24,11 @@ struct Manifest {
     size_t vocab_size = 0;  // 0: not stated
     std::string precision;  // fp32 | fp16 | int8
     GraphSpec image_encoder, text_encoder, similarity;
+    // Photos in (docs/images.md): present when the manifest has an `image` object.
+    bool has_image = false;
+    GraphSpec preprocess, backbone;  // RGB8 (H, W, 3) -> (1, 3, S, S); (n, 3, S, S) -> (n, R, F)
+    size_t image_regions = 0;        // R of the backbone's features
+    uint64_t max_pixels = 0;         // H x W refused beyond this
     std::string vocab_file;
     // Every file the manifest vouches for, (relative path, sha256): the three graphs, then `files`.
     std::vector<std::pair<std::string, std::string>> files;

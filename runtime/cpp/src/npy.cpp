@@ -184,13 +184,19 @@ NpyArray parse_npy(std::string_view b, const std::string& what) {
     return a;
 }
 
-std::string read_file_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(KIDRR_ERR_INPUT, "cannot read " + path + "; check the path");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    if (in.bad()) throw Error(KIDRR_ERR_INPUT, "read error on " + path);
-    return ss.str();
+std::string read_file_bytes(const std::string& path, size_t max_bytes, kidrr_status code) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) throw Error(code, "cannot read " + path + "; check the path");
+    const std::streamoff size = in.tellg();
+    if (size < 0) throw Error(code, "cannot read " + path + " (not a regular file?)");
+    if (uint64_t(size) > max_bytes)
+        throw Error(code, path + " is " + std::to_string(size) + " bytes, more than the " + std::to_string(max_bytes) +
+                              " a file of its kind may be; it is not a kidrr file");
+    std::string out(size_t(size), '\0');
+    in.seekg(0);
+    in.read(&out[0], size);
+    if (in.gcount() != size) throw Error(code, "read error on " + path + " (it changed while being read?)");
+    return out;
 }
 
 std::map<std::string, NpyArray> parse_npz(std::string_view z, const std::string& what) {

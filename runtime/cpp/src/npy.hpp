@@ -7,6 +7,8 @@
 // (as Python's zipfile does), and every malformed field is an Error(KIDRR_ERR_INPUT) naming it.
 #pragma once
 #include <cstdint>
+
+#include "kidrr.h"
 #include <map>
 #include <string>
 #include <string_view>
@@ -38,8 +40,9 @@ NpyArray parse_npy(std::string_view bytes, const std::string& what);
 // name (without ".npy") -> array, for stored (uncompressed) members only; CRC-32 checked.
 std::map<std::string, NpyArray> parse_npz(std::string_view bytes, const std::string& what);
 
-// The whole file; Error(KIDRR_ERR_INPUT) if it cannot be read.
-std::string read_file_bytes(const std::string& path);
+// The whole file; Error(code) if it cannot be read or is larger than max_bytes (checked on the
+// file's size before anything is allocated).
+std::string read_file_bytes(const std::string& path, size_t max_bytes = SIZE_MAX, kidrr_status code = KIDRR_ERR_INPUT);
 inline NpyArray read_npy(const std::string& path) { return parse_npy(read_file_bytes(path), path); }
 inline std::map<std::string, NpyArray> read_npz(const std::string& path) { return parse_npz(read_file_bytes(path), path); }
 

@@ -5,6 +5,7 @@
 
 #include "error.hpp"
 #include "json.hpp"
+#include "npy.hpp"
 #include "utf8.hpp"
 
 namespace kidrr {
@@ -40,11 +41,14 @@ std::vector<std::string> tokenize(const std::string& text) {
 }
 
 Vocabulary Vocabulary::load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(KIDRR_ERR_BUNDLE, "vocabulary file " + path + " is missing or unreadable");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return parse(ss.str(), path);
+    // 64 MiB holds millions of words: anything larger is refused before it is read.
+    std::string bytes;
+    try {
+        bytes = read_file_bytes(path, size_t(64) << 20, KIDRR_ERR_BUNDLE);
+    } catch (const Error& e) {
+        throw Error(KIDRR_ERR_BUNDLE, "vocabulary file " + path + " is missing, unreadable or too large (" + e.what() + ")");
+    }
+    return parse(bytes, path);
 }
 
 Vocabulary Vocabulary::parse(std::string_view json, const std::string& path) {

@@ -6,13 +6,18 @@
 //   kidrr_tool score BUNDLE FEATURES.npy FILE   -> n lines of m scores (%.9g)
 //   kidrr_tool search BUNDLE GALLERY CAPTION K SHORTLIST -> "<image> <score>" per hit
 //   kidrr_tool sha256 FILE
+//   kidrr_tool features BUNDLE IMAGE.jpg PIXELS_OUT  -> "H W R F" then R*F features; the decoded RGB8
+//                                                       bytes go to PIXELS_OUT (libjpeg-turbo, islow DCT)
 //   kidrr_tool identity MANIFEST.json          -> the bundle identity the C runtime computes
+#include <csetjmp>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include <jpeglib.h>
 
 #include "error.hpp"
 #include "json.hpp"
@@ -43,6 +48,44 @@ std::vector<std::string> read_captions(const char* path) {
     while (std::getline(in, line)) out.push_back(unhex(line));
     return out;
 }
+// JPEG -> RGB8 with libjpeg-turbo's defaults (JDCT_ISLOW, fancy upsampling), as Pillow decodes it
+// (docs/images.md). Errors exit with a message (libjpeg's error_exit would abort otherwise).
+struct JpegError {
+    jpeg_error_mgr mgr;
+    jmp_buf jump;
+};
+bool decode_jpeg(const char* path, std::vector<uint8_t>& rgb, size_t& height, size_t& width) {
+    FILE* f = std::fopen(path, "rb");
+    if (!f) return false;
+    jpeg_decompress_struct info;
+    JpegError err;
+    info.err = jpeg_std_error(&err.mgr);
+    err.mgr.error_exit = [](j_common_ptr c) { longjmp(reinterpret_cast<JpegError*>(c->err)->jump, 1); };
+    if (setjmp(err.jump)) {
+        jpeg_destroy_decompress(&info);
+        std::fclose(f);
+        return false;
+    }
+    jpeg_create_decompress(&info);
+    jpeg_stdio_src(&info, f);
+    jpeg_read_header(&info, TRUE);
+    info.out_color_space = JCS_RGB;
+    info.dct_method = JDCT_ISLOW;
+    info.do_fancy_upsampling = TRUE;
+    jpeg_start_decompress(&info);
+    width = info.output_width;
+    height = info.output_height;
+    rgb.resize(height * width * 3);
+    while (info.output_scanline < info.output_height) {
+        JSAMPROW row = rgb.data() + size_t(info.output_scanline) * width * 3;
+        jpeg_read_scanlines(&info, &row, 1);
+    }
+    jpeg_finish_decompress(&info);
+    jpeg_destroy_decompress(&info);
+    std::fclose(f);
+    return true;
+}
+
 int die(const char* what) {
     std::fprintf(stderr, "%s failed: %s\n", what, kidrr_last_error());
     return 1;
@@ -117,6 +160,31 @@ int main(int argc, char** argv) {
         if (kidrr_search(b, gallery, argv[4], k, shortlist, hits.data(), &n) != KIDRR_OK) return die("kidrr_search");
         for (size_t t = 0; t < n; ++t) std::printf("%zu %.9g\n", hits[t].image, hits[t].score);
         kidrr_images_free(gallery);
+        kidrr_close(b);
+        return 0;
+    }
+    if (cmd == "features" && argc == 5) {
+        std::vector<uint8_t> rgb;
+        size_t h = 0, w = 0;
+        if (!decode_jpeg(argv[3], rgb, h, w)) { std::fprintf(stderr, "cannot decode %s as JPEG\n", argv[3]); return 1; }
+        FILE* out = std::fopen(argv[4], "wb");
+        if (!out || std::fwrite(rgb.data(), 1, rgb.size(), out) != rgb.size()) { std::fprintf(stderr, "cannot write %s\n", argv[4]); return 1; }
+        std::fclose(out);
+        kidrr_bundle* b = nullptr;
+        if (kidrr_open(argv[2], nullptr, &b) != KIDRR_OK) return die("kidrr_open");
+        kidrr_bundle_info info;
+        kidrr_bundle_get_info(b, &info);
+        std::vector<float> feats(1 << 22);
+        size_t regions = 0;
+        // A row stride wider than the row (padding bytes) exercises the packing copy.
+        const size_t stride = 3 * w + 5;
+        std::vector<uint8_t> strided(h * stride, 0xAB);
+        for (size_t y = 0; y < h; ++y) std::memcpy(strided.data() + y * stride, rgb.data() + y * 3 * w, 3 * w);
+        if (kidrr_extract_features(b, strided.data(), h, w, stride, feats.data(), feats.size(), &regions) != KIDRR_OK)
+            return die("kidrr_extract_features");
+        std::printf("%zu %zu %zu %zu\n", h, w, regions, info.feature_size);
+        for (size_t i = 0; i < regions * info.feature_size; ++i) std::printf("%s%.9g", i ? " " : "", feats[i]);
+        std::printf("\n");
         kidrr_close(b);
         return 0;
     }
