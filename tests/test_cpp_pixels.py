@@ -92,3 +92,34 @@ def test_kidrr_index_writes_a_gallery_python_reads(built, pixel_bundle, jpegs, t
         hits = [line.split("\t") for line in got.stdout.splitlines() if not line.startswith("#")]
         ref = rt.search_text(caption, 3, gallery=want)
         assert [h[3][3:] for h in hits] == [label for label, _ in ref], got.stdout
+
+
+def test_kidrr_index_turns_exif_orientations_upright_and_names_skips(built, pixel_bundle, tmp_path):
+    """Phone photos carry their rotation in EXIF: kidrr_index must turn them upright exactly as the
+    Python runtime does (Pillow's exif_transpose), or its features would silently differ. CMYK and
+    over-limit JPEGs are skipped with their reason, never encoded."""
+    from PIL import Image
+    from kidrr.gallery import open_gallery
+    from kidrr.runtime import open_bundle
+    images = tmp_path / "photos"
+    images.mkdir()
+    names = []
+    for orientation in range(1, 9):      # a non-square picture: every orientation gives other pixels
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        name = f"o{orientation}.jpg"
+        scene(120, 72, seed=60).save(images / name, quality=90, exif=exif.tobytes())   # one picture, 8 ways
+        names.append(name)
+    Image.new("CMYK", (40, 30), (10, 200, 30, 5)).save(images / "z_cmyk.jpg")
+    out = tmp_path / "oriented.gallery"
+    proc = cpp.run([os.path.join(built, "kidrr_index"), pixel_bundle[0], str(images), str(out)])
+    assert proc.returncode == 1 and "skipped z_cmyk.jpg: a CMYK JPEG" in proc.stderr, proc.stdout + proc.stderr
+    with open_bundle(pixel_bundle[0], threads=1) as rt:
+        disk = open_gallery(str(out), bundle_id=rt.bundle_id)
+        assert disk.ids() == names
+        want = rt.encode_image_files([str(images / n) for n in names], names=names)
+        locs, globs = disk.gather(np.arange(len(names)))
+        np.testing.assert_allclose(globs, want.globals, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(locs, want.locals, atol=1e-5, rtol=0)
+        # and the orientation mattered: the upright and the rotated copies of one picture differ
+        assert min(float(np.abs(globs[0] - globs[i]).max()) for i in range(1, 8)) > 1e-3

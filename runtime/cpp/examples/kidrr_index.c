@@ -3,7 +3,10 @@
  * Encodes the JPEG files of IMAGE_DIR (*.jpg, *.jpeg; not recursive; sorted by name) through the
  * bundle's preprocessing and backbone graphs and writes OUT, a new format-2 gallery folder that the
  * Python runtime (kidrr.gallery) and kidrr_search read; ids are the file names. Decoding: Debian's
- * libjpeg-turbo with its defaults (islow DCT, fancy upsampling), the pixels Pillow gives.
+ * libjpeg-turbo with its defaults (islow DCT, fancy upsampling), the pixels Pillow gives, turned
+ * upright by the EXIF orientation as kidrr-index does (Pillow's exif_transpose). Skipped, with the
+ * reason: undecodable files, CMYK/YCCK JPEGs (kidrr-index converts those), and images over the
+ * runtime's pixel limit (docs/images.md), refused from the header before any pixel is decoded.
  * Exit codes as kidrr-index: 0 all encoded, 1 some files skipped (named on stderr), 2 error.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -25,13 +28,76 @@ struct jpeg_failure {
 
 static void on_jpeg_error(j_common_ptr info) { longjmp(((struct jpeg_failure*)info->err)->jump, 1); }
 
-/* RGB8 pixels of a JPEG file (malloc'ed), or NULL. */
-static unsigned char* decode_jpeg(const char* path, size_t* height, size_t* width) {
+#define MAX_PIXELS 400000000ull /* the Python decoder's limit (kidrr.images.decode.MAX_PIXELS) */
+
+static unsigned read16(const unsigned char* p, int big) { return big ? (p[0] << 8) | p[1] : (p[1] << 8) | p[0]; }
+static unsigned long read32(const unsigned char* p, int big) {
+    return big ? ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) | (p[2] << 8) | p[3]
+               : ((unsigned long)p[3] << 24) | ((unsigned long)p[2] << 16) | (p[1] << 8) | p[0];
+}
+
+/* The EXIF orientation (1-8) in an APP1 marker, 1 when absent or malformed (every read bounds-checked). */
+static int exif_orientation(const jpeg_saved_marker_ptr markers) {
+    for (jpeg_saved_marker_ptr m = markers; m; m = m->next) {
+        const unsigned char* d = m->data;
+        size_t n = m->data_length;
+        if (m->marker != JPEG_APP0 + 1 || n < 14 || memcmp(d, "Exif\0\0", 6) != 0) continue;
+        const unsigned char* tiff = d + 6;
+        size_t size = n - 6;
+        int big = tiff[0] == 'M' && tiff[1] == 'M';
+        if (!big && !(tiff[0] == 'I' && tiff[1] == 'I')) return 1;
+        unsigned long ifd = read32(tiff + 4, big);
+        if (ifd > size - 2) return 1;
+        unsigned count = read16(tiff + ifd, big);
+        for (unsigned i = 0; i < count; ++i) {
+            unsigned long at = ifd + 2 + 12ul * i;
+            if (at > size - 12) return 1;
+            if (read16(tiff + at, big) == 0x0112 && read16(tiff + at + 2, big) == 3) {   /* Orientation, SHORT */
+                unsigned v = read16(tiff + at + 8, big);
+                return v >= 1 && v <= 8 ? (int)v : 1;
+            }
+        }
+        return 1;
+    }
+    return 1;
+}
+
+/* rgb (h x w) turned upright for EXIF orientation o, as Pillow's ImageOps.exif_transpose; a new
+ * buffer (the old one freed), or NULL when out of memory. */
+static unsigned char* orient(unsigned char* rgb, size_t* height, size_t* width, int o) {
+    if (o == 1) return rgb;
+    const size_t h = *height, w = *width, swap = o >= 5;
+    const size_t oh = swap ? w : h, ow = swap ? h : w;
+    unsigned char* out = malloc(h * w * 3);
+    if (!out) { free(rgb); return NULL; }
+    for (size_t y = 0; y < oh; ++y)
+        for (size_t x = 0; x < ow; ++x) {
+            size_t sy, sx;
+            switch (o) {
+                case 2: sy = y; sx = w - 1 - x; break;            /* mirror left-right */
+                case 3: sy = h - 1 - y; sx = w - 1 - x; break;    /* rotate 180 */
+                case 4: sy = h - 1 - y; sx = x; break;            /* mirror top-bottom */
+                case 5: sy = x; sx = y; break;                    /* transpose */
+                case 6: sy = h - 1 - x; sx = y; break;            /* rotate 90 clockwise */
+                case 7: sy = h - 1 - x; sx = w - 1 - y; break;    /* transverse */
+                default: sy = x; sx = w - 1 - y; break;           /* 8: rotate 90 counter-clockwise */
+            }
+            memcpy(out + (y * ow + x) * 3, rgb + (sy * w + sx) * 3, 3);
+        }
+    free(rgb);
+    *height = oh;
+    *width = ow;
+    return out;
+}
+
+/* Upright RGB8 pixels of a JPEG file (malloc'ed), or NULL with *why set. */
+static unsigned char* decode_jpeg(const char* path, size_t* height, size_t* width, const char** why) {
     struct jpeg_decompress_struct info;
     struct jpeg_failure err;
     unsigned char* volatile rgb = NULL;
     FILE* f = fopen(path, "rb");
-    if (!f) return NULL;
+    *why = "not a decodable JPEG";
+    if (!f) { *why = "cannot be opened"; return NULL; }
     info.err = jpeg_std_error(&err.mgr);
     err.mgr.error_exit = on_jpeg_error;
     if (setjmp(err.jump)) {
@@ -42,12 +108,22 @@ static unsigned char* decode_jpeg(const char* path, size_t* height, size_t* widt
     }
     jpeg_create_decompress(&info);
     jpeg_stdio_src(&info, f);
+    jpeg_save_markers(&info, JPEG_APP0 + 1, 0xFFFF);
     jpeg_read_header(&info, TRUE);
+    if (info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK) {
+        *why = "a CMYK JPEG (kidrr-index, the Python tool, converts it to RGB; this example does not)";
+        longjmp(err.jump, 1);
+    }
+    if ((unsigned long long)info.image_width * info.image_height > MAX_PIXELS) {
+        *why = "over the 400-megapixel limit";
+        longjmp(err.jump, 1);
+    }
+    const int orientation = exif_orientation(info.marker_list);
     info.out_color_space = JCS_RGB;
     jpeg_start_decompress(&info);
     *width = info.output_width;
     *height = info.output_height;
-    rgb = malloc(*height * *width * 3);
+    rgb = malloc(*height * *width * 3);   /* at most 1.2 GB: the pixel limit bounds it */
     if (!rgb) longjmp(err.jump, 1);
     while (info.output_scanline < info.output_height) {
         JSAMPROW row = rgb + (size_t)info.output_scanline * *width * 3;
@@ -56,7 +132,9 @@ static unsigned char* decode_jpeg(const char* path, size_t* height, size_t* widt
     jpeg_finish_decompress(&info);
     jpeg_destroy_decompress(&info);
     fclose(f);
-    return rgb;
+    unsigned char* upright = orient(rgb, height, width, orientation);
+    if (!upright) *why = "out of memory";
+    return upright;
 }
 
 static int is_jpeg(const char* name) {
@@ -104,9 +182,10 @@ int main(int argc, char** argv) {
         char* path = malloc(len);
         if (!path) { fprintf(stderr, "out of memory\n"); goto done; }
         snprintf(path, len, "%s/%s", argv[2], names[i]);
-        pixels[kept] = decode_jpeg(path, &heights[kept], &widths[kept]);
+        const char* why = NULL;
+        pixels[kept] = decode_jpeg(path, &heights[kept], &widths[kept], &why);
         free(path);
-        if (!pixels[kept]) { fprintf(stderr, "skipped %s: not a decodable JPEG\n", names[i]); continue; }
+        if (!pixels[kept]) { fprintf(stderr, "skipped %s: %s\n", names[i], why); continue; }
         strides[kept] = 3 * widths[kept];
         ids[kept++] = names[i];
     }
