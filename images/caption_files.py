@@ -12,24 +12,13 @@ import os
 
 from kidrr.data import CAPTIONS_PER_IMAGE
 from kidrr.errors import DataError
+from kidrr.fileio import read_text_lines
 
 MAX_CAPTION_FILE_BYTES = 1 << 30
 
 
 def _read_lines(path: str) -> list:
-    if not os.path.isfile(path):
-        raise DataError(f"caption file {path} does not exist")
-    size = os.path.getsize(path)
-    if size > MAX_CAPTION_FILE_BYTES:
-        raise DataError(f"caption file {path} is {size} bytes, over the {MAX_CAPTION_FILE_BYTES} byte limit")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = [line.rstrip("\r\n") for line in fh]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"caption file {path} is not UTF-8 text ({exc}); re-save it as UTF-8") from exc
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+    return read_text_lines(path, "caption file", MAX_CAPTION_FILE_BYTES)
 
 
 def _is_tsv(path: str, lines: list) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DataError, InputError
+from .fileio import read_text_lines
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -90,14 +91,7 @@ def load_split(folder: str, split: str) -> Split:
         raise DataError(f"{ims_path} is not a plain .npy array ({exc})") from exc
     if images.ndim != 3 or not np.issubdtype(images.dtype, np.floating):
         raise DataError(f"{ims_path} must hold a float (N, R, F) array, got {images.dtype} {images.shape}")
-    try:
-        with open(caps_path, encoding="utf-8") as fh:
-            captions = [line.rstrip("\r\n") for line in fh]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{caps_path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save the captions as "
-                        f"UTF-8, one per line") from None
-    while captions and not captions[-1].strip():
-        captions.pop()  # a trailing newline is not a caption
+    captions = read_text_lines(caps_path, "caption file")
     empty = [i + 1 for i, c in enumerate(captions) if not c.strip()]
     if empty:
         raise DataError(f"{caps_path} has empty caption lines (first: line {empty[0]}, {len(empty)} in all); "

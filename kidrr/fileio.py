@@ -79,6 +79,27 @@ def check_writable_folder(folder: str, what: str) -> None:
                          f"folder") from exc
 
 
+def read_text_lines(path: str, what: str, max_bytes: int = 1 << 30) -> list:
+    """The UTF-8 lines of a text file (caption, id and name lists), without line ends and without
+    trailing blank lines; DataError if it is missing, larger than max_bytes (checked before
+    reading) or not UTF-8."""
+    from .errors import DataError
+    if not os.path.isfile(path):
+        raise DataError(f"{what} {path} does not exist")
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise DataError(f"{what} {path} is {size} bytes, over the {max_bytes} byte limit")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line.rstrip("\r\n") for line in fh]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, "
+                        f"one item per line") from None
+    while lines and not lines[-1].strip():
+        lines.pop()  # a trailing newline is not an item
+    return lines
+
+
 def follow_umask(path: str) -> None:
     """Give a file written by a library that makes private files (safetensors: 0600) the usual mode."""
     os.chmod(path, 0o666 & ~_UMASK)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from kidrr.errors import DataError, InputError
+from kidrr.fileio import read_text_lines
 
 MAX_ID_CHARS = 256
 MAX_LIST_BYTES = 256 << 20   # an ids or captions file larger than this is not one we made
@@ -27,18 +28,7 @@ class Catalog:
 
 
 def read_lines(path: str, what: str) -> list:
-    if not os.path.isfile(path):
-        raise DataError(f"{what} file {path} does not exist")
-    size = os.path.getsize(path)
-    if size > MAX_LIST_BYTES:
-        raise DataError(f"{what} file {path} is {size} bytes, more than the {MAX_LIST_BYTES} allowed")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = [line.rstrip("\r\n") for line in fh]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{what} file {path} is not UTF-8 text ({exc})") from exc
-    while lines and not lines[-1].strip():
-        lines.pop()
+    lines = read_text_lines(path, f"{what} file", MAX_LIST_BYTES)
     empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
     if empty:
         raise DataError(f"{what} file {path} has empty lines (first: line {empty[0]}); one item per line")
