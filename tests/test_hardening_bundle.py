@@ -9,24 +9,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kidrr.checkpoint import save_checkpoint
 from kidrr.errors import BundleError
 from kidrr.export.bundle import export_bundle
 from kidrr.export.cli import main as export_cli
 from kidrr.export.lint import lint_bundle
 from kidrr.runtime import load_bundle, open_bundle
-from test_hardening_files import QUIET, _tiny_model
+from test_hardening_files import QUIET, tiny_checkpoint_and_bundle
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hb")
-    model, vocab = _tiny_model()
-    ck = str(root / "ck")
-    save_checkpoint(ck, model, vocab)
-    bundle = str(root / "bundle")
-    export_bundle(ck, bundle, **QUIET)
-    return ck, bundle, root
+    return tiny_checkpoint_and_bundle(tmp_path_factory.mktemp("hb"))
 
 
 # ---- item 6 --------------------------------------------------------------------------------

@@ -33,6 +33,16 @@ def _tiny_model():
                                    knowledge_nodes=2)).eval(), vocab
 
 
+def tiny_checkpoint_and_bundle(root) -> tuple:
+    """(checkpoint, bundle, root): the tiny model saved under root and exported beside it."""
+    model, vocab = _tiny_model()
+    ck = str(root / "ck")
+    save_checkpoint(ck, model, vocab)
+    bundle = str(root / "bundle")
+    export_bundle(ck, bundle, **QUIET)
+    return ck, bundle, root
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     model, vocab = _tiny_model()

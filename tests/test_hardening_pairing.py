@@ -7,23 +7,15 @@ import shutil
 import pytest
 
 from kidrr.bench import sources
-from kidrr.checkpoint import save_checkpoint
 from kidrr.errors import BundleError
-from kidrr.export.bundle import export_bundle
 from kidrr.identity import checkpoint_id
 from kidrr.runtime.bundle import load_bundle
-from test_hardening_files import QUIET, _tiny_model
+from test_hardening_files import tiny_checkpoint_and_bundle
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    model, vocab = _tiny_model()
-    ck = str(root / "ck")
-    save_checkpoint(ck, model, vocab)
-    bundle = str(root / "bundle")
-    export_bundle(ck, bundle, **QUIET)
-    return ck, bundle, root
+    return tiny_checkpoint_and_bundle(tmp_path_factory.mktemp("pair"))
 
 
 def _edited_copy(ck, dest, file, edit):
