@@ -223,6 +223,8 @@ def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads,
 @click.option("--queries", type=int, default=60, show_default=True, help="text queries per configuration")
 @click.option("--threads", type=int, default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--methods", default="ivf", show_default=True, help="ANN indexes to build: ivf and/or hnsw (hnsw up to 100k)")
+@click.option("--locals-dtype", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="how the galleries store their locals")
 @click.option("--precision-folds", type=int, default=1, show_default=True,
               help="5fold folds of the synthetic test set scored exhaustively per locals dtype (0: skip)")
 @click.option("--work", default=None, help="folder for the galleries (default: a temporary one, deleted)")
@@ -230,8 +232,8 @@ def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads,
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="folder for scale.json, scale.md, scale_latency.png")
 @click.option("--json", "json_path", default=None, help="also write the results JSON to this file")
 @click.option("--quiet", is_flag=True)
-def scale_command(max_images, shortlists, queries, threads, methods, precision_folds, work, keep, out, json_path,
-                  quiet):
+def scale_command(max_images, shortlists, queries, threads, methods, locals_dtype, precision_folds, work, keep, out,
+                  json_path, quiet):
     """Format-2 galleries of 10k / 100k (/ 1M) synthetic items at R=49, D=256: build, add, disk, open time,
     anonymous RSS, text-query latency for exact and ANN first stages, top-10 overlap, recall."""
     from .scale import run_scale
@@ -246,7 +248,7 @@ def scale_command(max_images, shortlists, queries, threads, methods, precision_f
         if json_path and os.path.isdir(json_path):     # found now, not after the whole run
             raise InputError(f"--json {json_path} is a folder; give a file name")
         run = run_scale(max_images, kps, queries, threads, work, out, json_path, chosen, precision_folds, keep,
-                        progress=not quiet)
+                        progress=not quiet, locals_dtype=locals_dtype)
     except KidrrError as exc:
         click.echo(f"kidrr-bench scale: error: {exc}", err=True)
         sys.exit(2)

@@ -1,9 +1,13 @@
-"""Reading k' shortlisted rows of locals from a gallery on disk, with and without the kernel prefetch
-advice (MADV_WILLNEED) that DiskGallery.gather gives, alternating, on fresh random rows each time.
+"""Reading k' shortlisted rows of locals from a gallery on disk with and without the kernel prefetch
+advice (MADV_WILLNEED per run of adjacent rows) that DiskGallery.gather gives, alternating, on
+fresh random rows each time; and the fp16 -> fp32 conversion of such a block, numpy against
+segment_io.half_to_float. Before each trial the locals file's pages are dropped from the page cache
+(POSIX_FADV_DONTNEED: clean pages only, nothing is written), so every trial reads cold rows
+whatever the gallery's size and the machine's memory; other processes reading the same gallery
+lose those cached pages too.
 
     python -m kidrr.bench.gather_compare GALLERY [--rows 100] [--trials 40] [--json FILE]
 
-On a gallery much larger than the page cache most rows are cold, which is what this measures.
 """
 from __future__ import annotations
 
@@ -17,6 +21,30 @@ import numpy as np
 from kidrr.fileio import write_atomic
 
 
+def _drop_cached(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _conversion(rows: int, regions: int, dim: int, trials: int) -> dict:
+    """fp16 -> fp32 of one gathered block: numpy's astype against segment_io.half_to_float, alternating."""
+    from kidrr.gallery.segment_io import half_to_float
+    block = np.random.default_rng(0).standard_normal((rows, regions, dim)).astype(np.float16)
+    times = {"numpy": [], "half_to_float": []}
+    half_to_float(block)
+    for trial in range(2 * trials):
+        name = "numpy" if trial % 2 == 0 else "half_to_float"
+        t = time.perf_counter()
+        block.astype(np.float32) if name == "numpy" else half_to_float(block)
+        times[name].append(time.perf_counter() - t)
+    med = {k: float(np.median(v) * 1000) for k, v in times.items()}
+    return {"fp16_to_fp32_numpy_p50_ms": med["numpy"], "fp16_to_fp32_p50_ms": med["half_to_float"],
+            "fp16_to_fp32_speedup": med["numpy"] / med["half_to_float"]}
+
+
 def compare(folder: str, rows: int, trials: int, seed: int = 0) -> dict:
     import kidrr.gallery.reader as reader
     from kidrr.gallery import open_gallery
@@ -28,6 +56,8 @@ def compare(folder: str, rows: int, trials: int, seed: int = 0) -> dict:
         for trial in range(trials):
             mode = "prefetch" if trial % 2 == 0 else "plain"
             reader._prefetch = advise if mode == "prefetch" else (lambda arr, r: None)
+            for seg in gal.segments:
+                _drop_cached(os.path.join(gal.folder, seg.name, "locals.npy"))
             pick = np.sort(rng.choice(gal.manifest.rows, rows, replace=False))
             t = time.perf_counter()
             gal.gather(pick)
@@ -35,6 +65,7 @@ def compare(folder: str, rows: int, trials: int, seed: int = 0) -> dict:
     finally:
         reader._prefetch = advise
     return {"items": gal.manifest.rows, "rows": rows, "trials": trials, "load": os.getloadavg(),
+            **_conversion(rows, gal.regions, gal.dim, trials),
             **{f"{k}_p50_ms": float(np.median(v) * 1000) for k, v in times.items()},
             **{f"{k}_p90_ms": float(np.percentile(v, 90) * 1000) for k, v in times.items()}}
 

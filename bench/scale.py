@@ -86,10 +86,10 @@ def synthetic_items(base_locals, base_globals, start: int, rows: int, seed: int,
     return globs.astype(np.float32), locs, ids
 
 
-def build(folder, bundle_id, base, rows, method, seed, progress):
+def build(folder, bundle_id, base, rows, method, seed, progress, locals_dtype="fp16"):
     """Create + add `rows` items as one segment; (total seconds, seconds spent generating)."""
     from kidrr.gallery import GalleryWriter, create_gallery
-    create_gallery(folder, bundle_id, REGIONS, base[1].shape[1], "fp16", method, ann_min_rows=5_000)
+    create_gallery(folder, bundle_id, REGIONS, base[1].shape[1], locals_dtype, method, ann_min_rows=5_000)
     spent = [0.0]
 
     def batches():
@@ -151,7 +151,7 @@ def precision_check(bundle: str, base, split, folds: int, threads: int, work: st
 
 def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str | None, out: str,
               json_path: str | None, methods, precision_folds: int, keep: bool, seed: int = 0,
-              progress: bool = True) -> dict:
+              progress: bool = True, locals_dtype: str = "fp16") -> dict:
     from . import sources
     if max_images < 1_000:
         raise InputError(f"--max-images must be >= 1000, got {max_images}")
@@ -168,7 +168,7 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
     os.makedirs(out, exist_ok=True)
     root = work or tempfile.mkdtemp(prefix="kidrr-scale-")
     os.makedirs(root, exist_ok=True)
-    run = {"format": "kidrr-bench-scale/1", "regions": REGIONS, "dim": int(base[1].shape[1]), "locals_dtype": "fp16",
+    run = {"format": "kidrr-bench-scale/1", "regions": REGIONS, "dim": int(base[1].shape[1]), "locals_dtype": locals_dtype,
            "queries": queries, "shortlists": list(shortlists), "threads": threads, "sizes": {},
            "load_before": os.getloadavg()}
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
@@ -185,7 +185,7 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
                 if os.path.exists(folder):
                     shutil.rmtree(folder)
                 say(f"size {n:,}, {method}: building")
-                total_s, gen_s = build(folder, bundle_id, base, n, method, seed, progress)
+                total_s, gen_s = build(folder, bundle_id, base, n, method, seed, progress, locals_dtype)
                 size = disk_bytes(folder)
                 say(f"  built in {total_s - gen_s:.1f} s (+{gen_s:.1f} s generating), {size / 2**30:.2f} GiB; serving")
                 res = serve({"bundle": bundle, "gallery": folder, "captions": query_caps, "shortlists": list(shortlists),

@@ -1,6 +1,8 @@
 """kidrr-bench scale reports: a Markdown table and a log-log plot of latency against gallery size."""
 from __future__ import annotations
 
+import os
+
 from kidrr.fileio import write_figure
 
 
@@ -21,7 +23,7 @@ def markdown(run: dict) -> str:
     lines = [f"# kidrr-bench scale (R={run['regions']}, D={run['dim']}, {run['locals_dtype']} locals, "
              f"{run['queries']} text queries, {run['threads']} threads)", "",
              f"Load average before/after: {run['load_before'][0]:.1f} / {run['load_after'][0]:.1f} "
-             f"(2 cores shared with other jobs).", ""]
+             f"on {os.cpu_count()} cores.", ""]
     p = run.get("precision")
     if p:
         lines += [f"Locals precision on the synthetic test set ({p['folds']} fold(s) of {p['images_per_fold']} images, "
@@ -68,7 +70,7 @@ def plot(run: dict, path: str) -> str | None:
     ax.set_yscale("log")
     ax.set_xlabel("gallery size (items)")
     ax.set_ylabel("text query latency p50, ms (one query)")
-    ax.set_title(f"two-stage search, R={run['regions']}, D={run['dim']}, fp16 locals")
+    ax.set_title(f"two-stage search, R={run['regions']}, D={run['dim']}, {run['locals_dtype']} locals")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     write_figure(fig, path)

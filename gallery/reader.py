@@ -20,7 +20,7 @@ from kidrr.errors import DataError, InputError
 
 from . import first_stage
 from .layout import (ID_BYTES_FILE, MANIFEST, Manifest, array_spec, check_bundle, read_manifest, segment_files)
-from .segment_io import id_hash, map_array, sha256_of
+from .segment_io import half_to_float, id_hash, map_array, sha256_of
 
 OPEN_RETRIES = 5
 DEFAULT_EXACT_MAX = 50_000   # auto first stage: exact up to this many live items, ANN above
@@ -138,8 +138,10 @@ class DiskGallery:
             local = rows[at] - seg.start
             order = np.argsort(local, kind="stable")       # ascending reads: kinder to the page cache
             local, at = local[order], at[order]
-            _prefetch(seg.locals, local)
-            locs[at] = seg.locals[local]
+            for arr in (seg.locals, seg.scales, seg.globals):
+                _prefetch(arr, local)
+            block = np.asarray(seg.locals[local])
+            locs[at] = half_to_float(block) if block.dtype == np.float16 else block
             if seg.scales is not None:
                 locs[at] *= seg.scales[local][..., None]
             globs[at] = seg.globals[local]
@@ -228,18 +230,19 @@ class DiskGallery:
 
 
 def _prefetch(arr, rows: np.ndarray) -> None:
-    """Ask the kernel for every row's pages at once (MADV_WILLNEED): on a cold cache the reads then
-    overlap instead of faulting in one row after another."""
+    """Ask the kernel for the given rows' pages at once (MADV_WILLNEED, one call per run of adjacent
+    rows): on a cold cache the reads then overlap instead of faulting in one page after another."""
     mm = getattr(arr, "_mmap", None)
-    if mm is None or len(rows) < 2 or not hasattr(mmap, "MADV_WILLNEED"):
+    if mm is None or not len(rows) or not hasattr(mmap, "MADV_WILLNEED"):
         return
     row_bytes = arr.strides[0]
     first = arr.offset % mmap.ALLOCATIONGRANULARITY          # where the array starts inside the map
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1              # rows are ascending
     try:
-        for r in rows.tolist():
-            start = first + r * row_bytes
+        for a, b in zip(rows[np.r_[0, cut]].tolist(), rows[np.r_[cut - 1, len(rows) - 1]].tolist()):
+            start = first + a * row_bytes
             aligned = start - start % mmap.PAGESIZE
-            mm.madvise(mmap.MADV_WILLNEED, aligned, start + row_bytes - aligned)
+            mm.madvise(mmap.MADV_WILLNEED, aligned, first + (b + 1) * row_bytes - aligned)
     except (OSError, ValueError):
         pass     # advice only: the reads below still happen
 

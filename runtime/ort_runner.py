@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kidrr.errors import BackendUnavailable, BundleError
+from kidrr.errors import BackendUnavailable, BundleError, InputError
 
 from .bundle import Bundle, check_graph_io
 from .runner import Runner, as_float32, as_int64
@@ -28,7 +28,7 @@ def _import_ort():
 class OrtRunner(Runner):
     name = "ort"
 
-    def __init__(self, bundle: Bundle, threads: int = 0, providers=None):
+    def __init__(self, bundle: Bundle, threads: int = 0, providers=None, spin: bool = False):
         super().__init__(bundle, threads)
         ort = _import_ort()
         available = ort.get_available_providers()
@@ -38,6 +38,8 @@ class OrtRunner(Runner):
         if missing:
             raise BackendUnavailable(f"onnxruntime here has no {missing} (available: {available}); "
                                      f"install onnxruntime-gpu or pick other providers")
+        if not isinstance(spin, bool):
+            raise InputError(f"spin must be True or False, got {spin!r}")
         self.providers = list(providers)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
@@ -45,6 +47,10 @@ class OrtRunner(Runner):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Idle workers sleep rather than busy-wait for the next run (onnxruntime spins by default): on a
+        # few cores a spinning worker holds the core that the gallery's first stage, the row reads and
+        # the next graph need. docs/runtime.md has the measurement; spin=True restores the default.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.sessions = {}
         for graph in ("image_encoder", "text_encoder", "similarity"):
             self.sessions[graph] = self._session(ort, bundle, graph, opts)

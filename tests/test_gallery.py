@@ -25,6 +25,25 @@ def test_round_trip_per_locals_dtype(tmp_path, dtype, tol):
     assert gal.labels(np.arange(40)) == ids and gal.ids() == ids
 
 
+def test_gather_reads_runs_of_rows_from_every_segment(tmp_path):
+    g, l, ids = gh.make_gallery(tmp_path / "g", n=300, batches=2, locals_dtype="int8", regions=5, dim=64)
+    gal = open_gallery(str(tmp_path / "g"))
+    # Adjacent rows are prefetched as one range: runs, single rows, both segments, any order.
+    rows = np.array([299, 0, 1, 2, 7, 149, 150, 151, 152, 298, 40])
+    locs, globs = gal.gather(rows)
+    np.testing.assert_array_equal(globs, g[rows])
+    assert np.abs(locs - l[rows]).max() <= 1.0 / 127 + 1e-7
+
+
+def test_half_to_float_is_exact_for_every_float16():
+    from kidrr.gallery.segment_io import half_to_float
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 16, 16)
+    out = half_to_float(every)
+    assert out.dtype == np.float32 and out.shape == every.shape
+    np.testing.assert_array_equal(out, every.astype(np.float32))      # NaNs compare equal here
+    assert half_to_float(np.zeros((0, 3, 4), np.float16)).shape == (0, 3, 4)
+
+
 def test_int8_layout_is_q_times_per_vector_scale():
     x = np.array([[[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]]], dtype=np.float32)
     q, s = quantize_int8(x)

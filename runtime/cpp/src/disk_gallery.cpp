@@ -1,6 +1,8 @@
 #include "disk_gallery.hpp"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -186,12 +188,28 @@ void DiskGallery::read_globals(size_t begin, size_t n, float* out) const {
     }
 }
 
+// Ask the kernel for a row's pages now (MADV_WILLNEED): asked for every row first, the cold reads
+// overlap instead of faulting in one page after another (gallery/reader.py does the same; 100 cold
+// rows of a 25 GB gallery: 30 ms against 1.8 s, docs/gallery.md). Advice only: errors are ignored.
+static void prefetch(const void* base, size_t row_bytes, size_t row) {
+    static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t at = reinterpret_cast<uintptr_t>(base) + row * row_bytes, start = at - at % page;
+    ::madvise(reinterpret_cast<void*>(start), at + row_bytes - start, MADV_WILLNEED);
+}
+
 EncodedImages DiskGallery::gather(const std::vector<size_t>& rows) const {
     const size_t r = manifest_.regions, d = manifest_.dim, per = r * d;
     EncodedImages out;
     out.n = rows.size(); out.regions = r; out.dim = d; out.bundle_id = manifest_.bundle_id;
     out.locals.resize(product({rows.size(), r, d}, "gathered locals"));
     out.globals.resize(rows.size() * d);
+    const size_t item_bytes = per * (manifest_.locals_dtype == "fp32" ? 4 : manifest_.locals_dtype == "fp16" ? 2 : 1);
+    for (size_t row : rows) {
+        const Segment& s = segment_of(row);
+        prefetch(s.locals, item_bytes, row - s.start);
+        prefetch(s.globals, d * sizeof(float), row - s.start);
+        if (s.scales) prefetch(s.scales, r * sizeof(float), row - s.start);
+    }
     for (size_t k = 0; k < rows.size(); ++k) {
         const Segment& s = segment_of(rows[k]);
         const size_t i = rows[k] - s.start;
