@@ -167,15 +167,18 @@ def verify_cmd(folder):
 @click.option("-k", "k", type=int, default=10, show_default=True)
 @click.option("--shortlist", type=int, default=100, show_default=True, help="k' reranked (0: exhaustive)")
 @click.option("--first-stage", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True)
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists scanned per query (default max(16, nlist/32); docs/gallery.md)")
+@click.option("--ef", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default max(2 k', 64))")
 @click.option("--threads", type=int, default=0)
 @click.option("--json", "as_json", is_flag=True)
-def search(folder, captions, bundle, k, shortlist, first_stage, threads, as_json):
+def search(folder, captions, bundle, k, shortlist, first_stage, nprobe, ef, threads, as_json):
     """Images for each caption: ids with scores."""
     from kidrr.runtime import open_bundle
     try:
         with open_bundle(bundle, threads=threads) as rt:
             g = open_gallery(folder, bundle_id=rt.bundle_id, dim=rt.planner.dim)
-            g.first_stage = first_stage
+            g.first_stage, g.nprobe, g.ef = first_stage, nprobe, ef
             if shortlist:
                 click.echo(f"first stage: {g.describe_first_stage(first_stage)}", err=True)
             out = rt.search_text(list(captions), k=k, gallery=g, shortlist=shortlist or None)

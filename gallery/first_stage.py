@@ -79,6 +79,9 @@ def read_index(path: str):
 def search_index(index, method: str, params: dict, queries: np.ndarray, size: int, nprobe=None, ef=None):
     """(sims, rows) of the `size` best rows per query; rows -1 where the index found fewer."""
     import faiss
+    for name, value in (("nprobe", nprobe), ("ef", ef)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise InputError(f"{name} must be an integer >= 1 (or None for the default), got {value!r}")
     if method == "ivf":
         sp = faiss.SearchParametersIVF(nprobe=int(nprobe or default_nprobe(params["nlist"])))
     else:

@@ -11,6 +11,8 @@ import tempfile
 import time
 from typing import Callable, Iterable
 
+from .errors import KidrrError
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -118,6 +120,34 @@ def foreign_entries(folder: str, known: Iterable[str]) -> list:
     return sorted(e for e in os.listdir(folder) if e not in known)
 
 
+OLD_INFIX = ".old-"
+
+
+def _finish_interrupted_swap(final: str, check_replaceable) -> None:
+    """Tidy after a replace_dir_atomic that was killed between its steps.
+
+    Killed between the two renames, `final` is gone and `final.old-XXXX` holds the previous
+    version: it is renamed back first, so nothing is lost and the usual check applies to it.
+    Killed before the old copy was deleted, `final` and `final.old-XXXX` both exist: the copy is
+    removed, but only if it passes the same check a replace would make (kidrr wrote it all).
+    """
+    parent, name = os.path.split(final)
+    try:
+        olds = sorted(e.path for e in os.scandir(parent or ".")
+                      if e.name.startswith(name + OLD_INFIX) and e.is_dir(follow_symlinks=False))
+    except OSError:
+        return
+    if olds and not os.path.lexists(final):
+        os.replace(olds.pop(), final)
+    for old in olds:
+        try:
+            if check_replaceable is not None:
+                check_replaceable(old)
+        except (KidrrError, OSError):
+            continue     # not provably ours: leave it
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def replace_dir_atomic(staging: str, final: str, check_replaceable: Callable[[str], None] | None = None) -> None:
     """Move a fully written staging folder into place; the old folder (if any) goes only after.
 
@@ -125,13 +155,14 @@ def replace_dir_atomic(staging: str, final: str, check_replaceable: Callable[[st
     that folder holds anything its writer did not create (so --force never deletes user data).
     """
     final = os.path.abspath(final)
+    _finish_interrupted_swap(final, check_replaceable)
     old = None
     if os.path.lexists(final):
         if os.path.islink(final) or not os.path.isdir(final):
             raise FileExistsError(f"{final} exists and is not a folder; it was not replaced")
         if check_replaceable is not None:
             check_replaceable(final)
-        old = final + ".old-" + next(tempfile._get_candidate_names())
+        old = final + OLD_INFIX + next(tempfile._get_candidate_names())
         os.replace(final, old)
     os.replace(staging, final)
     if old:

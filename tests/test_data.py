@@ -94,3 +94,46 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _folder(path, text):
+    path.mkdir()
+    (path / "made-by-kidrr.txt").write_text(text)
+
+
+def _ours_only(folder):
+    import os
+    if set(os.listdir(folder)) - {"made-by-kidrr.txt"}:
+        raise DataError(f"{folder} holds files kidrr did not write")
+
+
+def test_a_swap_killed_between_its_renames_is_undone_by_the_next(tmp_path):
+    # Killed after `out` became `out.old-X` but before the new folder took its place: the next
+    # replace renames the old version back, checks it like any replaced folder, and completes.
+    from kidrr.fileio import replace_dir_atomic
+    _folder(tmp_path / "out.old-abc12345", "previous")
+    _folder(tmp_path / "stage-a", "next")
+    (tmp_path / "stage-a" / "user-notes.txt").write_text("not ours")
+    _folder(tmp_path / "stage-b", "next")
+    replace_dir_atomic(str(tmp_path / "stage-b"), str(tmp_path / "out"), _ours_only)
+    assert (tmp_path / "out" / "made-by-kidrr.txt").read_text() == "next"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "stage-a"]
+    # The check still guards what was restored: a foreign file in it refuses the replace and the
+    # previous version stays where the user expects it.
+    _folder(tmp_path / "mine.old-abc12345", "previous")
+    (tmp_path / "mine.old-abc12345" / "photo.jpg").write_bytes(b"user data")
+    with pytest.raises(DataError):
+        replace_dir_atomic(str(tmp_path / "stage-a"), str(tmp_path / "mine"), _ours_only)
+    assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"user data"
+
+
+def test_leftover_old_copies_are_removed_only_when_provably_ours(tmp_path):
+    from kidrr.fileio import replace_dir_atomic
+    _folder(tmp_path / "out", "current")
+    _folder(tmp_path / "out.old-aaaaaaaa", "killed before its delete")
+    _folder(tmp_path / "out.old-bbbbbbbb", "user's")
+    (tmp_path / "out.old-bbbbbbbb" / "photo.jpg").write_bytes(b"user data")
+    _folder(tmp_path / "stage", "next")
+    replace_dir_atomic(str(tmp_path / "stage"), str(tmp_path / "out"), _ours_only)
+    assert (tmp_path / "out" / "made-by-kidrr.txt").read_text() == "next"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.old-bbbbbbbb"]

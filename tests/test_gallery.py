@@ -220,6 +220,11 @@ def test_first_stages_against_numpy(tmp_path, method):
     if method == "ivf":                                           # every list probed: IVF-Flat is exact
         gal.nprobe = max(s.ann_info["params"]["nlist"] for s in gal.segments)
         assert [set(r.tolist()) for r in gal.shortlist(q, 30)] == truth
+    for bad in (0, -3, 2.5, True, "16"):
+        gal.nprobe = gal.ef = bad
+        with pytest.raises(InputError, match="must be an integer >= 1"):
+            gal.shortlist(q, 30)
+    gal.nprobe = gal.ef = None
     with GalleryWriter(str(tmp_path / "g")) as w:                 # tombstones are filtered from ANN results
         w.remove([ids[i] for i in sorted(truth[0])[:10]])
     gal = open_gallery(str(tmp_path / "g"))
@@ -348,6 +353,8 @@ def test_convert_v1_and_cli(rt, tmp_path):
     assert r.exit_code == 0, r.output
     hits = json.loads(r.output[r.output.index("["):])[0]["results"]
     assert len(hits) == 3 and "pic3.jpg" not in [h["id"] for h in hits]
+    r = run(main, ["search", folder, helpers.CAPTIONS[0], "--bundle", rt.bundle.path, "--nprobe", "0"])
+    assert r.exit_code == 2 and "--nprobe" in r.output
     assert run(main, ["compact", folder]).exit_code == 0
     assert run(main, ["verify", folder]).exit_code == 0
     seg = open_gallery(folder).segments[0].name
@@ -386,3 +393,27 @@ def test_scale_worker_measures_a_small_gallery(rt, tmp_path):
         assert res["configs"][name]["recall_vs_exhaustive"] == 1.0
     assert res["configs"]["ann@60"]["overlap_exact"] == 1.0
     assert 0 <= res["configs"]["ann@10"]["overlap_exact"] <= 1
+
+
+def test_nprobe_sweep_reaches_the_exact_first_stage(rt, tmp_path):
+    from kidrr.bench.nprobe_sweep import sweep
+    mem = rt.encode_images(helpers.random_features(60, seed=9))
+    folder = str(tmp_path / "g")
+    create_gallery(folder, rt.bundle_id, mem.locals.shape[1], mem.globals.shape[1], ann_min_rows=20)
+    with GalleryWriter(folder) as w:
+        w.add(mem.globals, mem.locals, [f"i{j}" for j in range(60)])
+    res = sweep(folder, rt.bundle.path, helpers.CAPTIONS * 2, [1, 10_000], shortlist=20, threads=1)
+    assert res["items"] == 60 and res["queries"] == 2 * len(helpers.CAPTIONS)
+    every = res["nprobe"]["10000"]                    # every list scanned: IVF-Flat is the exact search
+    assert every["recall@20"] == 1.0 and every["top10_overlap"] == 1.0
+    assert 0 < res["nprobe"]["1"]["recall@20"] <= 1.0
+
+
+def test_gather_compare_reads_cold_rows_both_ways(tmp_path):
+    from kidrr.bench.gather_compare import compare
+    gh.make_gallery(tmp_path / "g", n=200, batches=2, locals_dtype="fp16", regions=4, dim=32)
+    res = compare(str(tmp_path / "g"), rows=20, trials=4)
+    assert res["items"] == 200 and res["rows"] == 20
+    assert res["prefetch_p50_ms"] > 0 and res["plain_p50_ms"] > 0 and res["fp16_to_fp32_speedup"] > 0
+    import kidrr.gallery.reader as reader
+    assert reader._prefetch.__name__ == "_prefetch"     # the advice it switched off is back

@@ -122,6 +122,9 @@ Session::Session(std::shared_ptr<OrtRuntime> ort, const std::string& model_path,
     std::unique_ptr<OrtSessionOptions, void (*)(OrtSessionOptions*)> opts_guard(opts, api->ReleaseSessionOptions);
     if (intra_op_threads > 0) ort_->check(api->SetIntraOpNumThreads(opts, intra_op_threads), "setting threads");
     ort_->check(api->SetSessionGraphOptimizationLevel(opts, ORT_ENABLE_ALL), "setting the optimisation level");
+    // Idle workers sleep between runs, as in the Python runtime: a spinning worker holds the core the
+    // gallery reads and the next graph need (python -m kidrr.bench.spin_compare; docs/runtime.md).
+    ort_->check(api->AddSessionConfigEntry(opts, "session.intra_op.allow_spinning", "0"), "setting thread spinning");
     ort_->check(api->CreateSession(ort_->env(), model_path.c_str(), opts, &session_), "loading " + model_path);
     ort_->check(api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &cpu_), "creating CPU memory info");
 }
