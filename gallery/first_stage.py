@@ -76,16 +76,29 @@ def read_index(path: str):
                         f"`kidrr-gallery compact`") from exc
 
 
-def search_index(index, method: str, params: dict, queries: np.ndarray, size: int, nprobe=None, ef=None):
-    """(sims, rows) of the `size` best rows per query; rows -1 where the index found fewer."""
+def live_selector(dead: np.ndarray):
+    """A faiss IDSelector that skips the removed rows (tombstones) inside the index's scan, so a
+    search returns `size` live rows without asking for `size + removed` and filtering after."""
+    import faiss
+    batch = faiss.IDSelectorBatch(np.ascontiguousarray(dead, dtype=np.int64))
+    selector = faiss.IDSelectorNot(batch)
+    selector.keep_alive = batch     # the Not selector holds a raw pointer to the batch
+    return selector
+
+
+def search_index(index, method: str, params: dict, queries: np.ndarray, size: int, nprobe=None, ef=None,
+                 selector=None):
+    """(sims, rows) of the `size` best rows per query (rows `selector` lets through, if given); rows -1
+    where the index found fewer."""
     import faiss
     for name, value in (("nprobe", nprobe), ("ef", ef)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise InputError(f"{name} must be an integer >= 1 (or None for the default), got {value!r}")
+    extra = {} if selector is None else {"sel": selector}
     if method == "ivf":
-        sp = faiss.SearchParametersIVF(nprobe=int(nprobe or default_nprobe(params["nlist"])))
+        sp = faiss.SearchParametersIVF(nprobe=int(nprobe or default_nprobe(params["nlist"])), **extra)
     else:
-        sp = faiss.SearchParametersHNSW(efSearch=int(max(ef or 0, 2 * size, 64)))
+        sp = faiss.SearchParametersHNSW(efSearch=int(max(ef or 0, 2 * size, 64)), **extra)
     sims, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), size, params=sp)
     return sims, rows
 

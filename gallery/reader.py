@@ -99,11 +99,9 @@ class DiskGallery:
             if live == 0:
                 continue
             if use_ann and seg.ann_info:
-                want = min(seg.rows, size + len(seg.dead))
                 sims, rows = first_stage.search_index(self._index(seg), seg.ann_info["method"],
-                                                      seg.ann_info["params"], queries, want, self.nprobe, self.ef)
-                if len(seg.dead):
-                    rows = np.where(np.isin(rows, seg.dead), -1, rows)
+                                                      seg.ann_info["params"], queries, min(live, size), self.nprobe,
+                                                      self.ef, self._live_selector(seg))
                 rows = np.where(rows >= 0, rows + seg.start, -1)
                 best_s, best_r = first_stage.merge(best_s, best_r, sims, rows, size)
                 continue
@@ -221,6 +219,16 @@ class DiskGallery:
                                     f"the index with `kidrr-gallery compact`, or search with --first-stage exact")
                 index = self._ann[seg.name] = first_stage.read_index(path)
             return index
+
+    def _live_selector(self, seg: Segment):
+        """None without removals; else the segment's tombstone filter, built once per snapshot."""
+        if not len(seg.dead):
+            return None
+        with self._ann_lock:
+            key = seg.name + "/live"
+            if key not in self._ann:
+                self._ann[key] = first_stage.live_selector(seg.dead)
+            return self._ann[key]
 
     def load_indexes(self) -> None:
         """Read (and checksum) every ANN index now rather than on the first search."""

@@ -232,6 +232,37 @@ def test_first_stages_against_numpy(tmp_path, method):
     assert not set(gal.shortlist(q[:1], 30)[0].tolist()) & set(sorted(truth[0])[:10])
 
 
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_heavy_removals_are_skipped_inside_the_index(tmp_path, monkeypatch, method):
+    # 90% of the items removed: the index's own scan skips them (a faiss IDSelector), so the ANN first
+    # stage still returns k' live rows by itself instead of over-fetching k' + removed and then
+    # falling back to the exact scan.
+    from kidrr.gallery import first_stage
+    g, l, ids = gh.make_gallery(tmp_path / "g", n=1600, batches=2, ann=method, ann_min_rows=700, dim=16)
+    keep = np.arange(0, 1600, 10)
+    with GalleryWriter(str(tmp_path / "g")) as w:
+        w.remove([ids[i] for i in range(1600) if i % 10])
+    gal = open_gallery(str(tmp_path / "g"))
+    gal.first_stage, gal.exact_max = "ann", 0
+    gal.nprobe, gal.ef = 10_000, 10_000                       # every list / a wide beam: exact answers
+    q = gh.items(10, dim=16, seed=6)[0]
+    truth = [set(keep[np.argsort(-(g[keep] @ v))[:30]].tolist()) for v in q]
+
+    def no_exact_scan(*a, **kw):
+        raise AssertionError("the ANN first stage fell back to the exact scan")
+    asked, search = [], first_stage.search_index
+
+    def recorded(index, method, params, queries, size, *rest):
+        asked.append(size)
+        return search(index, method, params, queries, size, *rest)
+    monkeypatch.setattr(first_stage, "exact_block", no_exact_scan)
+    monkeypatch.setattr(first_stage, "search_index", recorded)
+    got = gal.shortlist(q, 30)
+    assert all(len(r) == 30 for r in got)
+    assert [set(r.tolist()) for r in got] == truth
+    assert asked == [30, 30]          # k' per segment, not k' + its 720 removed
+
+
 def test_ann_index_checked_before_faiss_reads_it(tmp_path):
     gh.make_gallery(tmp_path / "g", n=1200, batches=1, ann_min_rows=1000)
     path = tmp_path / "g" / "seg-000000" / "ann-ivf.faiss"
