@@ -1,5 +1,6 @@
 """onnxruntime's worker threads spinning between runs (its default) against sleeping (kidrr's),
-side by side: single text-query latency on a gallery, and bulk scoring throughput.
+side by side: single text-query latency on a gallery, bulk scoring, and a two-stage sweep (a loop
+of small runs of one graph).
 
     python -m kidrr.bench.spin_compare [--gallery FOLDER] [--queries 60] [--rounds 3] [--json FILE]
 
@@ -7,7 +8,8 @@ Each round runs one fresh process per setting, in turn (a spinning runner's thre
 disturb the other's measurement inside one process). The query part searches FOLDER (a format-2
 gallery of the shipped bundle, e.g. one `kidrr-bench scale --keep` built) with the ANN first
 stage at k'=100, or, without --gallery, the synthetic test set in memory; the bulk part scores
-the synthetic test set's first 5fold fold (200 images x 1,000 captions) exhaustively.
+the synthetic test set's first 5fold fold (200 images x 1,000 captions) exhaustively, and the sweep
+searches that fold's 1,000 captions two-stage (k'=10: 1,000 runs of 10 pairs, nothing between them).
 """
 from __future__ import annotations
 
@@ -50,13 +52,16 @@ def measure(bundle: str, gallery: str | None, spin: bool, queries: int, threads:
         t = time.perf_counter()
         rt.score(fold, captions)
         bulk = time.perf_counter() - t
-    return {"query_ms": [x * 1000 for x in times], "bulk_s": bulk}
+        t = time.perf_counter()
+        rt.search_text(captions, 10, gallery=fold, shortlist=10)
+        sweep = time.perf_counter() - t
+    return {"query_ms": [x * 1000 for x in times], "bulk_s": bulk, "sweep_s": sweep}
 
 
 def compare(gallery: str | None, queries: int, rounds: int, threads: int) -> dict:
     from . import sources
     bundles, _, _ = sources.resolve_bundles(None, None, ["fp32"])
-    got = {name: {"query_ms": [], "bulk_s": []} for name, _ in SETTINGS}
+    got = {name: {"query_ms": [], "bulk_s": [], "sweep_s": []} for name, _ in SETTINGS}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kidrr-spin-") as work:
         for r in range(rounds):
@@ -71,14 +76,16 @@ def compare(gallery: str | None, queries: int, rounds: int, threads: int) -> dic
                     one = json.load(fh)
                 got[name]["query_ms"] += one["query_ms"]
                 got[name]["bulk_s"].append(one["bulk_s"])
+                got[name]["sweep_s"].append(one["sweep_s"])
     out = {"gallery": gallery or "synthetic test set (1,000 images, in memory)", "queries_per_round": queries,
            "rounds": rounds, "threads": threads, "load_before": load_before, "load_after": os.getloadavg()}
     for name, v in got.items():
         out[name] = {"query_p50_ms": float(np.median(v["query_ms"])), "query_p99_ms": float(np.percentile(v["query_ms"], 99)),
-                     "bulk_median_s": float(np.median(v["bulk_s"]))}
+                     "bulk_median_s": float(np.median(v["bulk_s"])), "sweep_median_s": float(np.median(v["sweep_s"]))}
     out["query_p50_spin_over_sleep"] = out["spin"]["query_p50_ms"] / out["sleep"]["query_p50_ms"]
     out["query_p99_spin_over_sleep"] = out["spin"]["query_p99_ms"] / out["sleep"]["query_p99_ms"]
     out["bulk_spin_over_sleep"] = out["spin"]["bulk_median_s"] / out["sleep"]["bulk_median_s"]
+    out["sweep_spin_over_sleep"] = out["spin"]["sweep_median_s"] / out["sleep"]["sweep_median_s"]
     return out
 
 
@@ -90,7 +97,7 @@ def compare(gallery: str | None, queries: int, rounds: int, threads: int) -> dic
 @click.option("--json", "json_path", default=None)
 @click.option("--worker", nargs=2, default=None, hidden=True)
 def main(gallery, queries, rounds, threads, json_path, worker):
-    """Text-query latency and bulk scoring with onnxruntime's threads spinning or sleeping, side by side."""
+    """Text-query latency, bulk scoring and a two-stage sweep with onnxruntime's threads spinning or sleeping."""
     if worker:
         with open(worker[0]) as fh:
             spec = json.load(fh)

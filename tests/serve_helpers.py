@@ -92,3 +92,19 @@ def disk_shards(gallery, root, ranges):
 
 def as_ids(hits):
     return [(f"img-{p:04d}", s) for p, s in hits]
+
+
+def assert_format2_answers(client, rt, gallery, ranges):
+    """A service over format-2 shard folders (disk_shards of `ranges`): ids and no positions, exact
+    answers equal to single-process exact search, two-stage equal to the rerank of the shortlist union."""
+    import numpy as np
+    for query, k, shortlist in [(q, 6, None) for q in QUERIES] + [(q, 4, 9) for q in QUERIES]:
+        body = {"query": query, "k": k} if shortlist is None else {"query": query, "k": k, "shortlist": shortlist}
+        r = client.post("/v1/search/images", json=body)
+        assert r.status_code == 200, r.text
+        got = [(x["id"], x["score"]) for x in r.json()["results"]]
+        assert all(x["position"] is None for x in r.json()["results"])
+        want = as_ids(exact_reference(rt, gallery, query, k) if shortlist is None
+                      else union_rerank_reference(rt, gallery, query, k, shortlist, ranges))
+        assert [i for i, _ in got] == [i for i, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=SCORE_TOL)

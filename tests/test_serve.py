@@ -92,19 +92,7 @@ def disk_client(built, rt, gallery, tmp_path_factory):
 
 
 def test_format2_shards_exact_and_two_stage_equal_the_references(disk_client, rt, gallery):
-    ranges = split_rows(len(gallery), 2)
-    for query in sh.QUERIES:
-        r = disk_client.post("/v1/search/images", json={"query": query, "k": 6})
-        got = [(x["id"], x["score"]) for x in r.json()["results"]]
-        assert all(x["position"] is None for x in r.json()["results"])
-        want = sh.as_ids(sh.exact_reference(rt, gallery, query, 6))
-        assert [i for i, _ in got] == [i for i, _ in want]
-        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=sh.SCORE_TOL)
-        r = disk_client.post("/v1/search/images", json={"query": query, "k": 4, "shortlist": 9})
-        got = [(x["id"], x["score"]) for x in r.json()["results"]]
-        want = sh.as_ids(sh.union_rerank_reference(rt, gallery, query, 4, 9, ranges))
-        assert [i for i, _ in got] == [i for i, _ in want]
-        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=sh.SCORE_TOL)
+    sh.assert_format2_answers(disk_client, rt, gallery, split_rows(len(gallery), 2))
 
 
 def test_format2_shards_with_a_repeated_id_are_refused(built, rt, gallery, tmp_path):

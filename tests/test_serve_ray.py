@@ -106,3 +106,18 @@ def test_ray_recovers_from_a_killed_shard_replica_without_wrong_answers(service,
         assert time.time() - killed < 30, f"no full answer 30 s after the kill: {statuses[-5:]}"
         time.sleep(0.2)
     assert client.get("/v1/ready").json()["ready"] is True
+
+
+def test_ray_serves_format2_shard_folders(service, built, rt, gallery, tmp_path):
+    """Last in the module: it replaces the application with one over two format-2 gallery folders
+    (memory-mapped in the shard replicas), and the answers equal the same references."""
+    client, ray_engine = service
+    from kidrr.serve.catalog import open_catalog
+    ranges = split_rows(len(gallery), SHARDS)
+    folders = sh.disk_shards(gallery, str(tmp_path), ranges)
+    with Retriever(built[0], threads=1) as front:
+        catalog, _ = open_catalog(front, folders, SHARDS, None, built[3])
+    app = ray_engine.build_application(built[0], catalog, Settings(timeout_s=3.0), replicas=1, threads=1)
+    ray_engine.deploy(app, "127.0.0.1", client.base_url.port)
+    assert client.get("/v1/info").json()["shards"] == SHARDS
+    sh.assert_format2_answers(client, rt, gallery, ranges)
