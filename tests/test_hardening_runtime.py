@@ -37,6 +37,16 @@ def test_unknown_open_bundle_option(made):
         open_bundle(made[0], thread=2)
 
 
+def test_spin_is_a_bool_and_changes_no_number(made, rt):
+    with pytest.raises(InputError, match="spin must be True or False"):
+        open_bundle(made[0], spin="yes")
+    feats = helpers.random_features(6, seed=4)
+    with open_bundle(made[0], threads=2, spin=True) as spinning, open_bundle(made[0], threads=2) as sleeping:
+        a = spinning.score(spinning.encode_images(feats), ["a dog runs", "two cats"])
+        b = sleeping.score(sleeping.encode_images(feats), ["a dog runs", "two cats"])
+    np.testing.assert_array_equal(a, b)      # how idle threads wait is not arithmetic
+
+
 def test_bad_caption_policy_fails_at_open(made):
     for kw in ({"on_long": "cut"}, {"on_unknown": "skip"}):
         with pytest.raises(InputError, match="must be one of"):

@@ -190,7 +190,7 @@ void DiskGallery::read_globals(size_t begin, size_t n, float* out) const {
 
 // Ask the kernel for a row's pages now (MADV_WILLNEED): asked for every row first, the cold reads
 // overlap instead of faulting in one page after another (gallery/reader.py does the same; 100 cold
-// rows of a 25 GB gallery: 30 ms against 1.8 s, docs/gallery.md). Advice only: errors are ignored.
+// rows of a 25 GB gallery, measured there: 17-31 ms against 1.2-2.2 s). Advice only: errors are ignored.
 static void prefetch(const void* base, size_t row_bytes, size_t row) {
     static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
     const uintptr_t at = reinterpret_cast<uintptr_t>(base) + row * row_bytes, start = at - at % page;
