@@ -149,3 +149,27 @@ def test_format2_search_is_clean_under_asan_ubsan(bundle, retriever, tmp_path, e
     os.truncate(path, os.path.getsize(path) - 8)
     proc = cpp.run([os.path.join(asan, "kidrr_search"), bundle[0], folder, QUERY, *extra], env=env)
     assert proc.returncode == 1 and "Sanitizer" not in proc.stderr and "bytes" in proc.stderr, proc.stderr[-4000:]
+
+
+def test_fp16_locals_round_as_numpy_rounds(built, tmp_path):
+    """kidrr::float_to_half (what kidrr_gallery_write_dtype(..., "fp16") and kidrr_index store) gives
+    numpy's astype(float16) bit for bit: normals, subnormals, exact ties either way, the range's ends,
+    signed zeros; and refuses what numpy would turn into inf."""
+    rng = np.random.default_rng(0)
+    ties = (np.arange(-2048, 2048, dtype=np.float32) + 0.5) * np.float32(2.0 ** -14)   # half-way between fp16s
+    values = np.concatenate([
+        rng.standard_normal(200_000).astype(np.float32),                                # encoder-like locals
+        (rng.uniform(-1, 1, 200_000) * 2.0 ** rng.uniform(-30, 16, 200_000)).astype(np.float32),
+        ties, ties * np.float32(2.0 ** -10), np.nextafter(ties, np.float32(0)), np.nextafter(ties, np.float32(9)),
+        np.float32([0.0, -0.0, 65504.0, -65504.0, 2.0 ** -24, 2.0 ** -25, 2.0 ** -26, 6.1e-5, 65503.9])])
+    values = values[np.abs(values) <= 65504].astype(np.float32)
+    np.save(tmp_path / "v.npy", values)
+    proc = cpp.run([os.path.join(built, "kidrr_tool"), "half", str(tmp_path / "v.npy"), str(tmp_path / "h.bin")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = np.fromfile(tmp_path / "h.bin", dtype="<u2")
+    want = values.astype(np.float16).view("<u2")
+    assert len(got) == len(values) and np.array_equal(got, want), np.flatnonzero(got != want)[:5]
+    for bad in (65505.0, -70000.0, np.inf, np.nan):
+        np.save(tmp_path / "b.npy", np.float32([0.5, bad]))
+        proc = cpp.run([os.path.join(built, "kidrr_tool"), "half", str(tmp_path / "b.npy"), str(tmp_path / "b.bin")])
+        assert proc.returncode == 1 and proc.stdout.startswith("ERR 1 ") and "fp16's range" in proc.stdout

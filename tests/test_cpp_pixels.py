@@ -80,13 +80,20 @@ def test_kidrr_index_writes_a_gallery_python_reads(built, pixel_bundle, jpegs, t
     proc2 = cpp.run([os.path.join(built, "kidrr_index"), pixel_bundle[0], str(images), str(out)])
     assert proc2.returncode == 2 and "already exists" in proc2.stderr  # never overwrites
     names = sorted(os.path.basename(p) for p in jpegs)
+    exact = tmp_path / "photos-fp32.gallery"
+    proc3 = cpp.run([os.path.join(built, "kidrr_index"), "--locals-dtype", "fp32", pixel_bundle[0], str(images), str(exact)])
+    assert proc3.returncode == 1, proc3.stdout + proc3.stderr
     with open_bundle(pixel_bundle[0], threads=1) as rt:
-        disk = open_gallery(str(out), bundle_id=rt.bundle_id)
-        assert verify(disk) == [] and disk.ids() == names
+        disk, disk32 = open_gallery(str(out), bundle_id=rt.bundle_id), open_gallery(str(exact), bundle_id=rt.bundle_id)
+        assert verify(disk) == [] and verify(disk32) == [] and disk.ids() == names == disk32.ids()
+        assert (disk.manifest.locals_dtype, disk32.manifest.locals_dtype) == ("fp16", "fp32")   # fp16: the default
         want = rt.encode_image_files([str(images / n) for n in names], names=names)
-        locs, globs = disk.gather(np.arange(len(names)))
+        locs, globs = disk32.gather(np.arange(len(names)))
         np.testing.assert_allclose(globs, want.globals, atol=1e-5, rtol=0)
         np.testing.assert_allclose(locs, want.locals, atol=1e-5, rtol=0)
+        # The fp16 folder holds exactly numpy's rounding of the same (deterministic) C++ locals.
+        halves = np.asarray(disk.segments[0].locals)
+        np.testing.assert_array_equal(halves.view("<u2"), locs.astype(np.float16).view("<u2"))
         caption = "a red circle"
         got = cpp.run([os.path.join(built, "kidrr_search"), pixel_bundle[0], str(out), caption, "-k", "3"])
         hits = [line.split("\t") for line in got.stdout.splitlines() if not line.startswith("#")]
@@ -111,8 +118,8 @@ def test_kidrr_index_turns_exif_orientations_upright_and_names_skips(built, pixe
         scene(120, 72, seed=60).save(images / name, quality=90, exif=exif.tobytes())   # one picture, 8 ways
         names.append(name)
     Image.new("CMYK", (40, 30), (10, 200, 30, 5)).save(images / "z_cmyk.jpg")
-    out = tmp_path / "oriented.gallery"
-    proc = cpp.run([os.path.join(built, "kidrr_index"), pixel_bundle[0], str(images), str(out)])
+    out = tmp_path / "oriented.gallery"        # fp32 locals: compared with Python's at 1e-5
+    proc = cpp.run([os.path.join(built, "kidrr_index"), "--locals-dtype", "fp32", pixel_bundle[0], str(images), str(out)])
     assert proc.returncode == 1 and "skipped z_cmyk.jpg: a CMYK JPEG" in proc.stderr, proc.stdout + proc.stderr
     with open_bundle(pixel_bundle[0], threads=1) as rt:
         disk = open_gallery(str(out), bundle_id=rt.bundle_id)

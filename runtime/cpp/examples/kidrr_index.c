@@ -1,4 +1,4 @@
-/* kidrr_index BUNDLE IMAGE_DIR OUT
+/* kidrr_index [--locals-dtype fp16|fp32] BUNDLE IMAGE_DIR OUT
  *
  * Encodes the JPEG files of IMAGE_DIR (*.jpg, *.jpeg; not recursive; sorted by name) through the
  * bundle's preprocessing and backbone graphs and writes OUT, a new format-2 gallery folder that the
@@ -7,7 +7,10 @@
  * upright by the EXIF orientation as kidrr-index does (Pillow's exif_transpose). Skipped, with the
  * reason: undecodable files, CMYK/YCCK JPEGs (kidrr-index converts those), and images over the
  * runtime's pixel limit (docs/images.md), refused from the header before any pixel is decoded.
- * Exit codes as kidrr-index: 0 all encoded, 1 some files skipped (named on stderr), 2 error.
+ * Locals are stored as fp16 by default, as kidrr-index and kidrr.gallery store them (half the disk
+ * and page cache; rSum delta 0.0 on the synthetic test set, docs/gallery.md); --locals-dtype fp32
+ * keeps them exact. Exit codes as kidrr-index: 0 all encoded, 1 some files skipped (named on
+ * stderr), 2 error.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
@@ -145,8 +148,14 @@ static int is_jpeg(const char* name) {
 static int by_name(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
 
 int main(int argc, char** argv) {
+    const char* locals_dtype = "fp16";
+    if (argc == 6 && !strcmp(argv[1], "--locals-dtype") && (!strcmp(argv[2], "fp16") || !strcmp(argv[2], "fp32"))) {
+        locals_dtype = argv[2];
+        argv += 2;
+        argc -= 2;
+    }
     if (argc != 4) {
-        fprintf(stderr, "usage: %s BUNDLE IMAGE_DIR OUT_GALLERY_FOLDER\n", argv[0]);
+        fprintf(stderr, "usage: %s [--locals-dtype fp16|fp32] BUNDLE IMAGE_DIR OUT_GALLERY_FOLDER\n", argv[0]);
         return 2;
     }
     kidrr_bundle* bundle = NULL;
@@ -191,11 +200,11 @@ int main(int argc, char** argv) {
     }
     if (kept == 0) { fprintf(stderr, "error: none of the %zu files could be decoded; nothing written\n", n); goto done; }
     if (kidrr_encode_pixels(bundle, (const unsigned char* const*)pixels, heights, widths, strides, kept, &images) != KIDRR_OK ||
-        kidrr_gallery_write(bundle, images, ids, kept, argv[3]) != KIDRR_OK) {
+        kidrr_gallery_write_dtype(bundle, images, ids, kept, argv[3], locals_dtype) != KIDRR_OK) {
         fprintf(stderr, "error: %s\n", kidrr_last_error());
         goto done;
     }
-    printf("%zu images -> %s (%zu skipped)\n", kept, argv[3], n - kept);
+    printf("%zu images -> %s (%zu skipped, %s locals)\n", kept, argv[3], n - kept, locals_dtype);
     rc = kept == n ? 0 : 1;
 done:
     for (size_t i = 0; pixels && i < kept; ++i) free(pixels[i]);

@@ -142,6 +142,12 @@ KIDRR_API kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const ki
  * appears all at once, and nothing is overwritten. kidrr.gallery reads it and can append to it. */
 KIDRR_API kidrr_status kidrr_gallery_write(const kidrr_bundle* bundle, const kidrr_images* images, const char* const* ids,
                                            size_t n, const char* folder);
+/* As kidrr_gallery_write, with the locals stored as locals_dtype: "fp32", or "fp16" (half the disk and
+ * page cache; kidrr.gallery's default; rounded to nearest even as numpy rounds, values beyond
+ * 65504 refused). */
+KIDRR_API kidrr_status kidrr_gallery_write_dtype(const kidrr_bundle* bundle, const kidrr_images* images,
+                                                 const char* const* ids, size_t n, const char* folder,
+                                                 const char* locals_dtype);
 /* The id of a row: *id points into the gallery's map (valid until kidrr_gallery_close), *len bytes
  * of UTF-8, not NUL-terminated. */
 KIDRR_API kidrr_status kidrr_gallery_id(const kidrr_gallery* gallery, size_t row, const char** id, size_t* len);

@@ -298,8 +298,14 @@ kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_galler
 
 kidrr_status kidrr_gallery_write(const kidrr_bundle* bundle, const kidrr_images* images, const char* const* ids, size_t n,
                                  const char* folder) {
+    return kidrr_gallery_write_dtype(bundle, images, ids, n, folder, "fp32");
+}
+
+kidrr_status kidrr_gallery_write_dtype(const kidrr_bundle* bundle, const kidrr_images* images, const char* const* ids,
+                                       size_t n, const char* folder, const char* locals_dtype) {
     return guarded("kidrr_gallery_write", [&] {
-        REQUIRE(bundle && images && ids && folder && *folder, "bundle, images, ids and folder must not be NULL or empty");
+        REQUIRE(bundle && images && ids && folder && *folder && locals_dtype,
+                "bundle, images, ids, folder and locals_dtype must not be NULL or empty");
         REQUIRE(n == images->data.n, std::to_string(n) + " ids for " + std::to_string(images->data.n) + " images");
         if (images->data.bundle_id != bundle->impl->identity())
             throw kidrr::Error(KIDRR_ERR_INPUT, "the images were encoded by another bundle; encode them with this one");
@@ -308,7 +314,7 @@ kidrr_status kidrr_gallery_write(const kidrr_bundle* bundle, const kidrr_images*
             REQUIRE(ids[i], "id " + std::to_string(i) + " is NULL");
             names.emplace_back(ids[i]);
         }
-        kidrr::write_gallery2(images->data, names, folder);
+        kidrr::write_gallery2(images->data, names, folder, locals_dtype);
     });
 }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -71,9 +72,44 @@ void remove_tree(const std::string& staging, const std::string& seg) {
 
 }  // namespace
 
-void write_gallery2(const EncodedImages& images, const std::vector<std::string>& ids, const std::string& folder) {
+uint16_t float_to_half(float value) {
+    if (!(std::fabs(value) <= 65504.0f))
+        throw Error(KIDRR_ERR_INPUT, "a local value (" + std::to_string(value) + ") is not finite or beyond fp16's range "
+                                     "(65504); write fp32 locals instead");
+    uint32_t x;
+    std::memcpy(&x, &value, 4);
+    const uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7FFFFF;
+    const int exp = int((x >> 23) & 0xFF) - 127 + 15;          // rebias 127 -> 15
+    uint32_t kept, rest, half_way;
+    if (exp >= 1) {                                             // a normal fp16: drop 13 mantissa bits
+        kept = (uint32_t(exp) << 10) | (mant >> 13);
+        rest = mant & 0x1FFF;
+        half_way = 0x1000;
+    } else if (exp >= -10) {                                    // an fp16 subnormal: drop 14 - exp bits
+        const uint32_t full = mant | 0x800000;                  // with the implicit leading 1
+        const int shift = 14 - exp;
+        kept = full >> shift;
+        rest = full & ((1u << shift) - 1);
+        half_way = 1u << (shift - 1);
+    } else {
+        return uint16_t(sign);                                  // below half the smallest subnormal: 0
+    }
+    // Ties to even. A carry out of the mantissa lands in the exponent, which is the right answer.
+    if (rest > half_way || (rest == half_way && (kept & 1))) ++kept;
+    return uint16_t(sign | kept);
+}
+
+void write_gallery2(const EncodedImages& images, const std::vector<std::string>& ids, const std::string& folder,
+                    const std::string& locals_dtype) {
     const size_t n = images.n, r = images.regions, d = images.dim;
     if (n == 0) throw Error(KIDRR_ERR_INPUT, "no images to write");
+    if (locals_dtype != "fp32" && locals_dtype != "fp16")
+        throw Error(KIDRR_ERR_INPUT, "locals dtype must be fp32 or fp16, got '" + locals_dtype + "'");
+    std::vector<uint16_t> halves;
+    if (locals_dtype == "fp16") {
+        halves.reserve(images.locals.size());
+        for (float v : images.locals) halves.push_back(float_to_half(v));
+    }
     if (ids.size() != n) throw Error(KIDRR_ERR_INPUT, std::to_string(ids.size()) + " ids for " + std::to_string(n) + " images");
     std::set<std::string> seen;
     for (const std::string& id : ids) {
@@ -109,17 +145,20 @@ void write_gallery2(const EncodedImages& images, const std::vector<std::string>&
     try {
         if (::mkdir(seg.c_str(), 0777) != 0) io_error("cannot create " + seg);
         Json files = Json::object();
-        const std::string gh = npy_header("<f4", {n, d}), lh = npy_header("<f4", {n, r, d});
+        const bool fp16 = locals_dtype == "fp16";
+        const std::string gh = npy_header("<f4", {n, d}), lh = npy_header(fp16 ? "<f2" : "<f4", {n, r, d});
         const std::string oh = npy_header("<i8", {n + 1}), hh = npy_header("<u8", {n, 2});
         files["globals.npy"] = write_file(seg + "/globals.npy", {{gh.data(), gh.size()}, {images.globals.data(), images.globals.size() * 4}});
-        files["locals.npy"] = write_file(seg + "/locals.npy", {{lh.data(), lh.size()}, {images.locals.data(), images.locals.size() * 4}});
+        const std::pair<const void*, size_t> locals = fp16 ? std::pair<const void*, size_t>{halves.data(), halves.size() * 2}
+                                                           : std::pair<const void*, size_t>{images.locals.data(), images.locals.size() * 4};
+        files["locals.npy"] = write_file(seg + "/locals.npy", {{lh.data(), lh.size()}, locals});
         files["ids.utf8"] = write_file(seg + "/ids.utf8", {{id_bytes.data(), id_bytes.size()}});
         files["id_offsets.npy"] = write_file(seg + "/id_offsets.npy", {{oh.data(), oh.size()}, {offsets.data(), offsets.size() * 8}});
         files["id_hashes.npy"] = write_file(seg + "/id_hashes.npy", {{hh.data(), hh.size()}, {hashes.data(), hashes.size() * 16}});
         fsync_dir(seg);
         Json segment = {{"name", "seg-000000"}, {"rows", n}, {"files", files}, {"tombstones", nullptr}, {"ann", nullptr}};
         Json manifest = {{"format", kGallery2Format}, {"bundle_id", images.bundle_id}, {"generation", 1}, {"regions", r},
-                         {"dim", d}, {"globals_dtype", "fp32"}, {"locals_dtype", "fp32"}, {"rows", n}, {"live", n},
+                         {"dim", d}, {"globals_dtype", "fp32"}, {"locals_dtype", locals_dtype}, {"rows", n}, {"live", n},
                          {"ann", {{"method", "ivf"}, {"min_rows", 50000}}}, {"next_segment", 1}, {"segments", Json::array({segment})}};
         const std::string text = manifest.dump(1) + "\n";
         write_file(staging + "/writer.lock", {});

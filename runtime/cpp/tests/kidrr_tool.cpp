@@ -9,6 +9,8 @@
 //   kidrr_tool features BUNDLE IMAGE.jpg PIXELS_OUT  -> "H W R F" then R*F features; the decoded RGB8
 //                                                       bytes go to PIXELS_OUT (libjpeg-turbo, islow DCT)
 //   kidrr_tool identity MANIFEST.json          -> the bundle identity the C runtime computes
+//   kidrr_tool half VALUES.npy OUT             -> OUT: float_to_half of every float32 (uint16 LE);
+//                                                 a refused value: "ERR <index> <message>", exit 1
 #include <csetjmp>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +22,7 @@
 #include <jpeglib.h>
 
 #include "error.hpp"
+#include "gallery2_writer.hpp"
 #include "json.hpp"
 #include "manifest.hpp"
 #include "kidrr.h"
@@ -96,6 +99,21 @@ int die(const char* what) {
 int main(int argc, char** argv) {
     if (argc < 3) { std::fprintf(stderr, "usage: see the comment at the top of kidrr_tool.cpp\n"); return 2; }
     const std::string cmd = argv[1];
+    if (cmd == "half" && argc == 4) {
+        const kidrr::NpyArray values = kidrr::read_npy(argv[2]);
+        if (values.descr != "<f4") { std::fprintf(stderr, "%s is not float32\n", argv[2]); return 2; }
+        std::vector<uint16_t> bits(values.count());
+        for (size_t i = 0; i < bits.size(); ++i) {
+            try {
+                bits[i] = kidrr::float_to_half(values.floats()[i]);
+            } catch (const kidrr::Error& e) {
+                std::printf("ERR %zu %s\n", i, e.what());
+                return 1;
+            }
+        }
+        std::ofstream(argv[3], std::ios::binary).write(reinterpret_cast<const char*>(bits.data()), std::streamsize(bits.size() * 2));
+        return 0;
+    }
     if (cmd == "tokens") {
         for (const std::string& c : read_captions(argv[2])) {
             try {

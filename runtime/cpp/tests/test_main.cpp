@@ -235,6 +235,12 @@ void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size
     nan_feats[5] = std::nanf("");
     CHECK_STATUS(kidrr_encode_images(b, nan_feats.data(), n, R, F, &imgs), KIDRR_ERR_INPUT);
     CHECK(kidrr_encode_images(b, feats.data(), n, R, F, &imgs) == KIDRR_OK && kidrr_images_count(imgs) == n);
+    // Gallery writing refuses a locals dtype it does not write, before creating anything.
+    const char* gallery_ids[] = {"a", "b", "c", "d", "e", "f", "g"};
+    CHECK_STATUS(kidrr_gallery_write_dtype(b, imgs, gallery_ids, n, "/nonexistent-kidrr-test/g", "int8"), KIDRR_ERR_INPUT);
+    CHECK(std::strstr(kidrr_last_error(), "fp32 or fp16") != nullptr);
+    CHECK_STATUS(kidrr_gallery_write_dtype(b, imgs, gallery_ids, n, "/nonexistent-kidrr-test/g", nullptr),
+                 KIDRR_ERR_INVALID_ARGUMENT);
     // Issue 14 item 10: finite input that overflows inside the encoder is an error, not NaN scores.
     kidrr_images* huge_imgs = nullptr;
     std::vector<float> huge(n * R * F, 3e38f);
