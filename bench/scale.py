@@ -105,6 +105,24 @@ def build(folder, bundle_id, base, rows, method, seed, progress, locals_dtype="f
     return time.perf_counter() - t, spent[0]
 
 
+def bytes_needed(sizes, dim: int, locals_dtype: str, keep: bool) -> int:
+    """Disk the run's galleries take (all of them with --keep, else the largest), from the format:
+    locals, their int8 scales, globals, ids, and the IVF-Flat index (a copy of the globals), plus
+    the 10k items each gallery gets added."""
+    from kidrr.gallery.layout import LOCALS_DTYPES
+    per_item = (REGIONS * dim * np.dtype(LOCALS_DTYPES[locals_dtype]).itemsize
+                + (REGIONS * 4 if locals_dtype == "int8" else 0) + 2 * (dim * 4 + 8) + 12 + 8 + 16)
+    items = [n + ADD_ROWS for n in sizes]
+    return per_item * (sum(items) if keep else max(items))
+
+
+def check_disk(folder: str, need: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise InputError(f"the galleries need about {need / 2**30:.1f} GiB but {folder} has {free / 2**30:.1f} GiB "
+                         f"free; give --work on a larger disk, a smaller --max-images, or drop --keep")
+
+
 def disk_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(folder) for f in fs)
 
@@ -168,6 +186,12 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
     os.makedirs(out, exist_ok=True)
     root = work or tempfile.mkdtemp(prefix="kidrr-scale-")
     os.makedirs(root, exist_ok=True)
+    try:   # found now, not 20 minutes into a 1M build
+        check_disk(root, bytes_needed(sizes, int(base[1].shape[1]), locals_dtype, keep))
+    except InputError:
+        if not work:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     run = {"format": "kidrr-bench-scale/1", "regions": REGIONS, "dim": int(base[1].shape[1]), "locals_dtype": locals_dtype,
            "queries": queries, "shortlists": list(shortlists), "threads": threads, "sizes": {},
            "load_before": os.getloadavg()}

@@ -448,3 +448,20 @@ def test_gather_compare_reads_cold_rows_both_ways(tmp_path):
     assert res["prefetch_p50_ms"] > 0 and res["plain_p50_ms"] > 0 and res["fp16_to_fp32_speedup"] > 0
     import kidrr.gallery.reader as reader
     assert reader._prefetch.__name__ == "_prefetch"     # the advice it switched off is back
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_scale_disk_estimate_matches_what_a_build_writes(tmp_path, dtype):
+    # kidrr-bench scale refuses up front when the galleries cannot fit (a 1M fp16 run needs ~26 GiB),
+    # so its estimate must be what a build really writes.
+    from kidrr.bench import scale
+    rng = np.random.default_rng(0)
+    base = (rng.standard_normal((20, 6, 256)).astype(np.float32), rng.standard_normal((20, 256)).astype(np.float32))
+    folder = str(tmp_path / "g")
+    scale.build(folder, gh.BUNDLE_ID, base, 6_000, "ivf", seed=0, progress=False, locals_dtype=dtype)
+    per_item = scale.bytes_needed([6_000], 256, dtype, keep=False) / (6_000 + scale.ADD_ROWS)
+    assert 0.95 < scale.disk_bytes(folder) / (6_000 * per_item) < 1.05
+    assert scale.bytes_needed([10_000, 100_000], 256, dtype, keep=True) > scale.bytes_needed([10_000, 100_000], 256,
+                                                                                             dtype, keep=False)
+    with pytest.raises(InputError, match="GiB free"):
+        scale.check_disk(str(tmp_path), 1 << 60)
