@@ -17,9 +17,9 @@ from kidrr.synthetic_images import make_pixel_split
 # Measured on the shipped pixel model when it was shipped (these exact renders; see
 # docs/synthetic_images.md). A test passes above chance + half the measured margin over chance:
 # clear of chance, with room for other CPUs' float differences.
-MEASURED_RSUM_FILES_12 = 453.3   # chance 239.2 (12 images: R@10 is near-certain)
-MEASURED_RSUM_40 = 468.5         # chance 77.3; globals alone 432.5
-MEASURED_DEMO_RANK = 1           # of 64, by 0.0015 over its place-swapped twin (2nd)
+MEASURED_RSUM_FILES_12 = 528.3   # chance 239.2 (12 images: R@10 is near-certain)
+MEASURED_RSUM_40 = 518.0         # chance 77.3; globals alone 462.0
+MEASURED_DEMO_RANK = 3           # of 64, behind its size-swapped (1st) and place-swapped (2nd) family members
 
 
 def chance_rsum(n_images: int) -> float:
@@ -100,8 +100,8 @@ def test_kidrr_search_demo_out_of_the_box(tmp_path, monkeypatch):
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
     # Measured when shipped: the example scene ranks MEASURED_DEMO_RANK of 64 for its own query, its
-    # family members within 0.005 behind it (the model barely reads left/right: docs/synthetic_images.md),
-    # hence the slack of 2 places.
+    # family members within 0.04 ahead of it (the model confuses big and small here:
+    # docs/synthetic_images.md); the slack of 2 places is for other CPUs' float differences.
     rank = names.index("example_big_red_circle_left_of_small_blue_square.png") + 1
     assert rank <= MEASURED_DEMO_RANK + 2, names[:8]
     cached = sorted((str(p), p.stat().st_mtime_ns) for p in (tmp_path / "cache").rglob("*") if p.is_file())
