@@ -186,17 +186,12 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
     os.makedirs(out, exist_ok=True)
     root = work or tempfile.mkdtemp(prefix="kidrr-scale-")
     os.makedirs(root, exist_ok=True)
-    try:   # found now, not 20 minutes into a 1M build
-        check_disk(root, bytes_needed(sizes, int(base[1].shape[1]), locals_dtype, keep))
-    except InputError:
-        if not work:
-            shutil.rmtree(root, ignore_errors=True)
-        raise
     run = {"format": "kidrr-bench-scale/1", "regions": REGIONS, "dim": int(base[1].shape[1]), "locals_dtype": locals_dtype,
            "queries": queries, "shortlists": list(shortlists), "threads": threads, "sizes": {},
            "load_before": os.getloadavg()}
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
     try:
+        check_disk(root, bytes_needed(sizes, run["dim"], locals_dtype, keep))   # now, not 20 minutes into a 1M build
         if precision_folds:
             say("precision: fp32 / fp16 / int8 locals on the synthetic test set")
             run["precision"] = precision_check(bundle, base, split, precision_folds, threads, root)

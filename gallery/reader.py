@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from kidrr.errors import DataError, InputError
+from kidrr.fileio import sha256_file
 
 from . import first_stage
 from .layout import (ID_BYTES_FILE, MANIFEST, Manifest, array_spec, check_bundle, read_manifest, segment_files)
-from .segment_io import half_to_float, id_hash, map_array, sha256_of
+from .segment_io import half_to_float, id_hash, map_array
 
 OPEN_RETRIES = 5
 DEFAULT_EXACT_MAX = 50_000   # auto first stage: exact up to this many live items, ANN above
@@ -46,7 +47,8 @@ class DiskGallery:
         self.folder, self.manifest, self.segments = folder, manifest, segments
         self.manifest_bytes = manifest_bytes
         self._starts = np.array([s.start for s in segments] + [manifest.rows], dtype=np.int64)
-        self._ann: dict = {}
+        self._ann: dict = {}           # segment name -> faiss index, read on first use
+        self._live: dict = {}          # segment name -> faiss IDSelector skipping its removed rows
         self._ann_lock = threading.Lock()
         # First-stage settings a search uses (the Retriever calls shortlist(globals, k') only).
         self.first_stage, self.nprobe, self.ef, self.exact_max = "auto", None, None, DEFAULT_EXACT_MAX
@@ -214,7 +216,7 @@ class DiskGallery:
                 path = os.path.join(self.folder, seg.ann_info["file"])
                 # faiss parses the file in C++: only a file that matches the manifest's sha256 gets there.
                 if not os.path.isfile(path) or os.path.getsize(path) != seg.ann_info["bytes"] \
-                        or sha256_of(path) != seg.ann_info["sha256"]:
+                        or sha256_file(path) != seg.ann_info["sha256"]:
                     raise DataError(f"{path} is missing or does not match its sha256 in the manifest; rebuild "
                                     f"the index with `kidrr-gallery compact`, or search with --first-stage exact")
                 index = self._ann[seg.name] = first_stage.read_index(path)
@@ -225,10 +227,9 @@ class DiskGallery:
         if not len(seg.dead):
             return None
         with self._ann_lock:
-            key = seg.name + "/live"
-            if key not in self._ann:
-                self._ann[key] = first_stage.live_selector(seg.dead)
-            return self._ann[key]
+            if seg.name not in self._live:
+                self._live[seg.name] = first_stage.live_selector(seg.dead)
+            return self._live[seg.name]
 
     def load_indexes(self) -> None:
         """Read (and checksum) every ANN index now rather than on the first search."""
@@ -284,7 +285,7 @@ def _open_segment(folder: str, manifest: Manifest, info, start: int) -> Segment:
             raise FileNotFoundError(path)
         count = info.tombstones["count"]
         arr = map_array(path, np.dtype("<i8"), (count,), info.tombstones["bytes"])
-        if sha256_of(path) != info.tombstones["sha256"]:
+        if sha256_file(path) != info.tombstones["sha256"]:
             raise DataError(f"{path} does not match its sha256 in the manifest; the removals are damaged")
         dead = np.array(arr, dtype=np.int64)
         if count and (dead[0] < 0 or dead[-1] >= info.rows or (np.diff(dead) <= 0).any()):
@@ -341,7 +342,7 @@ def verify(gallery: DiskGallery, progress=None) -> list:
                 problems.append(f"{rel}: missing")
             elif os.path.getsize(path) != entry["bytes"]:
                 problems.append(f"{rel}: {os.path.getsize(path)} bytes, the manifest says {entry['bytes']}")
-            elif sha256_of(path) != entry["sha256"]:
+            elif sha256_file(path) != entry["sha256"]:
                 problems.append(f"{rel}: sha256 mismatch (the file changed after it was written)")
             if progress is not None:
                 progress.update(1)

@@ -194,10 +194,3 @@ def map_array(path: str, dtype: np.dtype, shape: tuple, expect_bytes: int | None
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=NPY_HEADER_BYTES, shape=tuple(shape))
 
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -20,12 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 from kidrr.errors import DataError, InputError
+from kidrr.fileio import sha256_file
 
 from . import first_stage
 from .layout import (ANN_METHODS, FORMAT, LOCALS_DTYPES, LOCK, MANIFEST, MAX_ID_BYTES, SEGMENT_NAME,
                      STAGING_PREFIX, Manifest, SegmentInfo, read_manifest)
 from .reader import DEFAULT_EXACT_MAX, open_gallery
-from .segment_io import SegmentWriter, _write_error, fsync_dir, sha256_of, write_small_array
+from .segment_io import SegmentWriter, _write_error, fsync_dir, write_small_array
 
 BATCH_ROWS = 8192            # rows per write during compact
 
@@ -259,7 +260,7 @@ class GalleryWriter:
         except (OSError, RuntimeError) as exc:
             raise _write_error(path, exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))) from exc
         return {"file": f"{name}/ann-{method}.faiss", "method": method, "params": params,
-                "bytes": os.path.getsize(path), "sha256": sha256_of(path)}
+                "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
 
     # ---- remove -------------------------------------------------------------------------
     def remove(self, ids) -> int:
