@@ -8,13 +8,31 @@ import os
 import socket
 
 import numpy as np
+import pytest
 
 import test_runtime_helpers as helpers
-from kidrr.runtime import Gallery
+from kidrr.runtime import Gallery, Retriever
 
 SCORE_TOL = 1e-5     # fp32: a pair scored in another tile shape may differ in the last bits
 QUERIES = ["a dog runs on the grass", "a red car", "two cats sleep", "the child holds a ball",
            "a big dog and a small cat", "a man rides a red bike"]
+
+
+# Module-scoped fixtures both engines' test modules import (each module gets its own instances).
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build(str(tmp_path_factory.mktemp("serve")))
+
+
+@pytest.fixture(scope="module")
+def rt(built):
+    with Retriever(built[0], threads=1) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def gallery(built, rt):
+    return rt.load_gallery(built[1])
 
 
 def build(root, n_images=60, regions=5):

@@ -409,13 +409,18 @@ def test_scale_items_are_reproducible_and_have_neighbours():
     assert np.median(sims.max(axis=1)) > np.median(sims) + 0.3     # mixtures of 30 bases: neighbours exist
 
 
-def test_scale_worker_measures_a_small_gallery(rt, tmp_path):
-    from kidrr.bench.scale_worker import serve
-    mem = rt.encode_images(helpers.random_features(50, seed=8))
-    folder = str(tmp_path / "g")
+def _encoded_ivf_gallery(rt, folder, n, seed):
+    """n random items encoded by rt, one segment with its IVF index, ids i0, i1, ..."""
+    mem = rt.encode_images(helpers.random_features(n, seed=seed))
     create_gallery(folder, rt.bundle_id, mem.locals.shape[1], mem.globals.shape[1], ann_min_rows=20)
     with GalleryWriter(folder) as w:
-        w.add(mem.globals, mem.locals, [f"i{j}" for j in range(50)])
+        w.add(mem.globals, mem.locals, [f"i{j}" for j in range(n)])
+    return folder
+
+
+def test_scale_worker_measures_a_small_gallery(rt, tmp_path):
+    from kidrr.bench.scale_worker import serve
+    folder = _encoded_ivf_gallery(rt, str(tmp_path / "g"), 50, seed=8)
     res = serve({"bundle": rt.bundle.path, "gallery": folder, "captions": helpers.CAPTIONS * 3, "threads": 1,
                  "shortlists": [10, 60], "exhaustive": True, "batch": 16})
     assert res["status"] == "ok" and res["items"] == 50 and res["rss_anon_mb"] > 0
@@ -428,11 +433,7 @@ def test_scale_worker_measures_a_small_gallery(rt, tmp_path):
 
 def test_nprobe_sweep_reaches_the_exact_first_stage(rt, tmp_path):
     from kidrr.bench.nprobe_sweep import sweep
-    mem = rt.encode_images(helpers.random_features(60, seed=9))
-    folder = str(tmp_path / "g")
-    create_gallery(folder, rt.bundle_id, mem.locals.shape[1], mem.globals.shape[1], ann_min_rows=20)
-    with GalleryWriter(folder) as w:
-        w.add(mem.globals, mem.locals, [f"i{j}" for j in range(60)])
+    folder = _encoded_ivf_gallery(rt, str(tmp_path / "g"), 60, seed=9)
     res = sweep(folder, rt.bundle.path, helpers.CAPTIONS * 2, [1, 10_000], shortlist=20, threads=1)
     assert res["items"] == 60 and res["queries"] == 2 * len(helpers.CAPTIONS)
     every = res["nprobe"]["10000"]                    # every list scanned: IVF-Flat is the exact search

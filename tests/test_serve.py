@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient  # the [serve] extra: the README's set-up command installs it
 
 import serve_helpers as sh  # noqa: E402
+from serve_helpers import built, gallery, rt  # noqa: E402,F401 (fixtures)
 from kidrr.errors import ConfigError, DataError, InputError  # noqa: E402
 from kidrr.runtime import Retriever  # noqa: E402
 from kidrr.serve.api import create_app  # noqa: E402
@@ -27,22 +28,6 @@ from kidrr.serve.catalog import open_catalog  # noqa: E402
 from kidrr.serve.engine import LocalEngine  # noqa: E402
 from kidrr.serve.settings import Limits, Settings, check_bind  # noqa: E402
 from kidrr.serve.shards import split_rows  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return sh.build(str(tmp_path_factory.mktemp("serve")))
-
-
-@pytest.fixture(scope="module")
-def rt(built):
-    with Retriever(built[0], threads=1) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def gallery(built, rt):
-    return rt.load_gallery(built[1])
 
 
 def make_client(built, rt, settings=Settings(), shards=1, galleries=None):

@@ -12,27 +12,12 @@ import httpx
 import pytest
 
 import serve_helpers as sh
+from serve_helpers import built, gallery, rt  # noqa: F401 (fixtures)
 from kidrr.runtime import Retriever
 from kidrr.serve.settings import Settings
 from kidrr.serve.shards import split_rows
 
 SHARDS = 2
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return sh.build(str(tmp_path_factory.mktemp("serve-ray")))
-
-
-@pytest.fixture(scope="module")
-def rt(built):
-    with Retriever(built[0], threads=1) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def gallery(built, rt):
-    return rt.load_gallery(built[1])
 
 
 @pytest.fixture(scope="module")
