@@ -320,7 +320,11 @@ def similarity(model, opset: int, options: SimilarityOptions | None = None) -> o
     ro_w, ro_b = _np(model.readout.weight).T, _np(model.readout.bias)
     logit = b.squeeze(b.linear(s0, *w.plain("readout", ro_w, ro_b)), 2)
     score = b.Sigmoid(logit) if cfg.score_activation == "sigmoid" else logit
-    b.Cast(score, to=FLOAT, out_names=["scores"]) if dtype == FLOAT16 else b.Identity(score, out_names=["scores"])
+    score = b.Cast(score, to=FLOAT) if dtype == FLOAT16 else score
+    if cfg.score_fusion:   # + weight x the globals' cosine, in fp32 from the graph's own inputs
+        cosine = b.MatMul("img_global", b.Transpose("cap_global", perm=[1, 0]))
+        score = b.Add(score, b.Mul(cosine, b.const(np.float32(cfg.score_fusion), FLOAT)))
+    b.Identity(score, out_names=["scores"])
     d = cfg.embed_size
     functions = [fn.cross_attention(opset, dtype, opt.attention_layout), fn.similarity_vector(opset, dtype, int8)]
     if opt.fold_qk and cfg.rgr_steps:

@@ -141,6 +141,14 @@ def read_train_state(folder: str) -> tuple[dict, TrainConfig]:
     return state, tcfg
 
 
+def set_score_fusion(folder: str, weight: float) -> None:
+    """Rewrite a checkpoint's config.json (atomically) with another score_fusion weight."""
+    import dataclasses
+    from .fileio import write_atomic
+    cfg = dataclasses.replace(load_config(folder), score_fusion=float(weight))   # validated like any config
+    write_atomic(os.path.join(folder, CONFIG), dump_json({"format": CHECKPOINT_FORMAT, "model": cfg.to_dict()}).encode())
+
+
 def load_checkpoint(folder: str | None = None, device: str = "cpu"):
     """(model in eval mode, vocabulary, checkpoint id). None loads the shipped model.
 

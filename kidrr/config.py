@@ -100,6 +100,10 @@ class ModelConfig:
     rgr_steps: int = 3                # U
     rgr_adaptive: bool = True         # (ours) A_u = gamma A_{u-1} + (1-gamma) E_u; False: plain SGRAF steps
     score_activation: str = "sigmoid"  # sigmoid (as published) or identity
+    # (ours) final score = the full score + score_fusion x the globals' cosine, inside similarity.onnx so
+    # every runtime gives the same number; 0 is the published score. Chosen on dev (kidrr-eval
+    # --choose-fusion), never learned from test data. docs/scorer.md has the measurements.
+    score_fusion: float = 0.0
     # What made the image features (kidrr-features' record: backbone, weights sha256, preprocessing);
     # None for features from elsewhere. Export puts that backbone in the bundle (docs/images.md).
     image_backbone: dict | None = None
@@ -170,6 +174,9 @@ class TrainConfig:
     # (ours) pretrained caption encoder: train its top N layers with the heads (0: frozen, and its
     # token states are computed once per caption; N > 0 caches below the trained layers).
     text_finetune_layers: int = 0
+    # (ours) after each epoch, write into the checkpoint the weight of the globals' cosine fused into
+    # the score that gives the best dev rSum (ModelConfig.score_fusion); false keeps the published score.
+    choose_fusion: bool = True
 
     def __post_init__(self):
         _validate(self, "training config", TRAIN_RULES)
@@ -183,7 +190,7 @@ class TrainConfig:
 
 
 # Fields added after bundle format 1 was fixed, with the default that means "as before".
-LATER_FIELDS = {"text_encoder": "bigru"}
+LATER_FIELDS = {"text_encoder": "bigru", "score_fusion": 0.0}
 POSITIVE = {"lo": 1}
 COUNT = {"lo": 0}
 MODEL_RULES = {
@@ -199,6 +206,7 @@ MODEL_RULES = {
     "text_encoder": ("str", {"choices": TEXT_ENCODERS}),
     "rgr_adaptive": ("bool",),
     "score_activation": ("str", {"choices": ("sigmoid", "identity")}),
+    "score_fusion": ("float", {"lo": 0.0, "hi": 1000.0}),
     "image_backbone": ("record",),
 }
 TRAIN_RULES = {
@@ -212,6 +220,7 @@ TRAIN_RULES = {
     "eval_tile_images": ("int", POSITIVE), "eval_tile_captions": ("int", POSITIVE),
     "seed": ("int", COUNT), "threads": ("int", COUNT),
     "text_finetune_layers": ("int", {"lo": 0, "hi": 6}),
+    "choose_fusion": ("bool",),
 }
 
 

@@ -17,7 +17,9 @@ def curve_plot(history: list, path: str) -> None:
     import matplotlib.pyplot as plt
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(epochs, [h["dev_rsum"] for h in history], marker="o", label="full scorer")
+    left.plot(epochs, [h.get("dev_rsum_unfused", h["dev_rsum"]) for h in history], marker="o", label="full scorer")
+    if any(h.get("score_fusion") for h in history):
+        left.plot(epochs, [h["dev_rsum"] for h in history], marker="^", label="fused with the globals (dev-chosen weight)")
     left.plot(epochs, [h["dev_rsum_globals"] for h in history], marker="s", label="globals' cosine alone")
     left.set_ylabel("dev rSum")
     right.plot(epochs, [h["loss_hardest_last"] for h in history], marker="o", label="scorer")

@@ -75,19 +75,36 @@ def evaluate_split(model, vocab: Vocabulary, split: Split, protocol: str = "all"
     if split.feature_size != model.cfg.feature_size:
         raise InputError(f"split {split.name} has feature size {split.feature_size} but the model expects "
                          f"{model.cfg.feature_size}")
-    full, glob = [], []
+    full, glob, unfused, sweep = [], [], [], []
     ranges = metrics.folds(len(split.images), protocol)   # every image, or InputError
+    weight = model.cfg.score_fusion
     for start, stop in ranges:
         part = split.subset(stop - start, start)
         images = encode_images(model, part.images)
         captions = encode_captions(model, tokenize_split(vocab, part.captions, model.cfg.max_caption_len))
         scores = score_matrix(model, images, captions, tile_images, tile_captions, progress)
+        cosine = (images[1] @ captions[1].T).numpy()
         full.append(metrics.recall(scores, part.caption_image))
-        glob.append(metrics.recall((images[1] @ captions[1].T).numpy(), part.caption_image))
+        glob.append(metrics.recall(cosine, part.caption_image))
+        kidrr_only = scores - weight * cosine if weight else scores     # the full score without fusion
+        unfused.append(metrics.recall(kidrr_only, part.caption_image) if weight else full[-1])
+        sweep.append({w: metrics.recall(kidrr_only + w * cosine, part.caption_image)["rsum"] for w in FUSION_GRID})
     used = sum(stop - start for start, stop in ranges)
     return {"protocol": protocol, "images": used, "captions": used * CAPTIONS_PER_IMAGE,
             "folds": len(full), "fold_images": [stop - start for start, stop in ranges],
-            "scorer": metrics.average(full), "globals": metrics.average(glob)}
+            "scorer": metrics.average(full), "globals": metrics.average(glob), "unfused": metrics.average(unfused),
+            "score_fusion": weight, "fusion_sweep": {str(w): float(np.mean([f[w] for f in sweep])) for w in FUSION_GRID}}
+
+
+# Weights of the globals' cosine tried beside the full score (sigmoid scores lie in (0, 1), cosines
+# in (-1, 1)); the sweep costs one recall per weight on matrices already computed.
+FUSION_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def best_fusion(result: dict) -> float:
+    """The sweep's weight with the highest rSum (the smallest such weight on ties)."""
+    sweep = {float(w): r for w, r in result["fusion_sweep"].items()}
+    return max(sorted(sweep), key=lambda w: sweep[w])
 
 
 def resolve_split(data: str, split: str) -> Split:
@@ -111,7 +128,10 @@ def format_recall(r: dict) -> str:
 @click.option("--protocol", type=click.Choice(metrics.PROTOCOLS), default="all", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one machine-readable JSON object")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads (0: default)")
-def main(checkpoint, data, split, protocol, as_json, threads):
+@click.option("--choose-fusion", is_flag=True,
+              help="write the fusion weight with the best rSum on this split into the checkpoint's config "
+                   "(use a dev split, never test)")
+def main(checkpoint, data, split, protocol, as_json, threads, choose_fusion):
     """Recall@1/5/10 (both directions), rSum and median rank of a checkpoint on a split."""
     from .checkpoint import load_checkpoint
     if threads:
@@ -122,6 +142,15 @@ def main(checkpoint, data, split, protocol, as_json, threads):
     except KidrrError as exc:
         raise click.ClickException(str(exc)) from exc
     result.update(checkpoint=checkpoint or "shipped", checkpoint_sha256=sha, data=data, split=split)
+    if choose_fusion:
+        from .checkpoint import set_score_fusion
+        if checkpoint is None:
+            raise click.ClickException("--choose-fusion rewrites a checkpoint's config; name it with --checkpoint")
+        result["chosen_fusion"] = best_fusion(result)
+        try:
+            set_score_fusion(checkpoint, result["chosen_fusion"])
+        except KidrrError as exc:
+            raise click.ClickException(str(exc)) from exc
     if as_json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
@@ -131,3 +160,9 @@ def main(checkpoint, data, split, protocol, as_json, threads):
     click.echo("scorer : " + format_recall(result["scorer"]) +
                f"  medr i2t {result['scorer']['i2t_medr']:.0f} t2i {result['scorer']['t2i_medr']:.0f}")
     click.echo("globals: " + format_recall(result["globals"]))
+    if result["score_fusion"]:
+        click.echo(f"unfused: {format_recall(result['unfused'])}  (the scorer above adds "
+                   f"{result['score_fusion']:g} x the globals' cosine)")
+    click.echo("fusion sweep (weight: rSum): " + ", ".join(f"{w}: {r:.1f}" for w, r in result["fusion_sweep"].items()))
+    if choose_fusion:
+        click.echo(f"wrote score_fusion={result['chosen_fusion']:g} into {checkpoint}/config.json")

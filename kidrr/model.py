@@ -293,8 +293,12 @@ class KIDRR(nn.Module):
         return torch.sigmoid(logit) if self.cfg.score_activation == "sigmoid" else logit
 
     def score(self, img_locals, img_glob, cap_locals, cap_glob, cap_len):
-        """One tile: n encoded images x m encoded captions -> scores (n, m)."""
-        return self.reason(*self.similarity_nodes(img_locals, img_glob, cap_locals, cap_glob, cap_len))
+        """One tile: n encoded images x m encoded captions -> scores (n, m), fused with the globals'
+        cosine when cfg.score_fusion > 0."""
+        score = self.reason(*self.similarity_nodes(img_locals, img_glob, cap_locals, cap_glob, cap_len))
+        if self.cfg.score_fusion:
+            score = score + self.cfg.score_fusion * (img_glob @ cap_glob.T)
+        return score
 
     def score_tiled(self, images, captions, tile_images: int = 32, tile_captions: int = 8):
         """Full (n, m) score matrix, computed tile by tile (cache-friendly, bounded memory).

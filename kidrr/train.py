@@ -21,7 +21,7 @@ from .config import ModelConfig, TrainConfig, dump_json
 from .curve import curve_plot
 from .data import Split, check_features
 from .errors import KidrrError, ConfigError
-from .evaluate import evaluate_split, format_recall, resolve_split, tokenize_split
+from .evaluate import best_fusion, evaluate_split, format_recall, resolve_split, tokenize_split
 from .fileio import write_atomic
 from .model import KIDRR
 from .text_cache import FrozenTextStates
@@ -277,23 +277,34 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
     print(f"train: {len(train.images)} images x {train.regions} regions x {train.feature_size}, "
           f"{len(train.captions)} captions, vocab {len(vocab)}; dev: {len(dev.images)} images; "
           f"model D={model.cfg.embed_size} S={model.cfg.sim_size}", flush=True)
+    # Trained on the full score alone; the fusion weight (if chosen) is picked on dev after each epoch
+    # and written into the saved config, never into the training objective.
+    model.cfg = dataclasses.replace(model.cfg, score_fusion=0.0)
     while trainer.epoch < tcfg.epochs:
         rng = np.random.default_rng([tcfg.seed, trainer.epoch])
         stats = trainer.train_epoch(train, caption_ids, rng, max_batches)
         result = evaluate_split(model, vocab, dev, "all", progress=True)   # minutes on real data: show a bar
         trainer.epoch += 1
-        stats.update(epoch=trainer.epoch, dev_rsum=result["scorer"]["rsum"],
-                     dev_rsum_globals=result["globals"]["rsum"], dev=result["scorer"])
+        fusion = best_fusion(result) if tcfg.choose_fusion else 0.0
+        stats.update(epoch=trainer.epoch, dev_rsum=result["fusion_sweep"][str(fusion)],
+                     dev_rsum_unfused=result["scorer"]["rsum"], dev_rsum_globals=result["globals"]["rsum"],
+                     score_fusion=fusion, dev=result["scorer"], dev_fusion_sweep=result["fusion_sweep"])
         trainer.history.append(stats)
         print(f"epoch {trainer.epoch} ({'hardest' if stats['hardest'] else 'all'} negatives): "
               f"hardest-negative loss {stats['loss_hardest_last']:.2f} (plateau {stats['plateau']:.1f}), "
               f"globals {stats['loss_hardest_globals_last']:.2f}, in-batch R@1 {stats['in_batch_recall_last']:.2f}, "
               f"{stats['pairs_per_s']:.0f} pairs/s | dev {format_recall(result['scorer'])} | "
-              f"globals-only rSum {result['globals']['rsum']:.1f}", flush=True)
-        if stats["dev_rsum"] > trainer.best_rsum:
-            trainer.best_rsum = stats["dev_rsum"]
-            save_checkpoint(best_dir, model, vocab, train_state=trainer.state())
-        save_checkpoint(last_dir, model, vocab, trainer.optimizer, trainer.state())
+              f"globals-only rSum {result['globals']['rsum']:.1f} | fused (x{fusion:g}) rSum {stats['dev_rsum']:.1f}",
+              flush=True)
+        trained_cfg = model.cfg
+        model.cfg = dataclasses.replace(trained_cfg, score_fusion=fusion)   # what the checkpoint computes
+        try:
+            if stats["dev_rsum"] > trainer.best_rsum:
+                trainer.best_rsum = stats["dev_rsum"]
+                save_checkpoint(best_dir, model, vocab, train_state=trainer.state())
+            save_checkpoint(last_dir, model, vocab, trainer.optimizer, trainer.state())
+        finally:
+            model.cfg = trained_cfg
         write_atomic(os.path.join(out, "history.json"), dump_json({"history": trainer.history}).encode())
         curve_plot(trainer.history, os.path.join(out, "curve.png"))
     return trainer
