@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import replace
 
@@ -109,8 +110,14 @@ def create_gallery(folder: str, bundle_id: str, regions: int, dim: int, locals_d
             or not all(0x21 <= ord(c) <= 0x7e for c in bundle_id):
         raise InputError("bundle_id must be 1-128 printable ASCII characters (the bundle's identity)")
     if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-        raise InputError(f"{folder} exists and is not an empty folder; choose a new path for the gallery")
-    os.makedirs(folder, exist_ok=True)
+        hint = (" (it is a kidrr gallery: add to it, e.g. `kidrr-index --append`)"
+                if os.path.isfile(os.path.join(folder, MANIFEST)) else "")
+        raise InputError(f"{folder} exists and is not an empty folder{hint}; choose a new path for the gallery")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot make the gallery folder {folder} ({exc.strerror or exc}); choose a path in a "
+                         f"writable folder") from exc
     m = Manifest(bundle_id, 0, int(regions), int(dim), locals_dtype, (), ann, int(ann_min_rows), 0)
     _write_manifest(folder, m, open)
 
@@ -132,13 +139,27 @@ def _write_manifest(folder: str, manifest: Manifest, opener) -> None:
         raise _write_error(os.path.join(folder, MANIFEST), exc) from exc
 
 
+def _open_lock(path: str):
+    """The writer's lock file, made if missing: a regular file, never a link or FIFO (no open can block)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 class GalleryWriter:
     """`with GalleryWriter(folder) as w: w.add(globals, locals, ids)`; one per gallery at a time."""
 
     def __init__(self, folder: str, opener=open, progress: bool = False):
         self.folder, self.opener, self.progress = os.path.abspath(folder), opener, progress
         read_manifest(self.folder)     # a clear error before a lock file appears in a non-gallery folder
-        self._lock_fh = open(os.path.join(self.folder, LOCK), "a")
+        try:
+            self._lock_fh = _open_lock(os.path.join(self.folder, LOCK))
+        except OSError as exc:
+            raise DataError(f"cannot open {os.path.join(self.folder, LOCK)} to write gallery {self.folder} "
+                            f"({exc.strerror or exc}); the gallery is unchanged. A gallery is written in place: "
+                            f"make its folder writable (not a read-only file system)") from exc
         try:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

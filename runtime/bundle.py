@@ -144,6 +144,9 @@ def _check_graph(name: str, entry, path: str) -> None:
     _check_io(entry.get("outputs"), path, f"graph {name!r} outputs")
 
 
+REQUIRED_MODEL_FIELDS = ("feature_size", "embed_size", "sim_size")
+
+
 def _check_structure(manifest: dict, path: str) -> None:
     """Every field the runtime reads, with its type and range: one place, so none is read unchecked."""
     fmt = manifest.get("format")
@@ -157,6 +160,10 @@ def _check_structure(manifest: dict, path: str) -> None:
         ModelConfig.from_dict(manifest["model"])
     except (ConfigError, TypeError) as exc:
         raise _bad(path, f"model config: {exc}") from exc
+    # Read straight from the manifest by the runtime and the tools (a default would be a guess).
+    missing = [k for k in REQUIRED_MODEL_FIELDS if k not in manifest["model"]]
+    if missing:
+        raise _bad(path, f"model config lacks {', '.join(missing)}")
     if manifest.get("precision") not in PRECISIONS:
         raise _bad(path, f"precision {manifest.get('precision')!r} is not one of {PRECISIONS}")
     tok = manifest["tokenizer"]

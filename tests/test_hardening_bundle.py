@@ -86,6 +86,7 @@ EDITS = {
     "precision removed": (_set(["precision"], DEL), "precision None"),
     "feature_size a string": (_set(["model", "feature_size"], "12"), "feature_size"),
     "embed_size 2.5": (_set(["model", "embed_size"], 2.5), "embed_size"),
+    "feature_size removed": (_set(["model", "feature_size"], DEL), "lacks feature_size"),
     "model removed": (_set(["model"], DEL), "'model' is missing"),
     "max_caption_len a string": (_set(["tokenizer", "max_caption_len"], "64"), "max_caption_len"),
     "vocab removed": (_set(["tokenizer", "vocab"], DEL), "tokenizer vocab"),
