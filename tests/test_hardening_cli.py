@@ -126,3 +126,43 @@ def test_features_out_that_is_a_file_is_a_message(tmp_path):
     r = CliRunner().invoke(features_cli, ["--images", str(tmp_path), "--captions", str(tmp_path / "c.tsv"),
                                           "--out", str(tmp_path / "o")])
     clean_failure(r, "is a file")
+
+
+# ---- kidrr-bench scale ----------------------------------------------------------------------------
+def test_scale_refuses_to_delete_or_overwrite_what_it_did_not_write(tmp_path):
+    from kidrr.bench import scale
+    from kidrr.errors import InputError
+    work = tmp_path / "work"
+    (work / "g10000-ivf").mkdir(parents=True)
+    (work / "g10000-ivf" / "thesis.txt").write_text("years of work")
+    with pytest.raises(InputError, match="not a kidrr gallery.*nothing was deleted"):
+        scale.run_scale(10_000, [100], 16, 1, str(work), str(tmp_path / "out"), None, ["ivf"], 0, keep=False,
+                        progress=False)
+    assert (work / "g10000-ivf" / "thesis.txt").read_text() == "years of work"
+    # a previous run's gallery with a user's file inside a segment is not replaceable either
+    os.unlink(work / "g10000-ivf" / "thesis.txt")
+    os.rmdir(work / "g10000-ivf")
+    gh.make_gallery(work / "g10000-ivf", n=10, batches=1)
+    scale.check_replaceable_gallery(str(work / "g10000-ivf"))          # ours: may be replaced
+    (work / "g10000-ivf" / "seg-000000" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="seg-000000/notes.txt"):
+        scale.check_replaceable_gallery(str(work / "g10000-ivf"))
+    # --json: only an earlier scale report is overwritten; --out's reports likewise
+    (tmp_path / "r.json").write_text(json.dumps({"format": "someone-else"}))
+    with pytest.raises(InputError, match="not a kidrr-bench-scale/1 report"):
+        scale.run_scale(10_000, [100], 16, 1, None, str(tmp_path / "out"), str(tmp_path / "r.json"), ["ivf"], 0,
+                        keep=False, progress=False)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "scale.md").write_text("my notes")
+    with pytest.raises(InputError, match="--out .* not overwritten"):
+        scale.check_scale_outputs(None, str(tmp_path / "out"), None, [])
+    (tmp_path / "out" / "scale.json").write_text(json.dumps({"format": scale.FORMAT}))
+    scale.check_scale_outputs(None, str(tmp_path / "out"), None, [])    # an earlier run's: fine
+
+
+def test_scale_serve_leaves_nothing_in_work(tmp_path):
+    from kidrr.bench import scale
+    res = scale.serve({"bundle": str(tmp_path / "none"), "gallery": str(tmp_path / "none"), "captions": ["a"],
+                       "shortlists": [10], "threads": 1, "exhaustive": True, "batch": 1}, str(tmp_path))
+    assert res["status"] == "failed"
+    assert os.listdir(tmp_path) == []
