@@ -245,6 +245,16 @@ class DiskGallery:
                 self._live[seg.name] = first_stage.live_selector(seg.dead)
             return self._live[seg.name]
 
+    def adopt_indexes(self, older: "DiskGallery") -> None:
+        """Reuse the ANN indexes an older snapshot of this gallery has read, for segments both list
+        with the same index entry (files a manifest names never change, so they are the same index)."""
+        before = {s.name: s.ann_info for s in older.segments}
+        with older._ann_lock:
+            kept = {name: older._ann[name] for name in older._ann}
+        for seg in self.segments:
+            if seg.ann_info and before.get(seg.name) == seg.ann_info and seg.name in kept:
+                self._ann[seg.name] = kept[seg.name]
+
     def load_indexes(self) -> None:
         """Read (and checksum) every ANN index now rather than on the first search."""
         for seg in self.segments:
