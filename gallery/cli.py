@@ -8,7 +8,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from kidrr.errors import KidrrError
+from kidrr.errors import KidrrError, describe
 from kidrr.fileio import read_text_lines
 
 from .convert import convert_v1
@@ -20,9 +20,7 @@ CTX = {"help_option_names": ["-h", "--help"]}
 
 
 def _fail(exc):
-    if isinstance(exc, OSError):    # not foreseen by a typed check: still a message, not a traceback
-        exc = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
-    click.echo(f"kidrr-gallery: error: {exc}", err=True)
+    click.echo(f"kidrr-gallery: error: {describe(exc)}", err=True)
     sys.exit(2)
 
 

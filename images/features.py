@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from kidrr.config import dump_json
 from kidrr.data import CAPTIONS_PER_IMAGE
-from kidrr.errors import DataError, ImageError, KidrrError
-from kidrr.fileio import sha256_file, write_atomic
+from kidrr.errors import DataError, ImageError, KidrrError, describe
+from kidrr.fileio import open_regular, sha256_file, write_atomic
 
 from .batch import SkipReport, decode_batch, unique_names
 from .caption_files import read_caption_file, safe_relative
@@ -79,9 +79,9 @@ def _load_progress(paths: dict, digest: str, restart: bool):
     if restart:
         return None
     try:
-        with open(paths["progress"]) as fh:
-            progress = json.load(fh)
-    except ValueError as exc:
+        with open_regular(paths["progress"], follow_symlinks=True) as fh:
+            progress = json.loads(fh.read(1 << 26).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{paths['progress']} is unreadable ({exc}); pass --restart to start over") from exc
     if progress.get("digest") != digest:
         raise DataError(f"{paths['progress']} belongs to another job (other images, captions or backbone); "
@@ -298,9 +298,9 @@ def read_features_record(folder: str, split: str) -> dict | None:
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as fh:
-            record = json.load(fh)
-    except ValueError as exc:
+        with open_regular(path, what=f"data folder {folder}", follow_symlinks=True) as fh:
+            record = json.loads(fh.read(1 << 26).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); rerun kidrr-features") from exc
     if not isinstance(record, dict) or record.get("backbone") not in BACKBONES:
         raise DataError(f"{path} does not name a known backbone ({sorted(BACKBONES)}); rerun kidrr-features")
@@ -333,9 +333,7 @@ def main(images_dir, captions, ids, out, split, backbone, batch_size, threads, s
         click.echo(f"error (--strict): {exc}", err=True)
         sys.exit(2)
     except (KidrrError, OSError) as exc:
-        if isinstance(exc, OSError):    # not foreseen by a typed check: still a message, not a traceback
-            exc = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(f"wrote {record['images']} images x {record['regions']} regions x {record['feature_size']} "
                f"({record['backbone']}) to {out} at {record['images_per_s']} images/s", err=True)

@@ -48,9 +48,9 @@ def report_format(path: str):
     """The "format" of a JSON report file; "" for JSON without one; None if not a JSON object."""
     import json
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
+        with open_regular(path, follow_symlinks=True) as fh:     # a FIFO is not a report: never block on it
+            data = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, KidrrError):
         return None
     return data.get("format", "") if isinstance(data, dict) else None
 
@@ -282,16 +282,19 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: str, dir_fd: int | None = None, what: str = "a kidrr folder", label: str | None = None):
+def open_regular(path: str, dir_fd: int | None = None, what: str = "a kidrr folder", label: str | None = None,
+                 follow_symlinks: bool = False):
     """Open path read-only as a binary file, only if it is a regular file itself.
 
     A symlink is refused without being followed (O_NOFOLLOW), and a FIFO or device is refused
     after an open that cannot block (O_NONBLOCK) by fstat on the descriptor, so nothing can be
     swapped in between the check and the read. FileNotFoundError passes through (callers retry
     on it); the rest is NotRegularFile naming what was found (label: the path to show, for dir_fd opens).
+    follow_symlinks: for files whose content is checked otherwise (a bundle's, by sha256) or that the
+    user names: the link is followed, and what it leads to must still be a regular file.
     """
     label = label or path
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags, dir_fd=dir_fd)
     except FileNotFoundError:

@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from kidrr.config import dump_json
-from kidrr.errors import InputError, KidrrError
+from kidrr.errors import InputError, KidrrError, describe
 from kidrr.fileio import write_atomic
 from kidrr.images.batch import SkipReport, list_image_files
 
@@ -151,9 +151,7 @@ def main(bundle, images, out, batch_size, threads, strict, append):
     try:
         record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append)
     except (KidrrError, OSError) as exc:
-        if isinstance(exc, OSError):    # not foreseen by a typed check: still a message, not a traceback
-            exc = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(f"indexed {record['indexed']} images into {out}"
                + (f" ({record['already_indexed']} were already there)" if record["already_indexed"] else ""),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from kidrr.config import ModelConfig
 from kidrr.errors import BundleError, CheckpointError, ConfigError
-from kidrr.fileio import sha256_file
+from kidrr.fileio import NotRegularFile, open_regular, sha256_file
 from kidrr.identity import bundle_id
 from kidrr.tokenizer import TOKENIZER_RULES, Vocabulary
 
@@ -72,8 +72,10 @@ def _read_manifest(folder: str) -> dict:
         if size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{path} is {size} bytes, more than any manifest ({MAX_MANIFEST_BYTES}); "
                               f"it is not a kidrr manifest, re-export the bundle")
-        with open(path, "rb") as fh:
+        with open_regular(path, what=f"bundle {folder}", follow_symlinks=True) as fh:   # no FIFO can block it
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except NotRegularFile as exc:
+        raise BundleError(f"{exc}; re-export the bundle") from None
     except FileNotFoundError:
         raise BundleError(f"{path} is missing: {folder} is not a kidrr bundle (re-export it)") from None
     except PermissionError as exc:

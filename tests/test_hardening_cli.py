@@ -166,3 +166,38 @@ def test_scale_serve_leaves_nothing_in_work(tmp_path):
                        "shortlists": [10], "threads": 1, "exhaustive": True, "batch": 1}, str(tmp_path))
     assert res["status"] == "failed"
     assert os.listdir(tmp_path) == []
+
+
+# ---- FIFOs where kidrr reads a small file: refused, never waited on ------------------------------
+def test_fifos_in_place_of_small_files_are_refused_without_blocking(tmp_path):
+    import signal
+    from kidrr.checkpoint import read_json
+    from kidrr.errors import BundleError, CheckpointError, InputError
+    from kidrr.fileio import check_report_path
+    from kidrr.images.features import read_features_record
+    from kidrr.runtime.bundle import load_bundle
+    from kidrr.tokenizer import Vocabulary
+
+    def boom(*_):
+        raise TimeoutError("blocked on a FIFO")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(10)
+    try:
+        (tmp_path / "bundle").mkdir()
+        os.mkfifo(tmp_path / "bundle" / "manifest.json")
+        with pytest.raises(BundleError, match="a FIFO"):
+            load_bundle(str(tmp_path / "bundle"))
+        os.mkfifo(tmp_path / "report.json")
+        with pytest.raises(InputError, match="not a .* report"):
+            check_report_path(str(tmp_path / "report.json"), "--json", "kidrr-bench/1")
+        os.mkfifo(tmp_path / "vocab.json")
+        with pytest.raises(CheckpointError, match="a FIFO"):
+            Vocabulary.load(str(tmp_path / "vocab.json"))
+        with pytest.raises(CheckpointError, match="a FIFO"):
+            read_json(str(tmp_path / "vocab.json"), "training state")
+        os.mkfifo(tmp_path / "train_features.json")
+        with pytest.raises(DataError, match="a FIFO"):
+            read_features_record(str(tmp_path), "train")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
