@@ -103,9 +103,23 @@ def _constrain(prop: dict, **rules) -> None:
             branch.update(rules)
 
 
-def _document_limits(schema: dict, limits) -> dict:
-    """The start-up limits, written into the OpenAPI schema so it says what this service accepts."""
+def _document_limits(schema: dict, limits, feature_size: int | None = None) -> dict:
+    """The start-up limits (and the bundle's feature size F), written into the OpenAPI schema so it
+    says what this service accepts."""
     bodies = schema.get("components", {}).get("schemas", {})
+    matrix_rules = {"minItems": 1, "maxItems": limits.max_regions}     # one image: regions x F
+    row_rules = {"minItems": feature_size, "maxItems": feature_size} if feature_size else {}
+    for name, field, nested in (("ImageSearch", "features", False), ("ScoreRequest", "features", True),
+                                ("EncodeRequest", "features", True)):
+        prop = bodies.get(name, {}).get("properties", {}).get(field)
+        for branch in (prop or {}).get("anyOf", [prop] if prop else []):
+            if branch.get("type") != "array":
+                continue
+            matrix = branch["items"] if nested else branch
+            if matrix.get("type") == "array":
+                matrix.update(matrix_rules)
+                if isinstance(matrix.get("items"), dict):
+                    matrix["items"].update(row_rules)
     for name in ("TextSearch", "ImageSearch"):
         props = bodies.get(name, {}).get("properties", {})
         if "k" in props:
@@ -114,8 +128,6 @@ def _document_limits(schema: dict, limits) -> dict:
             _constrain(props["shortlist"], minimum=1, maximum=limits.max_shortlist)
     if "query" in bodies.get("TextSearch", {}).get("properties", {}):
         _constrain(bodies["TextSearch"]["properties"]["query"], minLength=1, maxLength=limits.max_caption_chars)
-    if "features" in bodies.get("ImageSearch", {}).get("properties", {}):
-        _constrain(bodies["ImageSearch"]["properties"]["features"], minItems=1, maxItems=limits.max_regions)
     for name in ("ScoreRequest", "EncodeRequest"):
         props = bodies.get(name, {}).get("properties", {})
         for field in ("captions", "features"):
@@ -332,7 +344,8 @@ def create_app(engine, settings) -> FastAPI:
     def openapi():
         if app.openapi_schema is None:
             app.openapi_schema = _document_limits(get_openapi(title=app.title, version=app.version,
-                                                              description=app.description, routes=app.routes), limits)
+                                                              description=app.description, routes=app.routes), limits,
+                                                  getattr(engine.retriever, "feature_size", None))
         return app.openapi_schema
     app.openapi = openapi
 
