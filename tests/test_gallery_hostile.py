@@ -240,6 +240,14 @@ def test_ids_that_are_not_utf8_fail_verify_and_are_a_typed_error(tmp_path):
     assert any("is not UTF-8" in p for p in verify(gal))
     with pytest.raises(DataError, match="not UTF-8"):
         gal.ids()
+    # Valid UTF-8 as a whole, but split inside a character: "...jp\xc3" + "\xa9hoto..." (an é cut in two).
+    raw = bytearray(open(path, "rb").read())
+    raw[0] = ord("p")
+    end = len("photo-00000.jpg")
+    raw[end - 1], raw[end] = 0xC3, 0xA9
+    open(path, "wb").write(bytes(raw))
+    rehash(folder, 0, "ids.utf8")
+    assert any("id 0 is not UTF-8" in p or "id 1 is not UTF-8" in p for p in verify(open_gallery(folder)))
 
 
 def test_remove_without_ids_is_refused_and_commits_nothing(tmp_path):
