@@ -153,3 +153,23 @@ def test_kidrr_index_memory_is_bounded_by_the_batch(built, pixel_bundle, tmp_pat
         assert proc.returncode == 0, proc.stderr
     # Keeping every photo would add 48 x 5.8 = 276 MB; a batch of 16 adds at most 8 more photos' worth.
     assert peaks[56] - peaks[8] < 120, peaks
+
+
+@pytest.mark.parametrize("params", [{}, {"nlist": 0}, {"nlist": 1, "M": 3}, {"nlist": True}])
+def test_ann_params_are_refused_as_python_refuses_them(built, bundle, retriever, tmp_path, params):  # noqa: F811
+    import json
+    from kidrr.errors import DataError
+    from kidrr.gallery import open_gallery
+    folder = str(tmp_path / "g")
+    create_gallery(folder, retriever.bundle_id, regions=4, dim=EMBED, locals_dtype="fp32", ann_min_rows=10)
+    g = retriever.encode_images(features(12, 4, seed=5))
+    with GalleryWriter(folder) as w:
+        w.add(g.globals, g.locals, [f"img-{i}" for i in range(12)])
+    doc = json.load(open(os.path.join(folder, "manifest.json")))
+    assert doc["segments"][0]["ann"]["params"] == {"nlist": 1}
+    doc["segments"][0]["ann"]["params"] = params
+    json.dump(doc, open(os.path.join(folder, "manifest.json"), "w"))
+    with pytest.raises(DataError, match="ivf params must be"):
+        open_gallery(folder)
+    proc = _search(built, bundle[0], folder)
+    assert proc.returncode == 1 and "ivf params must be exactly" in proc.stderr, proc.stderr

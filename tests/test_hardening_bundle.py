@@ -138,14 +138,13 @@ def test_manifest_cross_checked_against_the_graphs(edited):
 
 
 def test_unreadable_manifest_is_not_called_missing(made, tmp_path, monkeypatch):
-    import builtins
-    real_open = builtins.open
+    real_open = os.open       # the manifest is opened with os.open (kidrr.fileio.open_regular)
 
     def deny(path, *a, **k):
         if str(path).endswith("manifest.json"):
             raise PermissionError(13, "Permission denied")
         return real_open(path, *a, **k)
-    monkeypatch.setattr(builtins, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(BundleError, match="cannot read .*Permission denied.*readable"):
         load_bundle(made[1])
 
