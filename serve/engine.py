@@ -209,8 +209,9 @@ class LocalEngine(Engine):
         return dict(super().info(), shards=len(self.shards), replicas=1)
 
     async def ready(self) -> tuple:
-        for shard in self.shards:
-            shard.refresh()
+        loop = asyncio.get_running_loop()
+        for shard in self.shards:      # opening a new generation reads files: not on the event loop
+            await loop.run_in_executor(None, shard.refresh)
         stale = [s.stale for s in self.shards if s.stale]
         if stale:
             return False, stale[0]
