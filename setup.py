@@ -52,7 +52,7 @@ setup(
         "faiss-cpu>=1.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "schemathesis>=4.30"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "ray[serve]>=2.40", "httpx>=0.27", "prometheus-client>=0.20"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10"],

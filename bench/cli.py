@@ -19,7 +19,7 @@ import click
 from tqdm import tqdm
 
 from kidrr import __version__, metrics
-from kidrr.errors import InputError, KidrrError
+from kidrr.errors import InputError, KidrrError, describe
 from kidrr import fileio
 from kidrr.fileio import check_writable_folder, write_atomic
 
@@ -205,8 +205,8 @@ def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads,
     try:
         run = bench(checkpoint, bundle, data, protocol, backends, precisions, threads, batch_sizes, duration,
                     shortlists, parity_images, out, json_path, progress=not quiet)
-    except KidrrError as exc:
-        click.echo(f"kidrr-bench: error: {exc}", err=True)
+    except (KidrrError, OSError) as exc:
+        click.echo(f"kidrr-bench: error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(report.terminal(run))
     click.echo(f"\nwall time {run['wall_s']:.1f} s; wrote " + ", ".join(run["files"]))
@@ -249,8 +249,8 @@ def scale_command(max_images, shortlists, queries, threads, methods, locals_dtyp
             raise InputError(f"--json {json_path} is a folder; give a file name")
         run = run_scale(max_images, kps, queries, threads, work, out, json_path, chosen, precision_folds, keep,
                         progress=not quiet, locals_dtype=locals_dtype)
-    except KidrrError as exc:
-        click.echo(f"kidrr-bench scale: error: {exc}", err=True)
+    except (KidrrError, OSError) as exc:
+        click.echo(f"kidrr-bench scale: error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(markdown(run))
     click.echo(f"wall time {run['wall_s']:.0f} s; wrote {out}/scale.json, scale.md, scale_latency.png")

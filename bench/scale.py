@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kidrr.errors import InputError
-from kidrr.fileio import write_atomic
+from kidrr.fileio import check_report_path, write_atomic
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 REGIONS = 49
@@ -123,22 +124,88 @@ def check_disk(folder: str, need: int) -> None:
                          f"free; give --work on a larger disk, a smaller --max-images, or drop --keep")
 
 
+FORMAT = "kidrr-bench-scale/1"
+REPORTS = ("scale.json", "scale.md", "scale_latency.png")
+
+
+def work_folders(sizes, methods, precision_folds: int) -> list:
+    """The folder names a run makes in --work (and deletes unless --keep)."""
+    names = [f"test-{d}" for d in ("fp32", "fp16", "int8")] if precision_folds else []
+    return names + [f"g{n}-{m}" for n in sizes for m in methods if not (m == "hnsw" and n > HNSW_MAX)]
+
+
+def check_replaceable_gallery(folder: str) -> None:
+    """InputError unless folder is absent or a kidrr gallery holding only a gallery's own files (a
+    previous run's, kept with --keep): a run replaces only what it made."""
+    from kidrr.errors import DataError
+    from kidrr.gallery.layout import LOCK, MANIFEST, SEGMENT_NAME, STAGING_PREFIX, read_manifest
+    if not os.path.lexists(folder):
+        return
+    why = None
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        why = "is not a folder"
+    else:
+        try:
+            read_manifest(folder)
+        except DataError:
+            why = "is not a kidrr gallery"
+    if why is None:
+        inner = re.compile(r"^(globals|locals|scales|id_offsets|id_hashes)\.npy$|^ids\.utf8$|^tombstones-[0-9]+\.npy$"
+                           r"|^ann-(ivf|hnsw)\.faiss$|^\.tmp-")
+        foreign = []
+        for e in os.listdir(folder):
+            path = os.path.join(folder, e)
+            if e in (MANIFEST, LOCK) or e.startswith(STAGING_PREFIX):
+                continue
+            if SEGMENT_NAME.match(e) and os.path.isdir(path) and not os.path.islink(path):
+                foreign += [f"{e}/{x}" for x in os.listdir(path) if not inner.match(x)]
+            else:
+                foreign.append(e)
+        if foreign:
+            why = f"holds files a gallery does not ({', '.join(sorted(foreign)[:5])})"
+    if why:
+        raise InputError(f"--work: {folder} {why}; kidrr-bench scale replaces only galleries it made, so nothing "
+                         f"was deleted. Move it away or choose another --work")
+
+
+def check_scale_outputs(work: str | None, out: str, json_path: str | None, folders) -> None:
+    """Before the run: every folder it would replace in --work, the reports in --out and --json are
+    kidrr-bench scale's own (or absent), and --out is writable."""
+    from kidrr.fileio import check_report_path, check_writable_folder, report_format
+    if work:
+        if os.path.exists(work) and not os.path.isdir(work):
+            raise InputError(f"--work {work} is not a folder")
+        for name in folders:
+            check_replaceable_gallery(os.path.join(work, name))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} is not a folder")
+    if any(os.path.lexists(os.path.join(out, r)) for r in REPORTS) \
+            and report_format(os.path.join(out, "scale.json")) != FORMAT:
+        raise InputError(f"--out {out} holds scale reports that no kidrr-bench scale run wrote (its scale.json is not "
+                         f"a {FORMAT} report); they were not overwritten. Choose another --out")
+    check_writable_folder(os.path.abspath(out), "--out")
+    if json_path:
+        check_report_path(json_path, "--json", FORMAT)
+
+
 def disk_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(folder) for f in fs)
 
 
 def serve(spec: dict, work: str) -> dict:
-    spec_path, out_path = os.path.join(work, "serve.spec.json"), os.path.join(work, "serve.result.json")
-    write_atomic(spec_path, json.dumps(spec).encode())
-    threads = str(spec["threads"])
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    proc = subprocess.run([sys.executable, "-m", "kidrr.bench.scale_worker", spec_path, out_path], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0 or not os.path.exists(out_path):
-        return {"status": "failed", "reason": (proc.stderr.strip().splitlines() or ["no message"])[-1]}
-    with open(out_path) as fh:
-        return json.load(fh)
+    # The worker's spec and result live in a folder of their own, gone afterwards (nothing left in --work).
+    with tempfile.TemporaryDirectory(prefix=".kidrr-scale-serve-", dir=work) as tmp:
+        spec_path, out_path = os.path.join(tmp, "serve.spec.json"), os.path.join(tmp, "serve.result.json")
+        write_atomic(spec_path, json.dumps(spec).encode())
+        threads = str(spec["threads"])
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        proc = subprocess.run([sys.executable, "-m", "kidrr.bench.scale_worker", spec_path, out_path], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not os.path.exists(out_path):
+            return {"status": "failed", "reason": (proc.stderr.strip().splitlines() or ["no message"])[-1]}
+        with open(out_path) as fh:
+            return json.load(fh)
 
 
 def precision_check(bundle: str, base, split, folds: int, threads: int, work: str) -> dict:
@@ -152,6 +219,9 @@ def precision_check(bundle: str, base, split, folds: int, threads: int, work: st
         fold_caps = [rt.encode_texts(split.captions[5 * a:5 * b], on_long="truncate") for a, b in ranges]
         for dtype in ("fp32", "fp16", "int8"):
             folder = os.path.join(work, f"test-{dtype}")
+            if os.path.lexists(folder):
+                check_replaceable_gallery(folder)
+                shutil.rmtree(folder)
             create_gallery(folder, rt.bundle_id, base[0].shape[1], base[0].shape[2], dtype, "ivf")
             with GalleryWriter(folder) as w:
                 w.add(base[1], base[0], [str(i) for i in range(len(base[1]))])
@@ -174,6 +244,7 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
     if max_images < 1_000:
         raise InputError(f"--max-images must be >= 1000, got {max_images}")
     sizes = [n for n in DEFAULT_SIZES if n <= max_images] or [max_images]
+    check_scale_outputs(work, out, json_path, work_folders(sizes, methods, precision_folds))   # before any work
     started = time.perf_counter()
     bundles, _, _ = sources.resolve_bundles(None, None, ["fp32"])
     bundle = bundles["fp32"]
@@ -186,7 +257,7 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
     os.makedirs(out, exist_ok=True)
     root = work or tempfile.mkdtemp(prefix="kidrr-scale-")
     os.makedirs(root, exist_ok=True)
-    run = {"format": "kidrr-bench-scale/1", "regions": REGIONS, "dim": int(base[1].shape[1]), "locals_dtype": locals_dtype,
+    run = {"format": FORMAT, "regions": REGIONS, "dim": int(base[1].shape[1]), "locals_dtype": locals_dtype,
            "queries": queries, "shortlists": list(shortlists), "threads": threads, "sizes": {},
            "load_before": os.getloadavg()}
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
@@ -201,7 +272,8 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
                 if method == "hnsw" and n > HNSW_MAX:
                     continue
                 folder = os.path.join(root, f"g{n}-{method}")
-                if os.path.exists(folder):
+                if os.path.lexists(folder):
+                    check_replaceable_gallery(folder)     # again, right before deleting
                     shutil.rmtree(folder)
                 say(f"size {n:,}, {method}: building")
                 total_s, gen_s = build(folder, bundle_id, base, n, method, seed, progress, locals_dtype)
@@ -232,6 +304,7 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
     write_atomic(os.path.join(out, "scale.json"), blob)
     write_atomic(os.path.join(out, "scale.md"), markdown(run).encode())
     if json_path:
+        check_report_path(json_path, "--json", FORMAT)    # again, right before the overwrite
         write_atomic(os.path.abspath(json_path), blob)
     return run
 

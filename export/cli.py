@@ -5,11 +5,11 @@ import sys
 
 import click
 
-from ..errors import KidrrError
+from ..errors import KidrrError, describe
 
 
 def _fail(exc: Exception):
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"error: {describe(exc)}", err=True)
     sys.exit(2)
 
 
@@ -35,7 +35,7 @@ def onnx_cmd(checkpoint, out_dir, opset, precision, force, no_verify, recall_ima
     try:
         export_bundle(checkpoint, out_dir, precision=precision, opset=opset, force=force, verify=not no_verify,
                       recall_images=recall_images, backbone=backbone)  # default log: above the progress bar
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
 
 
@@ -46,7 +46,7 @@ def lint_cmd(bundle):
     from .lint import lint_bundle
     try:
         report = lint_bundle(bundle)
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     bad = 0
     for graph, problems in report.items():
@@ -68,7 +68,7 @@ def trt_cmd(bundle, precision, shapes, workspace):
     from .trt_engines import build_engines
     try:
         plans = build_engines(bundle, precision, shapes, workspace, log=lambda m: click.echo(m, err=True))
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     for graph, path in plans.items():
         click.echo(f"{graph}: {path}")

@@ -8,7 +8,8 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from kidrr.errors import KidrrError
+from kidrr.errors import KidrrError, describe
+from kidrr.fileio import read_text_lines
 
 from .convert import convert_v1
 from .layout import LOCALS_DTYPES
@@ -19,7 +20,7 @@ CTX = {"help_option_names": ["-h", "--help"]}
 
 
 def _fail(exc):
-    click.echo(f"kidrr-gallery: error: {exc}", err=True)
+    click.echo(f"kidrr-gallery: error: {describe(exc)}", err=True)
     sys.exit(2)
 
 
@@ -29,13 +30,9 @@ def _bundle_identity(bundle: str) -> tuple[str, dict]:
     return b.identity, b.model
 
 
-def _read_ids(path: str) -> list:
+def _read_ids(path: str, what: str) -> list:
     """One id per line, UTF-8; blank lines are an error (they would be an empty id)."""
-    with open(path, "rb") as fh:
-        lines = fh.read().decode("utf-8").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return read_text_lines(path, what, max_bytes=1 << 30)
 
 
 def _load_npy(path: str, what: str):
@@ -64,7 +61,7 @@ def create(folder, bundle, regions, locals_dtype, ann, ann_min_rows):
     try:
         identity, model = _bundle_identity(bundle)
         create_gallery(folder, identity, regions, int(model["embed_size"]), locals_dtype, ann, ann_min_rows)
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     click.echo(f"created {folder}: {locals_dtype} locals, R={regions}, D={model['embed_size']}, ann {ann}")
 
@@ -78,12 +75,12 @@ def add(folder, globals_path, locals_path, ids_path):
     """Append encoded items (one new segment)."""
     try:
         g, l = _load_npy(globals_path, "--globals"), _load_npy(locals_path, "--locals")
-        ids = _read_ids(ids_path)
+        ids = _read_ids(ids_path, "--ids file")
         with GalleryWriter(folder, progress=True) as w:
             n, step = len(g), 8192
             live = w.add_batches(((g[i:i + step], l[i:i + step], ids[i:i + step]) for i in range(0, n, step)),
                                  rows=n) if len(ids) == n else w.add(g, l, ids)
-    except (KidrrError, UnicodeDecodeError) as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     click.echo(f"added {len(g)} items; {live} live")
 
@@ -95,10 +92,10 @@ def add(folder, globals_path, locals_path, ids_path):
 def remove(folder, ids, ids_file):
     """Mark items removed (tombstones); `compact` reclaims the space."""
     try:
-        wanted = list(ids) + (_read_ids(ids_file) if ids_file else [])
+        wanted = list(ids) + (_read_ids(ids_file, "--ids-file") if ids_file else [])
         with GalleryWriter(folder) as w:
             live = w.remove(wanted)
-    except (KidrrError, UnicodeDecodeError) as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     click.echo(f"removed {len(wanted)} items; {live} live")
 
@@ -110,7 +107,7 @@ def compact(folder):
     try:
         with GalleryWriter(folder, progress=True) as w:
             live = w.compact()
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     click.echo(f"compacted {folder}: {live} live items in one segment")
 
@@ -122,7 +119,7 @@ def info(folder, as_json):
     """Counts, dims, dtypes, segments and the first stage a search would use."""
     try:
         g = open_gallery(folder)
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     m = g.manifest
     doc = {"folder": g.folder, "bundle_id": m.bundle_id, "generation": m.generation, "rows": m.rows, "live": m.live,
@@ -151,7 +148,7 @@ def verify_cmd(folder):
         total = sum(1 + bool(s.tombstones) + bool(s.ann) + len(s.files) - 1 for s in g.manifest.segments)
         with tqdm(total=total, desc="verifying", unit="file") as bar:
             problems = verify(g, bar)
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     if problems:
         for p in problems:
@@ -182,7 +179,7 @@ def search(folder, captions, bundle, k, shortlist, first_stage, nprobe, ef, thre
             if shortlist:
                 click.echo(f"first stage: {g.describe_first_stage(first_stage)}", err=True)
             out = rt.search_text(list(captions), k=k, gallery=g, shortlist=shortlist or None)
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     if as_json:
         click.echo(json.dumps([{"caption": c, "results": [{"id": i, "score": s} for i, s in r]}
@@ -203,7 +200,7 @@ def convert(npz, folder, locals_dtype, ann):
     """A v1 .npz gallery -> a format-2 folder (ids are the v1 positions)."""
     try:
         n = convert_v1(npz, folder, locals_dtype, ann, progress=True)
-    except KidrrError as exc:
+    except (KidrrError, OSError) as exc:
         _fail(exc)
     click.echo(f"converted {n} items from {npz} into {folder}")
 

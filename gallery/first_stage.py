@@ -67,13 +67,67 @@ def serialize(index) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
-def read_index(path: str):
+def read_index(path: str, shown: str | None = None):
     import faiss
     try:
         return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as exc:
-        raise DataError(f"faiss cannot read {path} ({str(exc).splitlines()[0][:200]}); rebuild it with "
+        raise DataError(f"faiss cannot read {shown or path} ({str(exc).splitlines()[0][:200]}); rebuild it with "
                         f"`kidrr-gallery compact`") from exc
+
+
+INDEX_CLASSES = {"ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
+CHECK_SAMPLE_ROWS = 3
+
+
+def check_index(index, method: str, params: dict, globals_: np.ndarray, path: str) -> None:
+    """DataError unless index is this segment's: its class, metric, size, dimension and parameters,
+    and a few of its stored vectors, equal what the manifest and the segment's globals say. A hash
+    in the manifest only proves the file is the one recorded, not that it belongs to this segment."""
+    import faiss
+    rows, dim = globals_.shape
+
+    def bad(what):
+        return DataError(f"{path}: {what}; the index does not belong to this segment. Rebuild it with "
+                         f"`kidrr-gallery compact`, or search with --first-stage exact")
+    if type(index).__name__ != INDEX_CLASSES[method]:
+        raise bad(f"a faiss {type(index).__name__}, the manifest says {method} ({INDEX_CLASSES[method]})")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise bad("its metric is not inner product")
+    if index.ntotal != rows or index.d != dim:
+        raise bad(f"it holds {index.ntotal} vectors of {index.d} dimensions, the segment {rows} of {dim}")
+    if method == "ivf":
+        got = {"nlist": int(index.nlist)}
+    else:
+        got = {"M": int(index.hnsw.nb_neighbors(1)), "efConstruction": int(index.hnsw.efConstruction)}
+    if got != params:
+        raise bad(f"its parameters are {got}, the manifest says {params}")
+    sample = sorted({0, rows // 2, rows - 1})[:CHECK_SAMPLE_ROWS]
+    want = np.ascontiguousarray(globals_[sample], dtype=np.float32)
+    if method == "hnsw":
+        stored = np.stack([faiss.downcast_index(index.storage).reconstruct(int(r)) for r in sample])
+        same = np.array_equal(stored, want)
+    else:
+        # Search each sampled row for itself alone: a few nearest lists hold it, and its stored
+        # vector's product with the row is the row's squared norm.
+        same = True
+        for r, q in zip(sample, want):
+            sp = faiss.SearchParametersIVF(nprobe=int(min(index.nlist, 8)), sel=faiss.IDSelectorRange(r, r + 1))
+            sims, ids = index.search(q[None], 1, params=sp)
+            norm = float(q @ q)
+            same &= bool(ids[0, 0] == r and abs(float(sims[0, 0]) - norm) <= 1e-4 * max(1.0, norm))
+    if not same:
+        raise bad(f"its stored vectors differ from the segment's globals (rows {sample})")
+
+
+def check_params(method: str, params) -> str | None:
+    """What is wrong with an ANN entry's params for method (None when they are exactly what build_index writes)."""
+    keys = {"ivf": {"nlist"}, "hnsw": {"M", "efConstruction"}}[method]
+    if not isinstance(params, dict) or set(params) != keys:
+        return f"{method} params must be exactly {sorted(keys)}, got {params!r}"
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 30 for v in params.values()):
+        return f"{method} params must be integers in 1..{1 << 30}, got {params!r}"
+    return None
 
 
 def live_selector(dead: np.ndarray):

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kidrr.errors import BundleError, DataError
+from kidrr.fileio import open_regular
+
+from .first_stage import check_params
 
 FORMAT = "kidrr-gallery/2"
 MANIFEST = "manifest.json"
@@ -29,6 +32,10 @@ LOCALS_DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "int8": np.dt
 ANN_METHODS = ("ivf", "hnsw")
 SEGMENT_NAME = re.compile(r"^seg-[0-9]{6}$")
 TOMBSTONE_NAME = re.compile(r"^seg-[0-9]{6}/tombstones-[0-9]{6}\.npy$")
+# Names carry six digits: segment numbers stay below MAX_NEXT_SEGMENT (the manifest's next_segment
+# is at most that), and tombstone files are numbered by the generation modulo TOMBSTONE_NUMBERS.
+MAX_NEXT_SEGMENT = 999_999
+TOMBSTONE_NUMBERS = 1_000_000
 ANN_NAME = re.compile(r"^seg-[0-9]{6}/ann-(ivf|hnsw)\.faiss$")
 
 # Files of one segment: name -> (dtype, shape from (rows, regions, dim, id_bytes)).
@@ -67,13 +74,11 @@ def npy_header(dtype: np.dtype, shape: tuple) -> bytes:
     return b"\x93NUMPY\x01\x00" + body_len.to_bytes(2, "little") + body.encode("latin1")
 
 
-def read_npy_header(path: str) -> tuple[np.dtype, tuple]:
-    """(dtype, shape) of a segment array; DataError unless it is our fixed header for a plain array."""
+def read_npy_header(fh, path: str) -> tuple[np.dtype, tuple]:
+    """(dtype, shape) of a segment array open as fh; DataError unless it is our fixed header for a plain array."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(NPY_HEADER_BYTES)
-    except FileNotFoundError:
-        raise      # open_gallery retries: a compaction may have removed it after the manifest switch
+        fh.seek(0)
+        head = fh.read(NPY_HEADER_BYTES)
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc.strerror}); the gallery is damaged, restore it or rebuild it") from exc
     if len(head) < NPY_HEADER_BYTES or head[:8] != b"\x93NUMPY\x01\x00" \
@@ -186,7 +191,7 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
     if method not in ANN_METHODS:
         raise _bad(path, f"ann.method {method!r} is not one of {ANN_METHODS}")
     min_rows = _int(ann, "min_rows", path, 1)
-    next_segment = _int(doc, "next_segment", path, 0, 999_999)
+    next_segment = _int(doc, "next_segment", path, 0, MAX_NEXT_SEGMENT)
     segs = doc.get("segments")
     if not isinstance(segs, list):
         raise _bad(path, "'segments' must be a list")
@@ -215,9 +220,9 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
                     or not file.endswith(f"ann-{ann_entry['method']}.faiss"):
                 raise _bad(path, f"segment {name}'s ANN entry names another segment or method")
             params = ann_entry.get("params")
-            if not isinstance(params, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                       for v in params.values()):
-                raise _bad(path, f"segment {name}'s ANN params must be an object of integers")
+            wrong = check_params(ann_entry["method"], params)
+            if wrong:
+                raise _bad(path, f"segment {name}'s ANN entry: {wrong}")
             ann_entry = {"file": file, "method": ann_entry["method"], "params": dict(params),
                          **_file_entry(ann_entry, path, f"{name} ANN index")}
         segments.append(SegmentInfo(name, rows, files, tomb, ann_entry))
@@ -238,7 +243,7 @@ def read_manifest(folder: str) -> tuple[Manifest, bytes]:
     if not os.path.isdir(folder):
         raise DataError(f"gallery folder {folder} does not exist; create one with `kidrr-gallery create`")
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, what=f"gallery {folder}") as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"{folder} is not a kidrr gallery ({MANIFEST} is missing); create one with "

@@ -9,6 +9,7 @@ through its open map). Implements kidrr.runtime.gallery.GallerySource for the Re
 """
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import threading
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from kidrr.errors import DataError, InputError
-from kidrr.fileio import sha256_file
+from kidrr.fileio import NotRegularFile, open_folder, open_regular, sha256_file
 
 from . import first_stage
-from .layout import (ID_BYTES_FILE, MANIFEST, Manifest, array_spec, check_bundle, read_manifest, segment_files)
+from .layout import (ID_BYTES_FILE, MANIFEST, MAX_ID_BYTES, Manifest, array_spec, check_bundle, read_manifest, segment_files)
 from .segment_io import half_to_float, id_hash, map_array
 
 OPEN_RETRIES = 5
@@ -40,6 +41,7 @@ class Segment:
     id_hashes: np.ndarray      # (rows, 2) uint64 sorted: (hash, row)
     dead: np.ndarray           # sorted local rows removed (tombstones)
     ann_info: dict | None
+    ann_file: object = None    # the ANN index, open since the snapshot was taken (read on first use)
 
 
 class DiskGallery:
@@ -163,6 +165,9 @@ class DiskGallery:
                 out.append(bytes(seg.id_bytes[a:b]).decode("utf-8"))
             except UnicodeDecodeError:
                 raise DataError(f"{self.folder}/{seg.name}: id {i} is not UTF-8; run `kidrr-gallery verify`") from None
+        if len(set(out)) != len(set(rows.tolist())):
+            raise DataError(f"gallery {self.folder}: an id is live on two rows (an answer would name it twice); "
+                            f"run `kidrr-gallery verify`")
         return out
 
     def tiles(self, rows_per_tile: int):
@@ -180,7 +185,7 @@ class DiskGallery:
     def find(self, ids) -> dict:
         """id -> global row for the given ids that are live here (others are absent from the result)."""
         found = {}
-        for item in ids:
+        for item in dict.fromkeys(ids):
             enc = item.encode("utf-8")
             h = np.uint64(id_hash(enc))
             for seg in self.segments:
@@ -192,6 +197,9 @@ class DiskGallery:
                     at = int(np.searchsorted(seg.dead, row))
                     dead = at < len(seg.dead) and seg.dead[at] == row
                     if not dead and self.labels([seg.start + row])[0] == item:
+                        if item in found:     # ids are unique among live items: refuse, never pick one
+                            raise DataError(f"gallery {self.folder}: id {item!r} is live twice (rows {found[item]} "
+                                            f"and {seg.start + row}); run `kidrr-gallery verify`")
                         found[item] = seg.start + row
         return found
 
@@ -206,7 +214,11 @@ class DiskGallery:
             dead = set(seg.dead.tolist())
             for i in range(seg.rows):
                 if i not in dead:
-                    yield seg.start + i, blob[offsets[i]:offsets[i + 1]].decode("utf-8", errors="strict")
+                    try:
+                        yield seg.start + i, blob[offsets[i]:offsets[i + 1]].decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise DataError(f"{self.folder}/{seg.name}: id {i} is not UTF-8; run "
+                                        f"`kidrr-gallery verify`") from None
 
     # ---- ANN ----------------------------------------------------------------------------
     def _index(self, seg: Segment):
@@ -214,12 +226,15 @@ class DiskGallery:
             index = self._ann.get(seg.name)
             if index is None:
                 path = os.path.join(self.folder, seg.ann_info["file"])
+                fh = seg.ann_file
                 # faiss parses the file in C++: only a file that matches the manifest's sha256 gets there.
-                if not os.path.isfile(path) or os.path.getsize(path) != seg.ann_info["bytes"] \
-                        or sha256_file(path) != seg.ann_info["sha256"]:
-                    raise DataError(f"{path} is missing or does not match its sha256 in the manifest; rebuild "
+                if os.fstat(fh.fileno()).st_size != seg.ann_info["bytes"] or sha256_file(fh) != seg.ann_info["sha256"]:
+                    raise DataError(f"{path} does not match its sha256 (or size) in the manifest; rebuild "
                                     f"the index with `kidrr-gallery compact`, or search with --first-stage exact")
-                index = self._ann[seg.name] = first_stage.read_index(path)
+                # Through the descriptor opened with the snapshot: the file may be unlinked by now.
+                index = first_stage.read_index(f"/proc/self/fd/{fh.fileno()}", shown=path)
+                first_stage.check_index(index, seg.ann_info["method"], seg.ann_info["params"], seg.globals, path)
+                self._ann[seg.name] = index
             return index
 
     def _live_selector(self, seg: Segment):
@@ -230,6 +245,16 @@ class DiskGallery:
             if seg.name not in self._live:
                 self._live[seg.name] = first_stage.live_selector(seg.dead)
             return self._live[seg.name]
+
+    def adopt_indexes(self, older: "DiskGallery") -> None:
+        """Reuse the ANN indexes an older snapshot of this gallery has read, for segments both list
+        with the same index entry (files a manifest names never change, so they are the same index)."""
+        before = {s.name: s.ann_info for s in older.segments}
+        with older._ann_lock:
+            kept = {name: older._ann[name] for name in older._ann}
+        for seg in self.segments:
+            if seg.ann_info and before.get(seg.name) == seg.ann_info and seg.name in kept:
+                self._ann[seg.name] = kept[seg.name]
 
     def load_indexes(self) -> None:
         """Read (and checksum) every ANN index now rather than on the first search."""
@@ -257,41 +282,50 @@ def _prefetch(arr, rows: np.ndarray) -> None:
 
 
 def _open_segment(folder: str, manifest: Manifest, info, start: int) -> Segment:
+    """Map one segment's files. Each is opened once, as a regular file inside the real segment folder
+    (no symlink, FIFO or device: kidrr.fileio.open_regular), and checked through that descriptor."""
     seg_dir = os.path.join(folder, info.name)
-    if not os.path.isdir(seg_dir):
-        raise FileNotFoundError(seg_dir)
-    maps = {}
-    for name in segment_files(manifest.locals_dtype):
-        path = os.path.join(seg_dir, name)
-        expect = info.files[name]["bytes"]
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
-        if name == ID_BYTES_FILE:
-            size = os.path.getsize(path)
-            if size != expect or size < info.rows:
-                raise DataError(f"{path} is {size} bytes, the manifest says {expect}: the segment is truncated "
-                                f"or damaged; restore it or rebuild the gallery")
-            maps[name] = np.memmap(path, dtype=np.uint8, mode="r")
-            continue
-        dtype, shape = array_spec(name, info.rows, manifest.regions, manifest.dim, manifest.locals_dtype)
-        maps[name] = map_array(path, dtype, shape, expect)
-    offsets = maps["id_offsets.npy"]
-    if int(offsets[0]) != 0 or int(offsets[-1]) != len(maps[ID_BYTES_FILE]):
-        raise DataError(f"{seg_dir}: id offsets do not span {ID_BYTES_FILE}; the segment is damaged")
-    dead = np.zeros(0, dtype=np.int64)
-    if info.tombstones:
-        path = os.path.join(folder, info.tombstones["file"])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
-        count = info.tombstones["count"]
-        arr = map_array(path, np.dtype("<i8"), (count,), info.tombstones["bytes"])
-        if sha256_file(path) != info.tombstones["sha256"]:
-            raise DataError(f"{path} does not match its sha256 in the manifest; the removals are damaged")
-        dead = np.array(arr, dtype=np.int64)
-        if count and (dead[0] < 0 or dead[-1] >= info.rows or (np.diff(dead) <= 0).any()):
-            raise DataError(f"{path}: tombstones must be sorted unique rows in 0..{info.rows - 1}")
+    what = f"gallery {folder}"
+    seg_fd = open_folder(seg_dir, what=what)
+    try:
+        maps = {}
+        for name in segment_files(manifest.locals_dtype):
+            path = os.path.join(seg_dir, name)
+            expect = info.files[name]["bytes"]
+            with open_regular(name, dir_fd=seg_fd, what=what, label=path) as fh:
+                if name == ID_BYTES_FILE:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size != expect or size < info.rows:
+                        raise DataError(f"{path} is {size} bytes, the manifest says {expect}: the segment is "
+                                        f"truncated or damaged; restore it or rebuild the gallery")
+                    maps[name] = np.memmap(fh, dtype=np.uint8, mode="r")
+                    continue
+                dtype, shape = array_spec(name, info.rows, manifest.regions, manifest.dim, manifest.locals_dtype)
+                maps[name] = map_array(fh, path, dtype, shape, expect)
+        offsets = maps["id_offsets.npy"]
+        if int(offsets[0]) != 0 or int(offsets[-1]) != len(maps[ID_BYTES_FILE]):
+            raise DataError(f"{seg_dir}: id offsets do not span {ID_BYTES_FILE}; the segment is damaged")
+        dead = np.zeros(0, dtype=np.int64)
+        if info.tombstones:
+            path = os.path.join(folder, info.tombstones["file"])
+            count = info.tombstones["count"]
+            with open_regular(os.path.basename(path), dir_fd=seg_fd, what=what, label=path) as fh:
+                arr = map_array(fh, path, np.dtype("<i8"), (count,), info.tombstones["bytes"])
+                if sha256_file(fh) != info.tombstones["sha256"]:
+                    raise DataError(f"{path} does not match its sha256 in the manifest; the removals are damaged")
+                dead = np.array(arr, dtype=np.int64)
+            if count and (dead[0] < 0 or dead[-1] >= info.rows or (np.diff(dead) <= 0).any()):
+                raise DataError(f"{path}: tombstones must be sorted unique rows in 0..{info.rows - 1}")
+        # The ANN index is opened now and read later (on first search): the open descriptor keeps
+        # this snapshot's file readable after a compaction unlinks it.
+        ann_fh = None
+        if info.ann:
+            path = os.path.join(folder, info.ann["file"])
+            ann_fh = open_regular(os.path.basename(path), dir_fd=seg_fd, what=what, label=path)
+    finally:
+        os.close(seg_fd)
     return Segment(info.name, start, info.rows, maps["globals.npy"], maps["locals.npy"], maps.get("scales.npy"),
-                   offsets, maps[ID_BYTES_FILE], maps["id_hashes.npy"], dead, info.ann)
+                   offsets, maps[ID_BYTES_FILE], maps["id_hashes.npy"], dead, info.ann, ann_fh)
 
 
 def open_gallery(folder: str, bundle_id: str | None = None, dim: int | None = None) -> DiskGallery:
@@ -328,7 +362,8 @@ def open_gallery(folder: str, bundle_id: str | None = None, dim: int | None = No
 
 
 def verify(gallery: DiskGallery, progress=None) -> list:
-    """Every file's sha256 against the manifest, then the ids: [problems], empty when the gallery is sound."""
+    """Every file's sha256 against the manifest, then the ids and the ANN indexes: [problems], empty
+    when the gallery is sound."""
     problems = []
     for info in gallery.manifest.segments:
         entries = {f"{info.name}/{k}": v for k, v in info.files.items()}
@@ -338,17 +373,81 @@ def verify(gallery: DiskGallery, progress=None) -> list:
             entries[info.ann["file"]] = info.ann
         for rel, entry in entries.items():
             path = os.path.join(gallery.folder, rel)
-            if not os.path.isfile(path):
+            try:
+                with open_regular(path, what=f"gallery {gallery.folder}") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size != entry["bytes"]:
+                        problems.append(f"{rel}: {size} bytes, the manifest says {entry['bytes']}")
+                    elif sha256_file(fh) != entry["sha256"]:
+                        problems.append(f"{rel}: sha256 mismatch (the file changed after it was written)")
+            except FileNotFoundError:
                 problems.append(f"{rel}: missing")
-            elif os.path.getsize(path) != entry["bytes"]:
-                problems.append(f"{rel}: {os.path.getsize(path)} bytes, the manifest says {entry['bytes']}")
-            elif sha256_file(path) != entry["sha256"]:
-                problems.append(f"{rel}: sha256 mismatch (the file changed after it was written)")
+            except NotRegularFile as exc:
+                problems.append(f"{rel}: {exc}")
+            except OSError as exc:
+                problems.append(f"{rel}: cannot be read ({exc.strerror})")
             if progress is not None:
                 progress.update(1)
     if not problems:
         for seg in gallery.segments:
-            offs = np.asarray(seg.id_offsets)
-            if (np.diff(offs) <= 0).any():
-                problems.append(f"{seg.name}/id_offsets.npy: offsets not strictly increasing")
+            problems.extend(check_segment_ids(seg))
+        if not problems:
+            problems.extend(duplicate_ids(gallery))
+        for seg in gallery.segments:
+            if seg.ann_info:
+                try:
+                    gallery._index(seg)
+                except DataError as exc:
+                    problems.append(f"{seg.ann_info['file']}: {exc}")
     return problems
+
+
+def check_segment_ids(seg: Segment) -> list:
+    """What is wrong with one segment's ids: offsets, UTF-8, NUL, length, and the lookup table
+    (a permutation of the rows, sorted, each hash that of its row's id). Reads every id: O(rows)."""
+    offs = np.asarray(seg.id_offsets)
+    if (np.diff(offs) <= 0).any():
+        return [f"{seg.name}/id_offsets.npy: offsets not strictly increasing"]
+    if (np.diff(offs) > MAX_ID_BYTES).any():
+        return [f"{seg.name}/{ID_BYTES_FILE}: an id is longer than {MAX_ID_BYTES} bytes"]
+    blob = bytes(seg.id_bytes)
+    table = np.asarray(seg.id_hashes)
+    keys, rows = table[:, 0], table[:, 1]
+    if not np.array_equal(np.sort(rows), np.arange(seg.rows, dtype=np.uint64)):
+        return [f"{seg.name}/id_hashes.npy: the rows column is not a permutation of the segment's rows"]
+    if len(keys) > 1 and (keys[1:] < keys[:-1]).any():
+        return [f"{seg.name}/id_hashes.npy: not sorted by hash"]
+    # UTF-8 of every id at once: the whole blob decodes, and no id starts inside a character.
+    try:
+        blob.decode("utf-8")
+        bad = None
+    except UnicodeDecodeError as exc:
+        bad = int(np.searchsorted(offs, exc.start, side="right")) - 1
+    starts = np.frombuffer(blob, dtype=np.uint8)[offs[:-1]] if seg.rows else np.zeros(0, np.uint8)
+    inside = np.flatnonzero((starts & 0xC0) == 0x80)
+    if bad is not None or len(inside):
+        return [f"{seg.name}/{ID_BYTES_FILE}: id {bad if bad is not None else int(inside[0])} is not UTF-8"]
+    nul = blob.find(b"\0")
+    if nul >= 0:
+        return [f"{seg.name}/{ID_BYTES_FILE}: id {int(np.searchsorted(offs, nul, side='right')) - 1} holds a NUL byte"]
+    sha = hashlib.sha256
+    bounds = offs.tolist()
+    want = np.frombuffer(b"".join(sha(blob[a:b]).digest()[:8] for a, b in zip(bounds[:-1], bounds[1:])), dtype="<u8")
+    if not np.array_equal(keys, want[rows.astype(np.int64)]):
+        return [f"{seg.name}/id_hashes.npy: a hash does not match its row's id (the lookup table is damaged)"]
+    return []
+
+
+def duplicate_ids(gallery: DiskGallery) -> list:
+    """Ids live more than once in the gallery (ids are unique among live items): [problems]."""
+    try:
+        seen, problems = {}, []
+        for row, item in gallery.iter_ids():
+            if item in seen:
+                problems.append(f"id {item!r} is live twice (rows {seen[item]} and {row}); remove one copy")
+                if len(problems) >= 5:
+                    break
+            seen[item] = row
+        return problems
+    except DataError as exc:
+        return [str(exc)]

@@ -179,18 +179,18 @@ def write_small_array(path: str, arr: np.ndarray, opener=open) -> dict:
         raise _write_error(path, exc) from exc
 
 
-def map_array(path: str, dtype: np.dtype, shape: tuple, expect_bytes: int | None = None) -> np.ndarray:
-    """Read-only memory map of a segment array after checking its header and size against the manifest."""
-    got_dtype, got_shape = read_npy_header(path)
+def map_array(fh, path: str, dtype: np.dtype, shape: tuple, expect_bytes: int | None = None) -> np.ndarray:
+    """Read-only memory map of a segment array open as fh (a regular file: kidrr.fileio.open_regular),
+    after checking its header and size against the manifest."""
+    got_dtype, got_shape = read_npy_header(fh, path)
     if got_dtype != dtype or got_shape != tuple(shape):
         raise DataError(f"{path} holds {got_dtype} {got_shape}, the manifest says {dtype} {tuple(shape)}; "
                         f"the segment is damaged, run `kidrr-gallery verify`")
     need = NPY_HEADER_BYTES + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    size = os.path.getsize(path)
+    size = os.fstat(fh.fileno()).st_size
     if size != need or (expect_bytes is not None and size != expect_bytes):
         raise DataError(f"{path} is {size} bytes, its header and the manifest need {need}: the segment is "
                         f"truncated or damaged; restore it or rebuild the gallery")
     if need == NPY_HEADER_BYTES:
         return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=NPY_HEADER_BYTES, shape=tuple(shape))
-
+    return np.memmap(fh, dtype=dtype, mode="r", offset=NPY_HEADER_BYTES, shape=tuple(shape))

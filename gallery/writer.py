@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import replace
 
@@ -23,12 +24,23 @@ from kidrr.errors import DataError, InputError
 from kidrr.fileio import sha256_file
 
 from . import first_stage
-from .layout import (ANN_METHODS, FORMAT, LOCALS_DTYPES, LOCK, MANIFEST, MAX_ID_BYTES, SEGMENT_NAME,
-                     STAGING_PREFIX, Manifest, SegmentInfo, read_manifest)
+from .layout import (ANN_METHODS, FORMAT, LOCALS_DTYPES, LOCK, MANIFEST, MAX_ID_BYTES, MAX_NEXT_SEGMENT, SEGMENT_NAME,
+                     STAGING_PREFIX, TOMBSTONE_NUMBERS, Manifest, SegmentInfo, read_manifest)
 from .reader import DEFAULT_EXACT_MAX, open_gallery
+from .reader import check_segment_ids
 from .segment_io import SegmentWriter, _write_error, fsync_dir, write_small_array
 
 BATCH_ROWS = 8192            # rows per write during compact
+
+
+def _tombstone_file(segment: str, generation: int, current: dict | None) -> str:
+    """The new tombstone file of a segment: numbered by the generation within the six digits the
+    names have, never the name of the file it replaces (that one is deleted after the switch)."""
+    number = generation % TOMBSTONE_NUMBERS
+    rel = f"{segment}/tombstones-{number:06d}.npy"
+    if current and current["file"] == rel:
+        rel = f"{segment}/tombstones-{(number + 1) % TOMBSTONE_NUMBERS:06d}.npy"
+    return rel
 
 
 class GalleryLocked(DataError):
@@ -98,8 +110,14 @@ def create_gallery(folder: str, bundle_id: str, regions: int, dim: int, locals_d
             or not all(0x21 <= ord(c) <= 0x7e for c in bundle_id):
         raise InputError("bundle_id must be 1-128 printable ASCII characters (the bundle's identity)")
     if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-        raise InputError(f"{folder} exists and is not an empty folder; choose a new path for the gallery")
-    os.makedirs(folder, exist_ok=True)
+        hint = (" (it is a kidrr gallery: add to it, e.g. `kidrr-index --append`)"
+                if os.path.isfile(os.path.join(folder, MANIFEST)) else "")
+        raise InputError(f"{folder} exists and is not an empty folder{hint}; choose a new path for the gallery")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot make the gallery folder {folder} ({exc.strerror or exc}); choose a path in a "
+                         f"writable folder") from exc
     m = Manifest(bundle_id, 0, int(regions), int(dim), locals_dtype, (), ann, int(ann_min_rows), 0)
     _write_manifest(folder, m, open)
 
@@ -121,13 +139,27 @@ def _write_manifest(folder: str, manifest: Manifest, opener) -> None:
         raise _write_error(os.path.join(folder, MANIFEST), exc) from exc
 
 
+def _open_lock(path: str):
+    """The writer's lock file, made if missing: a regular file, never a link or FIFO (no open can block)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 class GalleryWriter:
     """`with GalleryWriter(folder) as w: w.add(globals, locals, ids)`; one per gallery at a time."""
 
     def __init__(self, folder: str, opener=open, progress: bool = False):
         self.folder, self.opener, self.progress = os.path.abspath(folder), opener, progress
         read_manifest(self.folder)     # a clear error before a lock file appears in a non-gallery folder
-        self._lock_fh = open(os.path.join(self.folder, LOCK), "a")
+        try:
+            self._lock_fh = _open_lock(os.path.join(self.folder, LOCK))
+        except OSError as exc:
+            raise DataError(f"cannot open {os.path.join(self.folder, LOCK)} to write gallery {self.folder} "
+                            f"({exc.strerror or exc}); the gallery is unchanged. A gallery is written in place: "
+                            f"make its folder writable (not a read-only file system)") from exc
         try:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -170,11 +202,12 @@ class GalleryWriter:
         refs = self._referenced()
         for name in os.listdir(self.folder):
             path = os.path.join(self.folder, name)
+            real_dir = os.path.isdir(path) and not os.path.islink(path)   # never delete through a link
             if name.startswith(STAGING_PREFIX + "seg-") or name.startswith(STAGING_PREFIX + "manifest-"):
-                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-            elif SEGMENT_NAME.match(name) and name not in refs and os.path.isdir(path):
+                shutil.rmtree(path) if real_dir else os.unlink(path)
+            elif SEGMENT_NAME.match(name) and name not in refs and real_dir:
                 shutil.rmtree(path)
-            elif name in refs:
+            elif name in refs and real_dir:
                 for inner in os.listdir(path):
                     rel = f"{name}/{inner}"
                     if rel not in refs and (inner.startswith("tombstones-") or inner.startswith("ann-")
@@ -194,22 +227,35 @@ class GalleryWriter:
             elif os.path.exists(path):
                 os.unlink(path)
 
+    def _open_checked(self):
+        """The current gallery, with every segment's id table checked against its ids: add and remove
+        find ids through the tables, and a damaged one would let an id in twice or leave a copy live."""
+        current = open_gallery(self.folder)
+        for seg in current.segments:
+            problems = check_segment_ids(seg)
+            if problems:
+                raise DataError(f"gallery {self.folder}: {problems[0]}; nothing was changed. Run `kidrr-gallery "
+                                f"verify`, and restore the segment or rebuild the gallery")
+        return current
+
     # ---- add ----------------------------------------------------------------------------
     def add(self, globals_, locals_, ids) -> int:
         """Append one batch as a new segment; returns the live item count afterwards."""
         g = np.asarray(globals_)
         return self.add_batches([(g, locals_, ids)], rows=len(g) if g.ndim else 0)
 
-    def add_batches(self, batches, rows: int, _check_existing: bool = True) -> int:
+    def add_batches(self, batches, rows: int, _check_existing: bool = True, _number: int | None = None) -> int:
         """Append `rows` items arriving in batches of (globals, locals, ids) as one new segment."""
         self._check_open()
         m = self.manifest
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
             raise InputError(f"nothing to add: give at least one item (rows={rows!r})")
-        if m.next_segment > 999_999:
-            raise DataError(f"gallery {self.folder} has used every segment number; compact it into a new gallery")
-        current = open_gallery(self.folder) if _check_existing else None
-        name = f"seg-{m.next_segment:06d}"
+        number = m.next_segment if _number is None else _number
+        if number >= MAX_NEXT_SEGMENT:    # the manifest could not name the next one: refuse before writing
+            raise DataError(f"gallery {self.folder} has used every segment number; `kidrr-gallery compact` it "
+                            f"(compaction numbers its one segment afresh), then add again")
+        current = self._open_checked() if _check_existing else None
+        name = f"seg-{number:06d}"
         staging = os.path.join(self.folder, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
         seen = set()
         try:
@@ -236,7 +282,7 @@ class GalleryWriter:
             fsync_dir(self.folder)
             info = SegmentInfo(name, int(rows), files, None, ann)
             self._commit(replace(m, generation=m.generation + 1, segments=m.segments + (info,),
-                                 next_segment=m.next_segment + 1))
+                                 next_segment=number + 1))
         except BaseException:
             if self.manifest is m and os.path.isdir(staging):    # not committed: the new folder is nobody's
                 shutil.rmtree(staging, ignore_errors=True)
@@ -266,9 +312,11 @@ class GalleryWriter:
     def remove(self, ids) -> int:
         """Tombstone the given ids (all of them exist, or nothing changes); returns the live count."""
         self._check_open()
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") or not len(ids):
+            raise InputError("nothing to remove: give at least one id (a list of strings)")
         enc = check_ids(list(ids), len(ids))
         names = [e.decode() for e in enc]
-        current = open_gallery(self.folder)
+        current = self._open_checked()
         found = current.find(names)
         unknown = [i for i in names if i not in found]
         if unknown:
@@ -284,7 +332,7 @@ class GalleryWriter:
                 if not len(mine):
                     continue
                 dead = np.union1d(seg.dead, mine).astype("<i8")
-                rel = f"{seg.name}/tombstones-{gen:06d}.npy"
+                rel = _tombstone_file(seg.name, gen, segments[si].tombstones)
                 written.append(rel)
                 entry = write_small_array(os.path.join(self.folder, rel), dead, self.opener)
                 os.chmod(os.path.join(self.folder, rel), 0o644)
@@ -314,10 +362,16 @@ class GalleryWriter:
             for rows, locs, globs in current.tiles(BATCH_ROWS):
                 yield globs, locs, current.labels(rows)
         old = [s.name for s in m.segments]
+        number = m.next_segment
+        if number >= MAX_NEXT_SEGMENT:
+            # Every number was used once: the one new segment takes the lowest free name instead.
+            used = {int(s.name[4:]) for s in m.segments}
+            number = next(n for n in range(MAX_NEXT_SEGMENT) if n not in used
+                          and not os.path.lexists(os.path.join(self.folder, f"seg-{n:06d}")))
         # The new segment alone replaces all the old ones at the manifest switch (its ids are the old ids).
         self.manifest = replace(m, segments=())
         try:
-            self.add_batches(batches(), rows=live, _check_existing=False)
+            self.add_batches(batches(), rows=live, _check_existing=False, _number=number)
         except BaseException:
             self.manifest = m
             raise

@@ -50,11 +50,17 @@ class SkipReport:
               file=stream)
 
 
-def list_image_files(folder: str) -> tuple[list, int]:
+def shown_name(name: str) -> str:
+    """A file name as text that can be printed and written to JSON: bytes that are not UTF-8 as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def list_image_files(folder: str, report: SkipReport | None = None) -> tuple[list, int]:
     """(sorted relative paths of candidate images under folder, number of other files ignored).
 
     Candidates are files with an image suffix, plus formats we know we cannot decode (HEIC, SVG...)
     so that they are reported rather than silently missing. Hidden files and folders are ignored.
+    A path that is not UTF-8 cannot be an id: it goes to report (reason bad-name) and is left out.
     """
     if not os.path.isdir(folder):
         raise DataError(f"image folder {folder} does not exist or is not a folder")
@@ -66,10 +72,18 @@ def list_image_files(folder: str) -> tuple[list, int]:
             if name.startswith("."):
                 continue
             if name.lower().endswith(wanted):
-                found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
+                rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    if report is not None:
+                        report.add(shown_name(rel), "bad-name", "the file name is not UTF-8, so it cannot be an id; "
+                                   "rename the file")
+                    continue
+                found.append(rel)
             else:
                 ignored += 1
-    if not found:
+    if not found and not (report is not None and len(report)):
         raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
                         f"{ignored} other file(s) were ignored")
     return found, ignored

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -21,8 +22,8 @@ from tqdm import tqdm
 
 from kidrr.config import dump_json
 from kidrr.data import CAPTIONS_PER_IMAGE
-from kidrr.errors import DataError, ImageError, KidrrError
-from kidrr.fileio import write_atomic
+from kidrr.errors import DataError, ImageError, KidrrError, describe
+from kidrr.fileio import open_regular, sha256_file, write_atomic
 
 from .batch import SkipReport, decode_batch, unique_names
 from .caption_files import read_caption_file, safe_relative
@@ -78,9 +79,9 @@ def _load_progress(paths: dict, digest: str, restart: bool):
     if restart:
         return None
     try:
-        with open(paths["progress"]) as fh:
-            progress = json.load(fh)
-    except ValueError as exc:
+        with open_regular(paths["progress"], follow_symlinks=True) as fh:
+            progress = json.loads(fh.read(1 << 26).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{paths['progress']} is unreadable ({exc}); pass --restart to start over") from exc
     if progress.get("digest") != digest:
         raise DataError(f"{paths['progress']} belongs to another job (other images, captions or backbone); "
@@ -106,12 +107,18 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
         raise DataError(f"engine must be one of {ENGINES}, got {engine!r}")
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
+    if not isinstance(split, str) or not re.fullmatch(SPLIT_NAME, split):
+        raise DataError(f"split name {split!r} must be letters, digits, '_', '-' or '.' (not starting with '.'); "
+                        f"it names files inside --out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out} is a file; give a folder (new, or one holding earlier kidrr-features output)")
     spec = backbone_spec(backbone)
     paths = _paths(out, split)
-    existing = [p for k, p in paths.items() if k in ("ims", "caps", "ids") and os.path.exists(p)]
+    existing = _finished_files(paths)
     if existing and not force:
         raise DataError(f"{out} already holds {split} features ({', '.join(map(os.path.basename, existing))}); "
                         f"choose another --out or --split, or pass --force to replace them")
+    check_replaceable_features(out, split)
     report = SkipReport()
     plan = plan_images(images_dir, read_caption_file(captions, ids), report)
     if strict and len(report):
@@ -122,7 +129,10 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
         raise DataError(f"no usable image in {images_dir} for {captions}; see the skipped files above")
     record = features_record(backbone)
     digest = _plan_digest(plan, record)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot make --out {out} ({exc.strerror or exc}); choose a writable folder") from exc
     state = _load_progress(paths, digest, restart)
     shape = (len(plan), spec.regions, spec.feature_size)
     if state is None:
@@ -171,24 +181,76 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
         os.unlink(paths["partial"])
         os.unlink(paths["progress"])
         raise DataError(f"none of the images in {images_dir} could be used; see the skipped files above")
+    check_replaceable_features(out, split)   # again right before the move: nothing appeared meanwhile
     _finish(paths, state, plan)
     total = len(plan) + len(report) - len(resumed_skips)
+    captions_of = {name: caps for name, _, caps in plan}
+    ids_text = "".join(f"{n}\n" for n in state["kept"]).encode()
+    caps_text = "".join(f"{c}\n" for n in state["kept"] for c in captions_of[n]).encode()
+    # What this run wrote, so a later --force can tell these files from anyone else's.
+    files = {os.path.basename(paths["ims"]): {"bytes": os.path.getsize(paths["ims"])},
+             os.path.basename(paths["ids"]): {"bytes": len(ids_text), "sha256": hashlib.sha256(ids_text).hexdigest()},
+             os.path.basename(paths["caps"]): {"bytes": len(caps_text), "sha256": hashlib.sha256(caps_text).hexdigest()}}
     record.update(split=split, engine=engine, images=state["rows"], source_images=total, skipped=report.to_json(),
-                  images_per_s=round((state["done"] - start_done) / max(elapsed, 1e-9), 2))
+                  images_per_s=round((state["done"] - start_done) / max(elapsed, 1e-9), 2), files=files)
     write_atomic(paths["record"], dump_json(record).encode())
     if len(report):
         write_atomic(paths["skipped"], report.tsv().encode())
     elif os.path.exists(paths["skipped"]) and force:
         os.unlink(paths["skipped"])   # a stale report of the run being replaced
-    captions_of = {name: caps for name, _, caps in plan}
-    write_atomic(paths["ids"], "".join(f"{n}\n" for n in state["kept"]).encode())
-    write_atomic(paths["caps"], "".join(f"{c}\n" for n in state["kept"] for c in captions_of[n]).encode())
+    write_atomic(paths["ids"], ids_text)
+    write_atomic(paths["caps"], caps_text)
     os.unlink(paths["progress"])
     report.print_summary(total, state["rows"])
     return record
 
 
 ENGINES = ("ort", "torch")
+SPLIT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+FINISHED = ("ims", "caps", "ids")
+
+
+def _finished_files(paths: dict) -> list:
+    return [p for k, p in paths.items() if k in FINISHED and os.path.lexists(p)]
+
+
+def check_replaceable_features(out: str, split: str) -> None:
+    """DataError unless every finished file of this split in out is one kidrr-features wrote: a regular
+    file that the split's record lists with this size (and sha256 for the text files). Records of
+    older kidrr list no files: then {split}_ims.npy must have the row count and shape they record."""
+    paths = _paths(out, split)
+    existing = _finished_files(paths)
+    if not existing:
+        return
+
+    def refuse(why):
+        return DataError(f"{out}: {why}; --force replaces only what kidrr-features wrote, so nothing was replaced. "
+                         f"Move those files away, or choose another --out or --split")
+    try:
+        record = read_features_record(out, split)
+    except DataError as exc:
+        raise refuse(f"{split}_features.json is not a kidrr-features record ({exc})") from None
+    if record is None:
+        raise refuse(f"{', '.join(map(os.path.basename, existing))} have no {split}_features.json record")
+    files = record.get("files")
+    for path in existing:
+        name = os.path.basename(path)
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise refuse(f"{name} is not a regular file")
+        if isinstance(files, dict):
+            entry = files.get(name)
+            if not isinstance(entry, dict) or entry.get("bytes") != os.path.getsize(path) \
+                    or ("sha256" in entry and sha256_file(path) != entry["sha256"]):
+                raise refuse(f"{name} is not the file its record says kidrr-features wrote")
+        elif path == paths["ims"]:
+            try:
+                ims = np.load(path, mmap_mode="r", allow_pickle=False)
+                same = (ims.dtype == np.float16 and ims.ndim == 3 and ims.shape[0] == record.get("images")
+                        and ims.shape[1:] == (record.get("regions"), record.get("feature_size")))
+            except (ValueError, OSError, EOFError):
+                same = False
+            if not same:
+                raise refuse(f"{name} does not have the shape its record gives")
 
 
 def backbone_runner(backbone: str, engine: str, threads: int):
@@ -236,9 +298,9 @@ def read_features_record(folder: str, split: str) -> dict | None:
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as fh:
-            record = json.load(fh)
-    except ValueError as exc:
+        with open_regular(path, what=f"data folder {folder}", follow_symlinks=True) as fh:
+            record = json.loads(fh.read(1 << 26).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); rerun kidrr-features") from exc
     if not isinstance(record, dict) or record.get("backbone") not in BACKBONES:
         raise DataError(f"{path} does not name a known backbone ({sorted(BACKBONES)}); rerun kidrr-features")
@@ -253,7 +315,8 @@ def read_features_record(folder: str, split: str) -> dict | None:
 @click.option("--split", default="train", show_default=True, help="split name: train, dev, test...")
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_BACKBONE, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--threads", type=int, default=0, help="torch / onnxruntime threads (0: their default)")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="torch / onnxruntime threads (0: their default)")
 @click.option("--strict", is_flag=True, help="stop at the first bad file instead of skipping it")
 @click.option("--restart", is_flag=True, help="discard an interrupted run of this split and start over")
 @click.option("--force", is_flag=True, help="replace this split's finished features in --out")
@@ -269,8 +332,8 @@ def main(images_dir, captions, ids, out, split, backbone, batch_size, threads, s
     except ImageError as exc:
         click.echo(f"error (--strict): {exc}", err=True)
         sys.exit(2)
-    except KidrrError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (KidrrError, OSError) as exc:
+        click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(f"wrote {record['images']} images x {record['regions']} regions x {record['feature_size']} "
                f"({record['backbone']}) to {out} at {record['images_per_s']} images/s", err=True)

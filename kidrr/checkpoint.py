@@ -14,8 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TrainConfig, dump_json
-from .errors import CheckpointError, ConfigError
-from .fileio import follow_umask, foreign_entries, replace_dir_atomic, staging_dir
+from .errors import CheckpointError, ConfigError, KidrrError
+from .fileio import NotRegularFile, follow_umask, foreign_entries, open_regular, replace_dir_atomic, staging_dir
 from .identity import checkpoint_id
 from .model import KIDRR
 from .tokenizer import Vocabulary
@@ -44,9 +44,9 @@ def check_replaceable_checkpoint(folder: str) -> None:
     if not entries:
         return
     try:
-        with open(os.path.join(folder, CONFIG), encoding="utf-8") as fh:
-            is_ours = json.load(fh).get("format") == CHECKPOINT_FORMAT
-    except (OSError, ValueError, AttributeError):
+        with open_regular(os.path.join(folder, CONFIG), follow_symlinks=True) as fh:
+            is_ours = json.loads(fh.read(MAX_JSON_BYTES + 1).decode("utf-8")).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError, AttributeError, KidrrError):
         is_ours = False
     if not is_ours:
         raise CheckpointError(f"{folder} exists and is not a kidrr checkpoint; it was not replaced. Move it "
@@ -92,8 +92,10 @@ def read_json(path: str, what: str):
         size = os.stat(path).st_size
         if size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path} is {size} bytes, too large for a {what} ({MAX_JSON_BYTES} at most)")
-        with open(path, "rb") as fh:
+        with open_regular(path, what=f"a {what}", follow_symlinks=True) as fh:
             return json.loads(fh.read(MAX_JSON_BYTES + 1).decode("utf-8"))
+    except NotRegularFile as exc:
+        raise CheckpointError(str(exc)) from None
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; a checkpoint folder needs {WEIGHTS}, {CONFIG} and {VOCAB}"
                               + (f" ({TRAIN_STATE} to resume)" if what == "training state" else "")) from None

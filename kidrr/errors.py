@@ -43,3 +43,12 @@ class ImageError(InputError):
         super().__init__(message)
         self.reason = reason
         self.path = path
+
+
+def describe(exc: BaseException) -> str:
+    """What a command prints for an error it stops on: a kidrr error's own message; an OSError no
+    typed check foresaw (a read-only disk, a path under a file) as "path: reason", not a traceback."""
+    if isinstance(exc, OSError) and not isinstance(exc, KidrrError):
+        reason = exc.strerror or str(exc)
+        return f"{exc.filename}: {reason}" if exc.filename else reason
+    return str(exc)

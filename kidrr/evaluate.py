@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .data import CAPTIONS_PER_IMAGE, Split, check_features, load_split
-from .errors import KidrrError, InputError
+from .errors import KidrrError, InputError, describe
 from .tokenizer import Vocabulary, pad_batch, truncate
 
 
@@ -139,8 +139,8 @@ def main(checkpoint, data, split, protocol, as_json, threads, choose_fusion):
     try:
         model, vocab, sha = load_checkpoint(checkpoint)
         result = evaluate_split(model, vocab, resolve_split(data, split), protocol, progress=not as_json)
-    except KidrrError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (KidrrError, OSError) as exc:
+        raise click.ClickException(describe(exc)) from exc
     result.update(checkpoint=checkpoint or "shipped", checkpoint_sha256=sha, data=data, split=split)
     if choose_fusion:
         from .checkpoint import set_score_fusion

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 import time
 from typing import Callable, Iterable
 
-from .errors import KidrrError
+from .errors import DataError, KidrrError
 
 
 def _read_umask() -> int:
@@ -46,9 +48,9 @@ def report_format(path: str):
     """The "format" of a JSON report file; "" for JSON without one; None if not a JSON object."""
     import json
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
+        with open_regular(path, follow_symlinks=True) as fh:     # a FIFO is not a report: never block on it
+            data = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, KidrrError):
         return None
     return data.get("format", "") if isinstance(data, dict) else None
 
@@ -251,9 +253,79 @@ def staging_dir(parent: str, prefix: str):
         os.close(fd)
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
+def sha256_file(path) -> str:
+    """sha256 of a file, given by path or as an open binary file (read from its start)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return _sha256_fh(path)
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+        return _sha256_fh(fh)
+
+
+def _sha256_fh(fh) -> str:
+    h = hashlib.sha256()
+    fh.seek(0)
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
+
+
+class NotRegularFile(DataError):
+    """A path inside a folder kidrr owns is a symlink, FIFO, device or folder instead of a regular file."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str, dir_fd: int | None = None, what: str = "a kidrr folder", label: str | None = None,
+                 follow_symlinks: bool = False):
+    """Open path read-only as a binary file, only if it is a regular file itself.
+
+    A symlink is refused without being followed (O_NOFOLLOW), and a FIFO or device is refused
+    after an open that cannot block (O_NONBLOCK) by fstat on the descriptor, so nothing can be
+    swapped in between the check and the read. FileNotFoundError passes through (callers retry
+    on it); the rest is NotRegularFile naming what was found (label: the path to show, for dir_fd opens).
+    follow_symlinks: for files whose content is checked otherwise (a bundle's, by sha256) or that the
+    user names: the link is followed, and what it leads to must still be a regular file.
+    """
+    label = label or path
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise FileNotFoundError(label) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(f"{label} is a symbolic link; kidrr reads only regular files inside {what} "
+                                 f"(replace the link with the file itself)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{label} is {_kind(st.st_mode)}, not a regular file; kidrr reads only regular "
+                                 f"files inside {what} (restore the file)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_folder(path: str, dir_fd: int | None = None, what: str = "a kidrr folder") -> int:
+    """A descriptor of the folder at path (for dir_fd opens of its files), refusing a symlink or non-folder."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            try:
+                kind = _kind(os.lstat(path, dir_fd=dir_fd).st_mode)
+            except OSError:
+                kind = "not a folder"
+            raise NotRegularFile(f"{path} is {kind}, not a folder; {what} holds only real folders and regular "
+                                 f"files (restore it)") from None
+        raise

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Iterable, Sequence
 
 from .errors import InputError, CheckpointError
+from .fileio import NotRegularFile, open_regular
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -106,8 +107,10 @@ class Vocabulary:
             if size > MAX_VOCAB_BYTES:
                 raise CheckpointError(f"vocabulary file {path} is {size} bytes, more than any vocabulary "
                                       f"({MAX_VOCAB_BYTES})")
-            with open(path, "rb") as fh:
+            with open_regular(path, what="a vocabulary", follow_symlinks=True) as fh:
                 data = json.loads(fh.read(MAX_VOCAB_BYTES + 1).decode("utf-8"))
+        except NotRegularFile as exc:
+            raise CheckpointError(str(exc)) from None
         except FileNotFoundError:
             raise CheckpointError(f"vocabulary file {path} is missing") from None
         except OSError as exc:

@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint, load_train_state, read_train_state, sav
 from .config import ModelConfig, TrainConfig, dump_json
 from .curve import curve_plot
 from .data import Split, check_features
-from .errors import KidrrError, ConfigError
+from .errors import KidrrError, ConfigError, describe
 from .evaluate import best_fusion, evaluate_split, format_recall, resolve_split, tokenize_split
 from .fileio import write_atomic
 from .model import KIDRR
@@ -193,8 +193,8 @@ def main(data, out, size, model_set, train_set, epochs, dev_images, max_batches,
     """Train KIDRR; keeps OUT/best (by dev rSum) and OUT/last (resumable)."""
     try:
         run(data, out, size, model_set, train_set, epochs, dev_images, max_batches, resume)
-    except KidrrError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (KidrrError, OSError) as exc:
+        raise click.ClickException(describe(exc)) from exc
 
 
 def image_backbone_of(data: str) -> dict | None:

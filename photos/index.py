@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from kidrr.config import dump_json
-from kidrr.errors import InputError, KidrrError
+from kidrr.errors import InputError, KidrrError, describe
 from kidrr.fileio import write_atomic
 from kidrr.images.batch import SkipReport, list_image_files
 
@@ -48,14 +48,14 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
                  strict: bool = False, append: bool = False, progress: bool = True) -> dict:
     """Encode every image under `images` into the gallery `out`; returns the index record."""
     from kidrr.runtime import open_bundle
-    files, ignored = list_image_files(images)
     report = SkipReport()
+    files, ignored = list_image_files(images, report)
     v1 = out.endswith(".npz")
     with open_bundle(bundle, threads=threads) as rt:
         if not rt.bundle.takes_pixels:
             raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
                              f"bundle exported from a checkpoint trained on kidrr-features output")
-        todo, before = files, 0
+        todo, before, created = files, 0, False
         if v1:
             if os.path.exists(out) and not append:
                 raise InputError(f"{out} exists; choose another --out (kidrr never overwrites a gallery)")
@@ -70,6 +70,7 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
             else:
                 create_gallery(out, rt.bundle_id, regions=int(rt.bundle.image["regions"]),
                                dim=int(rt.bundle.model["embed_size"]))
+                created = True
         bar = tqdm(total=len(todo), desc="kidrr-index", unit="img", disable=not progress)
         added, parts = 0, []
         try:
@@ -89,6 +90,10 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
                     with GalleryWriter(out) as writer:
                         writer.add(gallery.globals, gallery.locals, list(gallery.names))
                 added += len(gallery)
+        except BaseException:
+            if created and added == 0:
+                _remove_empty_gallery(out)    # a rerun then starts afresh at the same --out
+            raise
         finally:
             bar.close()
         if added == 0 and not before:
@@ -145,8 +150,8 @@ def main(bundle, images, out, batch_size, threads, strict, append):
     from .default_bundle import resolve_bundle
     try:
         record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append)
-    except KidrrError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (KidrrError, OSError) as exc:
+        click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(f"indexed {record['indexed']} images into {out}"
                + (f" ({record['already_indexed']} were already there)" if record["already_indexed"] else ""),

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from kidrr.errors import BundleError, InputError, KidrrError
+from kidrr.errors import BundleError, InputError, KidrrError, describe
 
 from .index import read_sidecar, sidecar_path
 
@@ -84,8 +84,8 @@ def main(query, gallery, bundle, k, shortlist, threads, as_json, demo):
             raise InputError("give --gallery (made by kidrr-index), or --demo to try the shipped pixel model")
         else:
             hits = search(gallery, query, k, bundle, shortlist, threads)
-    except KidrrError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (KidrrError, OSError) as exc:
+        click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)
     if as_json:
         click.echo(json.dumps({"query": query, "results": hits}, indent=2))

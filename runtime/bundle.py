@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from kidrr.config import ModelConfig
 from kidrr.errors import BundleError, CheckpointError, ConfigError
-from kidrr.fileio import sha256_file
+from kidrr.fileio import NotRegularFile, open_regular, sha256_file
 from kidrr.identity import bundle_id
 from kidrr.tokenizer import TOKENIZER_RULES, Vocabulary
 from kidrr.wordpiece import MAX_TOKENIZER_BYTES, WordPieceTokenizer
@@ -73,8 +73,10 @@ def _read_manifest(folder: str) -> dict:
         if size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{path} is {size} bytes, more than any manifest ({MAX_MANIFEST_BYTES}); "
                               f"it is not a kidrr manifest, re-export the bundle")
-        with open(path, "rb") as fh:
+        with open_regular(path, what=f"bundle {folder}", follow_symlinks=True) as fh:   # no FIFO can block it
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except NotRegularFile as exc:
+        raise BundleError(f"{exc}; re-export the bundle") from None
     except FileNotFoundError:
         raise BundleError(f"{path} is missing: {folder} is not a kidrr bundle (re-export it)") from None
     except PermissionError as exc:
@@ -145,6 +147,9 @@ def _check_graph(name: str, entry, path: str) -> None:
     _check_io(entry.get("outputs"), path, f"graph {name!r} outputs")
 
 
+REQUIRED_MODEL_FIELDS = ("feature_size", "embed_size", "sim_size")
+
+
 def _check_structure(manifest: dict, path: str) -> None:
     """Every field the runtime reads, with its type and range: one place, so none is read unchecked."""
     fmt = manifest.get("format")
@@ -158,6 +163,10 @@ def _check_structure(manifest: dict, path: str) -> None:
         ModelConfig.from_dict(manifest["model"])
     except (ConfigError, TypeError) as exc:
         raise _bad(path, f"model config: {exc}") from exc
+    # Read straight from the manifest by the runtime and the tools (a default would be a guess).
+    missing = [k for k in REQUIRED_MODEL_FIELDS if k not in manifest["model"]]
+    if missing:
+        raise _bad(path, f"model config lacks {', '.join(missing)}")
     if manifest.get("precision") not in PRECISIONS:
         raise _bad(path, f"precision {manifest.get('precision')!r} is not one of {PRECISIONS}")
     tok = manifest["tokenizer"]

@@ -99,7 +99,11 @@ class Gallery:
         names = {} if self.names is None else {"names": np.array(self.names, dtype=str)}
         np.savez(buf, format=np.array(GALLERY_FORMAT), bundle_id=np.array(self.bundle_id),
                  locals=self.locals, globals=self.globals, **names)
-        write_atomic(path, buf.getvalue())
+        try:
+            write_atomic(path, buf.getvalue())
+        except OSError as exc:
+            raise DataError(f"cannot write gallery {path} ({exc.strerror or exc}); choose a writable path "
+                            f"(an existing folder, not a file, with free space)") from exc
 
     @classmethod
     def load(cls, path: str, bundle_id: str | None = None, dim: int | None = None) -> "Gallery":

@@ -15,15 +15,17 @@ import math
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kidrr import __version__
-from kidrr.errors import BundleError, InputError, KidrrError
+from kidrr.errors import BundleError, ImageError, InputError, KidrrError
 
 from . import schemas
-from .errors import NotAvailable, Overloaded, ShardUnavailable
+from .errors import NotAvailable, Overloaded, ShardUnavailable, TooLarge
 from .metrics import Metrics
 
 log = logging.getLogger("kidrr.serve")
@@ -73,6 +75,65 @@ class BodyLimit:
             return await receive()                       # then disconnect notices, as the server sends them
 
         await self.app(scope, replay, send)
+
+
+def _responses(*codes) -> dict:
+    """OpenAPI entries of the error answers a route can give: all share one body (schemas.ErrorResponse)."""
+    why = {400: "malformed JSON or header", 401: "missing or wrong bearer token", 404: "not available on this service",
+           413: "over a size limit (body, upload, pixels)", 422: "a field's type or value is not accepted",
+           500: "a fault of the service (logged)", 503: "busy or a shard is down: retry after Retry-After seconds",
+           504: "no answer within the per-request timeout"}
+    return {c: {"model": schemas.ErrorResponse, "description": why[c]} for c in codes}
+
+
+def _json_errors(*codes) -> dict:
+    """The same, for a route whose own answer is not JSON (errors still are)."""
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}    # registered by the JSON routes' models
+    return {c: dict(entry, content={"application/json": {"schema": ref}})
+            for c, entry in ((c, {"description": e["description"]}) for c, e in _responses(*codes).items())}
+
+
+COMMON = (400, 401, 413, 500, 503)       # any route: bad header/body, token, body size, fault, overload
+
+
+def _constrain(prop: dict, **rules) -> None:
+    """Add JSON-schema rules to a property (to its non-null branch when it is Optional)."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") != "null":
+            branch.update(rules)
+
+
+def _document_limits(schema: dict, limits, feature_size: int | None = None) -> dict:
+    """The start-up limits (and the bundle's feature size F), written into the OpenAPI schema so it
+    says what this service accepts."""
+    bodies = schema.get("components", {}).get("schemas", {})
+    matrix_rules = {"minItems": 1, "maxItems": limits.max_regions}     # one image: regions x F
+    row_rules = {"minItems": feature_size, "maxItems": feature_size} if feature_size else {}
+    for name, field, nested in (("ImageSearch", "features", False), ("ScoreRequest", "features", True),
+                                ("EncodeRequest", "features", True)):
+        prop = bodies.get(name, {}).get("properties", {}).get(field)
+        for branch in (prop or {}).get("anyOf", [prop] if prop else []):
+            if branch.get("type") != "array":
+                continue
+            matrix = branch["items"] if nested else branch
+            if matrix.get("type") == "array":
+                matrix.update(matrix_rules)
+                if isinstance(matrix.get("items"), dict):
+                    matrix["items"].update(row_rules)
+    for name in ("TextSearch", "ImageSearch"):
+        props = bodies.get(name, {}).get("properties", {})
+        if "k" in props:
+            _constrain(props["k"], minimum=1, maximum=limits.max_k)
+        if "shortlist" in props:
+            _constrain(props["shortlist"], minimum=1, maximum=limits.max_shortlist)
+    if "query" in bodies.get("TextSearch", {}).get("properties", {}):
+        _constrain(bodies["TextSearch"]["properties"]["query"], minLength=1, maxLength=limits.max_caption_chars)
+    for name in ("ScoreRequest", "EncodeRequest"):
+        props = bodies.get(name, {}).get("properties", {})
+        for field in ("captions", "features"):
+            if field in props:
+                _constrain(props[field], maxItems=limits.max_items)
+    return schema
 
 
 def _check_limits(limits, k: int | None = None, shortlist: int | None = None, captions=(), items: int = 0):
@@ -150,9 +211,22 @@ def create_app(engine, settings) -> FastAPI:
             parts.append(f"{where}: {e.get('msg')}")
         return reject(422, "invalid_request", "; ".join(parts))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Routing and parsing errors of the framework (404, 405, a body it cannot parse): the one error shape.
+        kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        headers = getattr(exc, "headers", None)
+        return reject(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), headers)
+
     @app.exception_handler(InputError)
     async def bad_input(request: Request, exc: InputError):
+        if isinstance(exc, ImageError) and exc.reason == "too-large":
+            return reject(413, "too_large", str(exc))
         return reject(422, "invalid_input", str(exc))
+
+    @app.exception_handler(TooLarge)
+    async def too_large(request: Request, exc: TooLarge):
+        return reject(413, "too_large", str(exc))
 
     @app.exception_handler(NotAvailable)
     async def missing(request: Request, exc: NotAvailable):
@@ -188,24 +262,26 @@ def create_app(engine, settings) -> FastAPI:
             raise RuntimeError("the model produced a non-finite score; the bundle or gallery is broken")
         return x
 
-    @app.get("/v1/health", summary="liveness: the process answers")
+    @app.get("/v1/health", summary="liveness: the process answers", responses=_responses(500))
     async def health():
         return {"bundle": bundle, "status": "alive"}
 
-    @app.get("/v1/ready", summary="readiness: every part can answer queries")
+    @app.get("/v1/ready", summary="readiness: every part can answer queries (a gallery's new generation "
+             "that cannot be opened makes it false)", responses=_responses(*COMMON))
     async def ready():
         ok, detail = await engine.ready()
         return JSONResponse({"bundle": bundle, "ready": ok, "detail": detail}, status_code=200 if ok else 503)
 
-    @app.get("/v1/info", summary="bundle, gallery, engine and limits")
+    @app.get("/v1/info", summary="bundle, gallery, engine and limits", responses=_responses(*COMMON))
     async def info():
         return dict(engine.info(), settings=settings.public())
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)", include_in_schema=True,
+             response_class=PlainTextResponse, responses=_json_errors(*COMMON))
     async def prometheus():
-        return Response(metrics.render(), media_type=metrics.content_type)
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
 
-    @app.post("/v1/search/images", response_model=schemas.TextSearchResponse,
+    @app.post("/v1/search/images", response_model=schemas.TextSearchResponse, responses=_responses(*COMMON, 422, 504),
               summary="images for a caption (exact, or two-stage with shortlist k')")
     async def search_images(body: schemas.TextSearch):
         _check_limits(limits, body.k, body.shortlist, [body.query])
@@ -216,6 +292,7 @@ def create_app(engine, settings) -> FastAPI:
                             {"id": p, "position": None, "score": finite(s)} for p, s in hits]}
 
     @app.post("/v1/search/captions", response_model=schemas.ImageSearchResponse,
+              responses=_responses(*COMMON, 404, 422, 504),
               summary="captions for an image given as region features (R, F)")
     async def search_captions(body: schemas.ImageSearch):
         _check_limits(limits, body.k, body.shortlist)
@@ -225,10 +302,14 @@ def create_app(engine, settings) -> FastAPI:
                 "results": [{"position": p, "caption": texts[p], "score": finite(s)} for p, s in hits]}
 
     @app.post("/v1/search/captions/image", response_model=schemas.ImageSearchResponse,
+              responses=_responses(*COMMON, 404, 422, 504),
               summary="captions for an image file sent as the raw body (JPEG, PNG...; bundles with image graphs)",
+              description=f"At most {limits.max_upload_bytes:,} bytes and {limits.max_upload_pixels:,} pixels "
+                          f"(read from the file's header before decoding); larger: 413.",
               openapi_extra={"requestBody": {"required": True, "content": {"image/*": {"schema": {
-                  "type": "string", "format": "binary"}}}}})
-    async def search_captions_by_file(request: Request, k: int = 10, shortlist: int | None = None):
+                  "type": "string", "format": "binary", "maxLength": limits.max_upload_bytes}}}}})
+    async def search_captions_by_file(request: Request, k: int = Query(10, ge=1, le=limits.max_k),
+                                      shortlist: int | None = Query(None, ge=1, le=limits.max_shortlist)):
         _check_limits(limits, k, shortlist)
         data = await request.body()
         if not data:
@@ -238,7 +319,7 @@ def create_app(engine, settings) -> FastAPI:
         return {"bundle": bundle, "k": k, "shortlist": shortlist,
                 "results": [{"position": p, "caption": texts[p], "score": finite(s)} for p, s in hits]}
 
-    @app.post("/v1/score", response_model=schemas.ScoreResponse,
+    @app.post("/v1/score", response_model=schemas.ScoreResponse, responses=_responses(*COMMON, 422, 504),
               summary="scores of every given image (features) with every given caption")
     async def score(body: schemas.ScoreRequest):
         _check_limits(limits, captions=body.captions, items=max(len(body.captions), len(body.features)))
@@ -250,7 +331,7 @@ def create_app(engine, settings) -> FastAPI:
         scores = await within_timeout(engine.score(body.features, body.captions))
         return {"bundle": bundle, "scores": scores.tolist()}
 
-    @app.post("/v1/encode", response_model=schemas.EncodeResponse,
+    @app.post("/v1/encode", response_model=schemas.EncodeResponse, responses=_responses(*COMMON, 422, 504),
               summary="global embeddings of captions and/or images")
     async def encode(body: schemas.EncodeRequest):
         captions = body.captions or []
@@ -259,6 +340,14 @@ def create_app(engine, settings) -> FastAPI:
             raise InputError("give captions, features or both")
         out = await within_timeout(engine.encode(captions or None, body.features or None))
         return dict({"bundle": bundle}, **{key: value.tolist() for key, value in out.items()})
+
+    def openapi():
+        if app.openapi_schema is None:
+            app.openapi_schema = _document_limits(get_openapi(title=app.title, version=app.version,
+                                                              description=app.description, routes=app.routes), limits,
+                                                  getattr(engine.retriever, "feature_size", None))
+        return app.openapi_schema
+    app.openapi = openapi
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, bundle=bundle)   # outermost: before parsing
     return app

@@ -13,7 +13,7 @@ import threading
 
 import click
 
-from kidrr.errors import ConfigError, KidrrError
+from kidrr.errors import ConfigError, KidrrError, describe
 
 SERVE_DEPS = ("fastapi", "uvicorn", "httpx", "prometheus_client")
 EXTRA_HINT = 'pip install -e ".[serve]"   (or: pip install "kidrr[serve]")'
@@ -91,9 +91,19 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--max-k", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--max-shortlist", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=8 << 20, show_default=True)
+@click.option("--max-regions", type=click.IntRange(1), default=256, show_default=True,
+              help="regions per image sent as features")
+@click.option("--max-upload-bytes", type=click.IntRange(1024), default=8 << 20, show_default=True,
+              help="an uploaded image file (/v1/search/captions/image)")
+@click.option("--max-upload-pixels", type=click.IntRange(1), default=24_000_000, show_default=True,
+              help="an uploaded image's pixels, read from its header before decoding")
+@click.option("--max-heavy", type=click.IntRange(1), default=8, show_default=True,
+              help="score / encode / image requests admitted at once before 503")
+@click.option("--reload-check-s", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="how often a format-2 gallery is checked for a new generation")
 def main(bundle, galleries, ids_path, captions_path, engine, shards, replicas, address, num_cpus, host, port,
          token_file, insecure, threads, workers, max_batch, batch_wait_ms, max_queue, timeout_s, max_k, max_shortlist,
-         max_body_bytes):
+         max_body_bytes, max_regions, max_upload_bytes, max_upload_pixels, max_heavy, reload_check_s):
     """Serve a bundle and a gallery over HTTP (docs/serve.md)."""
     one_blas_thread()
     require(SERVE_DEPS + (("ray.serve",) if engine == "ray" else ()))
@@ -101,16 +111,19 @@ def main(bundle, galleries, ids_path, captions_path, engine, shards, replicas, a
     try:
         token = read_token(token_file)
         check_bind(host, token, insecure)
-        settings = Settings(Limits(max_k=max_k, max_shortlist=max_shortlist, max_body_bytes=max_body_bytes),
+        settings = Settings(Limits(max_k=max_k, max_shortlist=max_shortlist, max_body_bytes=max_body_bytes,
+                                   max_regions=max_regions, max_upload_bytes=max_upload_bytes,
+                                   max_upload_pixels=max_upload_pixels),
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                            timeout_s=timeout_s, token=token, workers=workers)
+                            timeout_s=timeout_s, token=token, workers=workers, max_heavy=max_heavy,
+                            reload_check_s=reload_check_s)
         if engine == "local":
             serve_local(bundle, galleries, ids_path, captions_path, settings, shards, host, port, threads)
         else:
             serve_ray(bundle, galleries, ids_path, captions_path, settings, shards, replicas, address, num_cpus,
                       host, port, threads)
-    except KidrrError as exc:
-        click.echo(f"kidrr-serve: {type(exc).__name__}: {exc}", err=True)
+    except (KidrrError, OSError) as exc:
+        click.echo(f"kidrr-serve: {type(exc).__name__}: {describe(exc)}", err=True)
         sys.exit(2)
 
 

@@ -10,6 +10,8 @@ turns positions into ids.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,7 +22,7 @@ from kidrr.runtime.captions import tokenize_captions
 from kidrr.runtime.search import check_k, check_shortlist
 
 from .batching import MicroBatcher
-from .errors import NotAvailable
+from .errors import NotAvailable, Overloaded, TooLarge
 from .shards import ShardSearcher, merge_top_k, queries_from_index
 
 
@@ -30,10 +32,11 @@ class Engine:
     def __init__(self, retriever, catalog, settings):
         self.retriever = retriever
         self.catalog = catalog
-        self.gallery_size = catalog.size
         self.settings = settings
         # Score / encode / image queries run here; a small pool so they cannot starve the batches.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kidrr-work")
+        self._admitted = 0                 # heavy calls running or waiting for the pool
+        self._admit_lock = threading.Lock()
         self.caption_index = None
         if catalog.captions:
             self.caption_index = retriever.encode_texts(catalog.captions)
@@ -41,6 +44,10 @@ class Engine:
     @property
     def bundle_id(self) -> str:
         return self.retriever.bundle_id
+
+    @property
+    def gallery_size(self) -> int:
+        return self.catalog.size
 
     def info(self) -> dict:
         return {"engine": self.name, "bundle": self.bundle_id, "gallery_items": self.gallery_size,
@@ -55,6 +62,10 @@ class Engine:
         return k, check_shortlist(shortlist, k, self.gallery_size)
 
     def check_image(self, features) -> np.ndarray:
+        limit = self.settings.limits.max_regions
+        for i, regions in enumerate(_region_counts(features)):
+            if regions > limit:          # counted on the parsed lists, before any array is made
+                raise InputError(f"image {i} has {regions} regions, more than the {limit} allowed on this service")
         try:
             arr = np.asarray(features, dtype=np.float32)
         except (ValueError, TypeError) as exc:   # ragged rows
@@ -62,7 +73,32 @@ class Engine:
         return check_features(arr[None] if arr.ndim == 2 else arr, feature_size=self.retriever.feature_size)
 
     async def _work(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Run fn on the work pool if there is room: at most settings.max_heavy calls are admitted
+        (running or queued), the next is Overloaded (503, Retry-After) at once. A call whose request
+        timed out or went away before a thread took it is dropped, not run for nobody."""
+        with self._admit_lock:
+            if self._admitted >= self.settings.max_heavy:
+                raise Overloaded(f"the service is busy ({self._admitted} score / encode / image requests in "
+                                 f"progress); retry shortly")
+            self._admitted += 1
+        abandoned = threading.Event()
+
+        def release(_future):
+            with self._admit_lock:
+                self._admitted -= 1
+
+        def run():
+            if abandoned.is_set():
+                raise asyncio.CancelledError()
+            return fn(*args)
+        future = self._pool.submit(run)
+        future.add_done_callback(release)     # on completion, failure or cancellation: the slot is free again
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            abandoned.set()                   # the timeout or a disconnect cancelled us
+            future.cancel()
+            raise
 
     # ---- what both engines answer in the front process ---------------------------------------
     async def search_image(self, features, k: int, shortlist: int | None) -> list:
@@ -86,9 +122,19 @@ class Engine:
         k = check_k(k, len(self.caption_index), "caption index")
         kp = check_shortlist(shortlist, k, len(self.caption_index))
 
+        limits = self.settings.limits
+        if len(data) > limits.max_upload_bytes:
+            raise TooLarge(f"the uploaded image is {len(data):,} bytes, over the {limits.max_upload_bytes:,}-byte limit "
+                           f"of this service")
+
         def run():
             from kidrr.images.decode import decode_image      # Pillow, only for this endpoint
-            query = self.retriever.encode_pixels([decode_image(bytes(data), name="the uploaded image")])
+            try:      # the pixel limit is checked from the header, before any pixel is decoded
+                pixels = decode_image(bytes(data), max_pixels=limits.max_upload_pixels, name="the uploaded image")
+                query = self.retriever.encode_pixels([pixels])
+                del pixels
+            finally:
+                release_free_memory()         # the decoder's buffers go back to the system, not to the heap
             return self.retriever.search_image(query, k, captions=self.caption_index, shortlist=kp)[0]
         return await self._work(run)
 
@@ -117,6 +163,31 @@ class Engine:
         return True, "ready"
 
 
+def _region_counts(features) -> list:
+    """Regions per image of features given as one (R, F) matrix or a list of them (parsed JSON)."""
+    if not isinstance(features, list) or not features:
+        return []
+    first = features[0]
+    if isinstance(first, list) and first and isinstance(first[0], list):
+        return [len(image) if isinstance(image, list) else 0 for image in features]
+    return [len(features)]
+
+
+def release_free_memory() -> None:
+    """glibc keeps freed heap memory (an image's decode buffers) for reuse; hand it back (malloc_trim)."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
+
+
 class LocalEngine(Engine):
     """One process: the thread-safe Retriever, its shards searched in turn (one by default), batched queries."""
 
@@ -124,13 +195,27 @@ class LocalEngine(Engine):
 
     def __init__(self, retriever, catalog, sources: list, settings):
         super().__init__(retriever, catalog, settings)
-        self.shards = [ShardSearcher(retriever, source, spec.start) for spec, source in zip(catalog.shards, sources)]
+        self.shards = [ShardSearcher(retriever, source, spec.start, spec, settings.reload_check_s)
+                       for spec, source in zip(catalog.shards, sources)]
         self.batcher = MicroBatcher(self._search_batch, max_batch=settings.max_batch,
                                     max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
                                     workers=settings.workers, name="text-search")
 
+    @property
+    def gallery_size(self) -> int:
+        return sum(len(s) for s in self.shards)       # format-2 shards follow their galleries
+
     def info(self) -> dict:
         return dict(super().info(), shards=len(self.shards), replicas=1)
+
+    async def ready(self) -> tuple:
+        loop = asyncio.get_running_loop()
+        for shard in self.shards:      # opening a new generation reads files: not on the event loop
+            await loop.run_in_executor(None, shard.refresh)
+        stale = [s.stale for s in self.shards if s.stale]
+        if stale:
+            return False, stale[0]
+        return True, "ready"
 
     def _search_batch(self, items: list) -> list:
         """[(query, k, k')] -> [[(position, score)]]: one encoder call for the batch, then each shard."""

@@ -11,3 +11,7 @@ class ShardUnavailable(Exception):
 
 class NotAvailable(Exception):
     """This service was started without what the call needs, e.g. a caption index (404)."""
+
+
+class TooLarge(Exception):
+    """A request's payload is over one of the service's size limits (413)."""

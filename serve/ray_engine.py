@@ -34,9 +34,10 @@ GRACEFUL_S = 10.0            # replicas finish in-flight requests for up to this
 class Shard:
     """One part of the collection (a ShardSpec: rows of a .npz gallery, or a format-2 folder)."""
 
-    def __init__(self, bundle: str, spec, threads: int, max_batch: int, batch_wait_s: float):
+    def __init__(self, bundle: str, spec, threads: int, max_batch: int, batch_wait_s: float, check_s: float = 1.0):
         self.retriever = Retriever(bundle, threads=threads)
-        self.searcher = ShardSearcher(self.retriever, spec.open(self.retriever), spec.start)
+        # A format-2 shard follows its gallery's new generations (ShardSearcher.refresh), as locally.
+        self.searcher = ShardSearcher(self.retriever, spec.open(self.retriever), spec.start, spec, check_s)
         self.spec = spec
         self.search.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
         self.search.set_batch_wait_timeout_s(batch_wait_s)  # type: ignore[attr-defined]
@@ -46,6 +47,9 @@ class Shard:
         return await asyncio.get_running_loop().run_in_executor(None, self.searcher.search, queries)
 
     def ping(self) -> int:
+        self.searcher.refresh()
+        if self.searcher.stale:
+            raise RuntimeError(self.searcher.stale)
         return len(self.searcher)
 
 
@@ -81,7 +85,7 @@ class RayEngine(Engine):
         try:
             sizes = await asyncio.wait_for(asyncio.gather(*(s.ping.remote() for s in self.shards)), 5.0)
         except Exception as exc:   # any shard that cannot answer a ping makes the service not ready
-            return False, f"a shard does not answer ({type(exc).__name__})"
+            return False, f"a shard does not answer ({type(exc).__name__}: {str(exc).splitlines()[-1][:300] if str(exc) else ''})"
         return True, f"{len(sizes)} shard(s) answering, {sum(sizes)} items"
 
 
@@ -114,7 +118,8 @@ def build_application(bundle: str, catalog, settings, replicas: int = 1, threads
     per_replica = max(32, 2 * settings.max_batch)   # room for full batches while the previous ones run
     shard = Shard.options  # type: ignore[attr-defined]  # the decorator returns a Deployment
     shard_apps = [shard(name=f"shard{i}", num_replicas=replicas, max_ongoing_requests=per_replica)
-                  .bind(bundle, spec, threads, settings.max_batch, settings.batch_wait_ms / 1000)
+                  .bind(bundle, spec, threads, settings.max_batch, settings.batch_wait_ms / 1000,
+                        settings.reload_check_s)
                   for i, spec in enumerate(catalog.shards)]
     return Ingress.options(  # type: ignore[attr-defined]
         max_ongoing_requests=per_replica, max_queued_requests=settings.max_queue).bind(

@@ -17,6 +17,11 @@ class Limits:
     max_items: int = 64              # captions or images in one encode / score request
     max_pairs: int = 4096            # images x captions in one score request
     max_body_bytes: int = 8 << 20    # 8 MiB: one 49 x 1280 image as JSON is ~1.3 MB
+    max_regions: int = 256           # regions per image sent as features (the shipped grids have 36 or 49)
+    max_upload_bytes: int = 8 << 20  # an uploaded image file
+    # Pixels of an uploaded image, read from its header before anything is decoded: 24 MP is a
+    # 6000 x 4000 photo; decoding it and its RGB copy takes ~150 MB for the length of one request.
+    max_upload_pixels: int = 24_000_000
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,10 @@ class Settings:
     max_queue: int = 64              # waiting requests before 503
     workers: int = 2                 # local engine: batches run at once (each on its own thread)
     timeout_s: float = 10.0          # per request, then 504
+    # Score / encode / image queries admitted at once (running or waiting for the work threads);
+    # one more is answered 503 with Retry-After at once instead of queueing towards a 504.
+    max_heavy: int = 8
+    reload_check_s: float = 1.0      # how often a format-2 gallery's manifest is checked for a new generation
     token: str | None = None         # bearer token; None: no auth (loopback, or --insecure)
 
     def public(self) -> dict:
@@ -50,6 +59,11 @@ def check_bind(host: str, token: str | None, insecure: bool) -> None:
     if not is_loopback(host) and not token and not insecure:
         raise ConfigError(f"binding to {host} exposes the service beyond this machine; set an API token "
                           f"(KIDRR_SERVE_TOKEN or --token-file) or pass --insecure to run without one")
+    if token is not None and not all(0x21 <= ord(c) <= 0x7e for c in token):
+        # HTTP headers are bytes that clients send as ASCII (Latin-1 at most): a token with other
+        # characters could never be sent by a UTF-8 client, so no one could authenticate.
+        raise ConfigError("the API token must be printable ASCII without spaces (letters, digits, punctuation); "
+                          "use e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     if token is not None and len(token) < 16:
         raise ConfigError("the API token is shorter than 16 characters; use a long random one "
                           "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")

@@ -10,11 +10,13 @@ by shard (shards are consecutive row ranges), then by the shard's own order (sma
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from kidrr.errors import InputError
+from kidrr.errors import InputError, KidrrError
 from kidrr.runtime import CaptionIndex, Gallery
 
 
@@ -38,11 +40,14 @@ class ShardSpec:
     def on_disk(self) -> bool:
         return self.start is None
 
-    def open(self, retriever, whole: Gallery | None = None):
-        """The shard's GallerySource (verified against the retriever's bundle)."""
+    def open(self, retriever, whole: Gallery | None = None, previous=None):
+        """The shard's GallerySource (verified against the retriever's bundle). previous: the snapshot
+        this one replaces, whose ANN indexes are reused where the segment is the same."""
         if self.on_disk:
             from kidrr.gallery import open_gallery     # format-2 galleries: only when a shard is one
             gallery = open_gallery(self.path, bundle_id=retriever.bundle_id, dim=retriever.planner.dim)
+            if previous is not None:
+                gallery.adopt_indexes(previous)
             gallery.load_indexes()                     # checksum any ANN index now, not on a first query
             return gallery
         whole = whole if whole is not None else retriever.load_gallery(self.path)
@@ -84,27 +89,69 @@ def _index_of(queries: list, bundle_id: str) -> CaptionIndex:
     return CaptionIndex.from_encoded(padded, np.stack([q.global_ for q in queries]), lengths, bundle_id)
 
 
-class ShardSearcher:
-    """Searches one shard for encoded captions with the Retriever (its first stage and rerank)."""
+def manifest_signature(folder: str):
+    """What changes when a writer commits a new generation (the manifest is renamed into place)."""
+    st = os.stat(os.path.join(folder, "manifest.json"))
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
-    def __init__(self, retriever, source, offset: int | None = None):
+
+class ShardSearcher:
+    """Searches one shard for encoded captions with the Retriever (its first stage and rerank).
+
+    A format-2 shard (spec given) follows its gallery: at most every check_s seconds, before a
+    search, it looks at the manifest and, after a commit, answers from the new generation (items
+    removed or added by kidrr-gallery are seen within check_s plus one open). If the new generation
+    cannot be opened, the last good one keeps answering and `stale` says why (readiness reports it).
+    """
+
+    def __init__(self, retriever, source, offset: int | None = None, spec: ShardSpec | None = None,
+                 check_s: float = 1.0):
         self.retriever, self.source = retriever, source
         self.offset = offset              # in-memory rows: labels become gallery positions offset + row
+        self.spec, self.check_s, self.stale = spec if spec is not None and spec.on_disk else None, check_s, None
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._signature = None
+        if self.spec is not None:
+            try:
+                self._signature = manifest_signature(self.spec.path)
+            except OSError:
+                pass
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def refresh(self, force: bool = False) -> None:
+        if self.spec is None or (not force and time.monotonic() - self._checked < self.check_s):
+            return
+        with self._lock:
+            if not force and time.monotonic() - self._checked < self.check_s:
+                return
+            self._checked = time.monotonic()
+            try:
+                signature = manifest_signature(self.spec.path)
+                if signature != self._signature:
+                    self.source = self.spec.open(self.retriever, previous=self.source)
+                    self._signature = signature
+                self.stale = None
+            except (KidrrError, OSError) as exc:
+                self.stale = f"gallery {self.spec.path} changed but its new generation cannot be opened ({exc})"
+
     def search(self, queries: list) -> list:
         """[EncodedQuery] -> per query [(label, score)] best first, at most k of them. Queries with the
         same k and k' are searched together (one scoring pass for exact search)."""
-        n = len(self.source)
+        self.refresh()
+        source = self.source              # one snapshot for the whole call, whatever a refresh does meanwhile
+        n = len(source)
+        if n == 0:                        # every item removed: this shard has nothing to add to a merge
+            return [[] for _ in queries]
         results: list = [None] * len(queries)
         groups: dict = {}
         for i, q in enumerate(queries):
             groups.setdefault((min(q.k, n), q.shortlist), []).append(i)
         for (k, kp), members in groups.items():
-            index = _index_of([queries[i] for i in members], self.source.bundle_id)
-            found = self.retriever.search_text(index, k, gallery=self.source, shortlist=kp)
+            index = _index_of([queries[i] for i in members], source.bundle_id)
+            found = self.retriever.search_text(index, k, gallery=source, shortlist=kp)
             for i, hits in zip(members, found):
                 results[i] = hits if self.offset is None else [(self.offset + p, s) for p, s in hits]
         return results

@@ -221,3 +221,64 @@ def test_segment_property(pristine, data):
         with open(path, "wb") as fh:
             fh.write(bytes(raw))
         _check(copy, pristine, damaged_file=rel)
+
+
+def _rehash_all(folder):
+    """Record every listed file's size and sha256 as it is now (what a forger does after an edit)."""
+    from kidrr.fileio import sha256_file
+    doc = json.load(open(os.path.join(folder, "manifest.json")))
+    for seg in doc["segments"]:
+        entries = [(f"{seg['name']}/{k}", v) for k, v in seg["files"].items()]
+        entries += [(x["file"], x) for x in (seg.get("tombstones"), seg.get("ann")) if x]
+        for rel, entry in entries:
+            path = os.path.join(folder, rel)
+            if os.path.isfile(path) and not os.path.islink(path):
+                entry.update(bytes=os.path.getsize(path), sha256=sha256_file(path))
+    with open(os.path.join(folder, "manifest.json"), "w") as fh:
+        json.dump(doc, fh)
+
+
+@FUZZ_FOLDER
+@given(data=st.data())
+def test_member_kind_and_borrowed_file_property(pristine, data):
+    """Any member (a file or a segment folder) swapped for a link to an identical copy, a FIFO or a
+    folder; or another segment's id files or ANN index put in its place with their hashes recorded:
+    a typed error, or verify names the problem; never a hang, never another segment's answers."""
+    import signal
+    folder = pristine[0]
+    members = sorted(os.path.relpath(os.path.join(dp, x), folder) for dp, ds, fs in os.walk(folder) for x in fs + ds
+                     if x != "writer.lock")
+    with tempfile.TemporaryDirectory() as d:
+        copy = os.path.join(d, "g")
+        shutil.copytree(folder, copy)
+        kind = data.draw(st.sampled_from(["link", "fifo", "folder", "borrowed ids", "borrowed index"]))
+        if kind in ("link", "fifo", "folder"):
+            rel = data.draw(st.sampled_from(members))
+            path = os.path.join(copy, rel)
+            moved = os.path.join(d, "moved")
+            shutil.move(path, moved)
+            if kind == "link":
+                os.symlink(moved, path)
+            elif kind == "fifo":
+                os.mkfifo(path)
+            else:
+                os.mkdir(path)
+        else:
+            names = ["ids.utf8", "id_offsets.npy", "id_hashes.npy"] if kind == "borrowed ids" else ["ann-ivf.faiss"]
+            for name in names:
+                shutil.copy(os.path.join(copy, "seg-000001", name), os.path.join(copy, "seg-000000", name))
+            _rehash_all(copy)
+            rel = None
+        old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError(f"blocked ({kind})")))
+        signal.alarm(20)
+        try:
+            try:
+                gal = open_gallery(copy, bundle_id=TAG, dim=8)
+                _use(gal)
+            except (DataError, BundleError, InputError):
+                return
+            problems = verify(gal)
+            assert problems, (kind, rel)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)

@@ -86,6 +86,7 @@ EDITS = {
     "precision removed": (_set(["precision"], DEL), "precision None"),
     "feature_size a string": (_set(["model", "feature_size"], "12"), "feature_size"),
     "embed_size 2.5": (_set(["model", "embed_size"], 2.5), "embed_size"),
+    "feature_size removed": (_set(["model", "feature_size"], DEL), "lacks feature_size"),
     "model removed": (_set(["model"], DEL), "'model' is missing"),
     "max_caption_len a string": (_set(["tokenizer", "max_caption_len"], "64"), "max_caption_len"),
     "vocab removed": (_set(["tokenizer", "vocab"], DEL), "tokenizer vocab"),
@@ -137,14 +138,13 @@ def test_manifest_cross_checked_against_the_graphs(edited):
 
 
 def test_unreadable_manifest_is_not_called_missing(made, tmp_path, monkeypatch):
-    import builtins
-    real_open = builtins.open
+    real_open = os.open       # the manifest is opened with os.open (kidrr.fileio.open_regular)
 
     def deny(path, *a, **k):
         if str(path).endswith("manifest.json"):
             raise PermissionError(13, "Permission denied")
         return real_open(path, *a, **k)
-    monkeypatch.setattr(builtins, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(BundleError, match="cannot read .*Permission denied.*readable"):
         load_bundle(made[1])
 

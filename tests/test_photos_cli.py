@@ -113,3 +113,38 @@ def test_search_refuses_a_changed_bundle(pixel_bundle, folder, tmp_path):
     open(sidecar, "w").write(json.dumps(record))
     result = CliRunner().invoke(search_main, ["a dog", "--gallery", out])
     assert result.exit_code == 2 and "no longer exists" in result.output
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(pixel_bundle, folder, tmp_path):
+    bundle, _ = pixel_bundle
+    images, good = folder
+    album = tmp_path / "album"
+    album.mkdir()
+    shutil.copy(os.path.join(images, good[0]), album / "ok.png")
+    shutil.copy(os.path.join(images, good[0]), os.fsencode(str(album)) + b"/caf\xe9.png")   # Latin-1 name
+    out = str(tmp_path / "g")
+    result = _index(bundle, str(album), out)
+    assert result.exit_code == 1, result.output
+    from kidrr.gallery import open_gallery
+    assert open_gallery(out).ids() == ["ok.png"]
+    record = json.load(open(os.path.join(out, "kidrr-index.json")))
+    assert record["skipped"][0]["file"] == "caf\\xe9.png" and record["skipped"][0]["reason"] == "bad-name"
+
+
+def test_a_failed_first_chunk_leaves_no_gallery_and_bad_outs_are_messages(pixel_bundle, folder, tmp_path):
+    bundle, _ = pixel_bundle
+    images, good = folder
+    out = str(tmp_path / "s.gallery")
+    strict = _index(bundle, images, out, "--strict")
+    assert strict.exit_code == 2 and "corrupt.jpg" in strict.output
+    assert not os.path.exists(out)                             # a rerun needs no new path
+    assert _index(bundle, images, out).exit_code == 1
+    again = _index(bundle, images, out)                         # an existing gallery: the hint is --append
+    assert again.exit_code == 2 and "--append" in again.output
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad in (str(afile / "g"), "/proc/kidrr-g", str(afile / "g.npz")):
+        result = _index(bundle, images, bad)
+        assert result.exit_code == 2 and "Traceback" not in result.output and result.exception is None \
+            or isinstance(result.exception, SystemExit), (bad, result.output)
+        assert "error:" in result.output, (bad, result.output)

@@ -93,6 +93,22 @@ def test_ray_recovers_from_a_killed_shard_replica_without_wrong_answers(service,
     assert client.get("/v1/ready").json()["ready"] is True
 
 
+def test_ray_errors_have_the_one_shape_and_limits_hold(service, built):
+    client, _ = service
+    for r, status in ((client.get("/no/such/route"), 404), (client.get("/v1/score"), 405),
+                      (client.post("/v1/search/captions", json={"features": [[0.0] * 24] * 300, "k": 2}), 422)):
+        assert r.status_code == status and set(r.json()) == {"bundle", "error"}, r.text
+    # heavy work is admitted by the ingress's engine as locally: every answer is 200 or a prompt 503
+    from concurrent.futures import ThreadPoolExecutor
+    body = {"captions": ["a dog"], "features": built[4][:8].tolist()}
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: client.post("/v1/score", json=body), range(8)))
+    for r in replies:
+        assert r.status_code in (200, 503), r.text
+        if r.status_code == 503:
+            assert r.headers["retry-after"] and r.json()["error"]["kind"] == "overloaded"
+
+
 def test_ray_serves_format2_shard_folders(service, built, rt, gallery, tmp_path):
     """Last in the module: it replaces the application with one over two format-2 gallery folders
     (memory-mapped in the shard replicas), and the answers equal the same references."""
@@ -102,7 +118,27 @@ def test_ray_serves_format2_shard_folders(service, built, rt, gallery, tmp_path)
     folders = sh.disk_shards(gallery, str(tmp_path), ranges)
     with Retriever(built[0], threads=1) as front:
         catalog, _ = open_catalog(front, folders, SHARDS, None, built[3])
-    app = ray_engine.build_application(built[0], catalog, Settings(timeout_s=3.0), replicas=1, threads=1)
+    app = ray_engine.build_application(built[0], catalog, Settings(timeout_s=3.0, reload_check_s=0.05), replicas=1,
+                                       threads=1)
     ray_engine.deploy(app, "127.0.0.1", client.base_url.port)
     assert client.get("/v1/info").json()["shards"] == SHARDS
     sh.assert_format2_answers(client, rt, gallery, ranges)
+    # The shards follow their galleries: removed + compacted items are no longer served.
+    from kidrr.gallery import GalleryWriter, open_gallery
+    query = {"query": sh.QUERIES[0], "k": 5}
+    first = [h["id"] for h in client.post("/v1/search/images", json=query).json()["results"]]
+    for folder in folders:
+        gone = [i for i in first[:2] if i in set(open_gallery(folder).ids())]
+        if gone:
+            with GalleryWriter(folder) as w:
+                w.remove(gone)
+                w.compact()
+    time.sleep(0.2)
+    after = [h["id"] for h in client.post("/v1/search/images", json=query).json()["results"]]
+    assert not set(first[:2]) & set(after) and after[:3] == first[2:5]
+    assert client.get("/v1/ready").json()["ready"] is True
+    with open(f"{folders[0]}/manifest.json", "w") as fh:
+        fh.write("{")
+    time.sleep(0.2)
+    r = client.get("/v1/ready")
+    assert r.status_code == 503 and "cannot be opened" in r.json()["detail"]

@@ -6,7 +6,12 @@
  * libjpeg-turbo with its defaults (islow DCT, fancy upsampling), the pixels Pillow gives, turned
  * upright by the EXIF orientation as kidrr-index does (Pillow's exif_transpose). Skipped, with the
  * reason: undecodable files, CMYK/YCCK JPEGs (kidrr-index converts those), and images over the
- * runtime's pixel limit (docs/images.md), refused from the header before any pixel is decoded.
+ * runtime's pixel limit (docs/images.md), refused from the header before any pixel is decoded;
+ * anything but a regular file (a FIFO named *.jpg is never opened for a blocking read), files over
+ * 1 GiB, truncated JPEGs (libjpeg's end-of-data warning is an error: Pillow refuses them), and
+ * names that are not UTF-8 (they cannot be ids). Photos are decoded and encoded BATCH at a time,
+ * so memory holds one batch of pixels, not the folder's (the encoded items, ~50 KB each, are kept
+ * until the gallery is written).
  * Locals are stored as fp16 by default, as kidrr-index and kidrr.gallery store them (half the disk
  * and page cache; rSum delta 0.0 on the synthetic test set, docs/gallery.md); --locals-dtype fp32
  * keeps them exact. Exit codes as kidrr-index: 0 all encoded, 1 some files skipped (named on
@@ -14,13 +19,17 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <jpeglib.h>
+#include <jerror.h>
 
 #include "kidrr.h"
 
@@ -31,7 +40,35 @@ struct jpeg_failure {
 
 static void on_jpeg_error(j_common_ptr info) { longjmp(((struct jpeg_failure*)info->err)->jump, 1); }
 
+/* libjpeg reports a truncated file as a warning (the data ends: a fake end marker is inserted) and
+ * fills the rest of the picture with grey; Pillow refuses such a file ("image file is truncated"),
+ * so that warning ends the decode here too. Other warnings are ignored, as Pillow ignores them. */
+static void on_jpeg_message(j_common_ptr info, int level) {
+    if (level < 0 && (info->err->msg_code == JWRN_JPEG_EOF || info->err->msg_code == JWRN_HIT_MARKER))
+        longjmp(((struct jpeg_failure*)info->err)->jump, 2);
+}
+
 #define MAX_PIXELS 400000000ull /* the Python decoder's limit (kidrr.images.decode.MAX_PIXELS) */
+#define MAX_FILE_BYTES (1ull << 30) /* kidrr.images.decode.MAX_FILE_BYTES */
+#define BATCH 16 /* photos decoded and encoded at a time */
+
+/* 1 if s is valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as Python decodes it. */
+static int valid_utf8(const unsigned char* s) {
+    while (*s) {
+        unsigned c = *s, n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 9;
+        if (n == 9) return 0;
+        unsigned long cp = n == 0 ? c : c & (0x3F >> n);
+        for (unsigned i = 1; i <= n; ++i) {
+            if ((s[i] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i] & 0x3F);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        s += n + 1;
+    }
+    return 1;
+}
 
 static unsigned read16(const unsigned char* p, int big) { return big ? (p[0] << 8) | p[1] : (p[1] << 8) | p[0]; }
 static unsigned long read32(const unsigned char* p, int big) {
@@ -98,12 +135,23 @@ static unsigned char* decode_jpeg(const char* path, size_t* height, size_t* widt
     struct jpeg_decompress_struct info;
     struct jpeg_failure err;
     unsigned char* volatile rgb = NULL;
-    FILE* f = fopen(path, "rb");
+    struct stat st;
     *why = "not a decodable JPEG";
-    if (!f) { *why = "cannot be opened"; return NULL; }
+    /* Never a blocking open: a FIFO would wait for a writer forever. Checked on the descriptor. */
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) { *why = "cannot be opened"; return NULL; }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { close(fd); *why = "not a regular file"; return NULL; }
+    if (st.st_size == 0) { close(fd); *why = "empty (0 bytes)"; return NULL; }
+    if ((unsigned long long)st.st_size > MAX_FILE_BYTES) { close(fd); *why = "over the 1 GiB file limit"; return NULL; }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    FILE* f = fdopen(fd, "rb");
+    if (!f) { close(fd); *why = "cannot be opened"; return NULL; }
     info.err = jpeg_std_error(&err.mgr);
     err.mgr.error_exit = on_jpeg_error;
-    if (setjmp(err.jump)) {
+    err.mgr.emit_message = on_jpeg_message;
+    int failed = setjmp(err.jump);
+    if (failed) {
+        if (failed == 2) *why = "truncated (the JPEG data ends early); re-save or remove the file";
         jpeg_destroy_decompress(&info);
         fclose(f);
         free(rgb);
@@ -160,46 +208,66 @@ int main(int argc, char** argv) {
     }
     kidrr_bundle* bundle = NULL;
     kidrr_images* images = NULL;
+    kidrr_images** parts = NULL;
     char** names = NULL;
     const char** ids = NULL;
-    unsigned char** pixels = NULL;
-    size_t *heights = NULL, *widths = NULL, *strides = NULL, n = 0, kept = 0, cap = 0;
+    unsigned char* pixels[BATCH] = {0};
+    size_t heights[BATCH], widths[BATCH], strides[BATCH];
+    size_t n = 0, kept = 0, cap = 0, n_parts = 0, in_batch = 0, n_names = 0;
     int rc = 2;
     DIR* dir = opendir(argv[2]);
     if (!dir) { fprintf(stderr, "error: cannot list %s\n", argv[2]); return 2; }
     for (struct dirent* e; (e = readdir(dir));) {
         if (!is_jpeg(e->d_name)) continue;
-        if (n == cap) {
+        if (!valid_utf8((const unsigned char*)e->d_name)) {   /* ids are UTF-8: skipped, as kidrr-index does */
+            fprintf(stderr, "skipped ");
+            for (const unsigned char* c = (const unsigned char*)e->d_name; *c; ++c)
+                fprintf(stderr, *c < 0x80 ? "%c" : "\\x%02x", *c);
+            fprintf(stderr, ": the file name is not UTF-8, so it cannot be an id; rename the file\n");
+            ++n;   /* counted as found, so the exit code says something was skipped */
+            continue;
+        }
+        if (n_names == cap) {
             char** grown = realloc(names, (cap = cap ? 2 * cap : 64) * sizeof *names);
             if (!grown) { closedir(dir); fprintf(stderr, "out of memory\n"); goto done; }
             names = grown;
         }
-        names[n++] = strdup(e->d_name);
+        names[n_names++] = strdup(e->d_name);
+        ++n;
     }
     closedir(dir);
-    if (n == 0) { fprintf(stderr, "error: no .jpg/.jpeg files in %s; nothing written\n", argv[2]); goto done; }
-    qsort(names, n, sizeof *names, by_name);
+    const size_t listed = n_names;
+    if (listed == 0) { fprintf(stderr, "error: no usable .jpg/.jpeg files in %s; nothing written\n", argv[2]); goto done; }
+    qsort(names, listed, sizeof *names, by_name);
     if (kidrr_open(argv[1], NULL, &bundle) != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
-    ids = calloc(n, sizeof *ids);
-    pixels = calloc(n, sizeof *pixels);
-    heights = calloc(n, sizeof *heights);
-    widths = calloc(n, sizeof *widths);
-    strides = calloc(n, sizeof *strides);
-    if (!ids || !pixels || !heights || !widths || !strides) { fprintf(stderr, "out of memory\n"); goto done; }
-    for (size_t i = 0; i < n; ++i) {
+    ids = calloc(listed, sizeof *ids);
+    parts = calloc(listed / BATCH + 1, sizeof *parts);
+    if (!ids || !parts) { fprintf(stderr, "out of memory\n"); goto done; }
+    for (size_t i = 0; i < listed; ++i) {
         size_t len = strlen(argv[2]) + strlen(names[i]) + 2;
         char* path = malloc(len);
         if (!path) { fprintf(stderr, "out of memory\n"); goto done; }
         snprintf(path, len, "%s/%s", argv[2], names[i]);
         const char* why = NULL;
-        pixels[kept] = decode_jpeg(path, &heights[kept], &widths[kept], &why);
+        pixels[in_batch] = decode_jpeg(path, &heights[in_batch], &widths[in_batch], &why);
         free(path);
-        if (!pixels[kept]) { fprintf(stderr, "skipped %s: %s\n", names[i], why); continue; }
-        strides[kept] = 3 * widths[kept];
-        ids[kept++] = names[i];
+        if (!pixels[in_batch]) fprintf(stderr, "skipped %s: %s\n", names[i], why);
+        else {
+            strides[in_batch] = 3 * widths[in_batch];
+            ids[kept++] = names[i];
+            ++in_batch;
+        }
+        if (in_batch == BATCH || (i + 1 == listed && in_batch > 0)) {   /* encode the batch, then free its pixels */
+            const kidrr_status st = kidrr_encode_pixels(bundle, (const unsigned char* const*)pixels, heights, widths,
+                                                        strides, in_batch, &parts[n_parts]);
+            for (size_t j = 0; j < in_batch; ++j) { free(pixels[j]); pixels[j] = NULL; }
+            in_batch = 0;
+            if (st != KIDRR_OK) { fprintf(stderr, "error: %s\n", kidrr_last_error()); goto done; }
+            ++n_parts;
+        }
     }
     if (kept == 0) { fprintf(stderr, "error: none of the %zu files could be decoded; nothing written\n", n); goto done; }
-    if (kidrr_encode_pixels(bundle, (const unsigned char* const*)pixels, heights, widths, strides, kept, &images) != KIDRR_OK ||
+    if (kidrr_images_concat((const kidrr_images* const*)parts, n_parts, &images) != KIDRR_OK ||
         kidrr_gallery_write_dtype(bundle, images, ids, kept, argv[3], locals_dtype) != KIDRR_OK) {
         fprintf(stderr, "error: %s\n", kidrr_last_error());
         goto done;
@@ -207,9 +275,10 @@ int main(int argc, char** argv) {
     printf("%zu images -> %s (%zu skipped, %s locals)\n", kept, argv[3], n - kept, locals_dtype);
     rc = kept == n ? 0 : 1;
 done:
-    for (size_t i = 0; pixels && i < kept; ++i) free(pixels[i]);
-    for (size_t i = 0; i < n; ++i) free(names[i]);
-    free(names); free(ids); free(pixels); free(heights); free(widths); free(strides);
+    for (size_t j = 0; j < BATCH; ++j) free(pixels[j]);
+    for (size_t i = 0; parts && i < n_parts; ++i) kidrr_images_free(parts[i]);
+    for (size_t i = 0; i < n_names; ++i) free(names[i]);
+    free(names); free(ids); free(parts);
     kidrr_images_free(images);
     kidrr_close(bundle);
     return rc;

@@ -291,7 +291,8 @@ std::vector<Hit> Bundle::search(const ImageSource& gallery, const std::string& c
     } else {
         // Stage 1: the dot product of the l2-normalised globals over every live row, read a block
         // at a time; stage 2: the full score of the best `shortlist`. A non-finite product (a
-        // damaged global) sorts last, as in the Python reader; gathering it later is an error.
+        // damaged global) is refused, as the Python reader and the exact search refuse it: sorted
+        // last, it would silently leave that item out of every answer.
         constexpr size_t kBlock = 4096;
         std::vector<float> block;
         std::vector<std::pair<float, size_t>> cosine;
@@ -304,7 +305,10 @@ std::vector<Hit> Bundle::search(const ImageSource& gallery, const std::string& c
                 const float* g = block.data() + (r - b0) * d;
                 float s = 0;
                 for (size_t t = 0; t < d; ++t) s += g[t] * query.globals[t];
-                cosine.emplace_back(std::isfinite(s) ? s : -INFINITY, r);
+                if (!std::isfinite(s))
+                    throw Error(KIDRR_ERR_INPUT, "a gallery global vector holds NaN or inf (row " + std::to_string(r) +
+                                                     "); run `kidrr-gallery verify`, restore or rebuild the gallery");
+                cosine.emplace_back(s, r);
             }
         }
         std::partial_sort(cosine.begin(), cosine.begin() + shortlist, cosine.end(), [](const auto& a, const auto& b) {

@@ -1,4 +1,6 @@
 // The C boundary: argument checks, exceptions -> status codes + a per-thread message.
+#include <sys/stat.h>
+
 #include <cstring>
 #include <new>
 #include <string>
@@ -199,6 +201,10 @@ kidrr_status kidrr_gallery_load(const kidrr_bundle* bundle, const char* path, ki
         REQUIRE(bundle && path, "bundle and path must not be NULL");
         const kidrr::Bundle& b = *bundle->impl;
         const std::string p(path);
+        struct stat st;
+        if (::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+            throw kidrr::Error(KIDRR_ERR_INPUT, p + " is a folder, not a gallery file; a format-2 gallery folder opens "
+                                                    "with kidrr_gallery_open");
         auto img = std::make_unique<kidrr_images>();
         if (ends_with(p, ".npy")) {
             kidrr::NpyArray a = kidrr::read_npy(p);

@@ -29,7 +29,7 @@ constexpr int kOpenTries = 5;  // a writer may switch the manifest while we open
 
 bool read_manifest(const std::string& folder, std::string& raw) {
     try {
-        raw = read_file_bytes(folder + "/manifest.json", kGallery2MaxManifestBytes);
+        raw = read_file_bytes(folder + "/manifest.json", kGallery2MaxManifestBytes, KIDRR_ERR_INPUT, true);
         return true;
     } catch (const Error&) {
         return false;
@@ -61,8 +61,8 @@ float half_to_float(uint16_t h) {
 std::unique_ptr<MappedFile> map_array(const std::string& path, const std::string& descr, const std::vector<size_t>& shape,
                                       uint64_t expect_bytes) {
     struct stat st;
-    if (::stat(path.c_str(), &st) != 0) throw Error(KIDRR_ERR_INPUT, path + " is missing although the manifest lists it");
-    auto map = std::make_unique<MappedFile>(path);
+    if (::lstat(path.c_str(), &st) != 0) throw Error(KIDRR_ERR_INPUT, path + " is missing although the manifest lists it");
+    auto map = std::make_unique<MappedFile>(path, true);
     const std::string_view b = map->bytes();
     if (b.size() < kGallery2NpyHeaderBytes || b.compare(0, 8, std::string_view("\x93NUMPY\x01\x00", 8)) != 0 ||
         (static_cast<unsigned char>(b[8]) | static_cast<unsigned char>(b[9]) << 8) != kGallery2NpyHeaderBytes - 10)
@@ -88,7 +88,7 @@ DiskGallery::DiskGallery(const std::string& folder, const std::string& bundle_id
     for (int attempt = 1;; ++attempt) {
         std::string raw;
         try {
-            raw = read_file_bytes(folder + "/manifest.json", kGallery2MaxManifestBytes);
+            raw = read_file_bytes(folder + "/manifest.json", kGallery2MaxManifestBytes, KIDRR_ERR_INPUT, true);
         } catch (const Error& e) {
             throw Error(KIDRR_ERR_INPUT, folder + " is not a kidrr gallery (" + e.what() + ")");
         }
@@ -121,11 +121,15 @@ void DiskGallery::open_once(const std::string&) {
         seg.start = start;
         seg.rows = info.rows;
         const std::string dir = folder_ + "/" + info.name;
+        struct stat st;
+        if (::lstat(dir.c_str(), &st) != 0) throw Error(KIDRR_ERR_INPUT, dir + " is missing although the manifest lists it");
+        if (!S_ISDIR(st.st_mode))  // a link to a folder elsewhere would serve files the gallery does not hold
+            damaged(dir, S_ISLNK(st.st_mode) ? "is a symbolic link, not a folder" : "is not a folder");
         for (const std::string& name : segment_files(manifest_.locals_dtype)) {
             const std::string path = dir + "/" + name;
             const uint64_t expect = info.files.at(name).bytes;
             if (name == "ids.utf8") {
-                seg.maps.push_back(std::make_unique<MappedFile>(path));
+                seg.maps.push_back(std::make_unique<MappedFile>(path, true));
                 seg.id_bytes = seg.maps.back()->bytes();
                 if (seg.id_bytes.size() != expect || seg.id_bytes.size() < info.rows)
                     damaged(path, "is " + std::to_string(seg.id_bytes.size()) + " bytes, the manifest says " + std::to_string(expect));

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <regex>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "checked.hpp"
 #include "error.hpp"
@@ -119,10 +121,18 @@ Gallery2Manifest parse_gallery2_manifest(std::string_view raw, const std::string
             if (file.compare(0, info.name.size() + 1, info.name + "/") != 0 || (am != "ivf" && am != "hnsw") ||
                 file.size() < tail.size() || file.compare(file.size() - tail.size(), tail.size(), tail) != 0)
                 bad(path, "segment " + info.name + "'s ANN entry names another segment or method");
+            // Exactly the parameters build_index writes for the method, integers in 1..2^30.
             const Json* params = member(*a, "params");
-            if (!params || !params->is_object() ||
-                !std::all_of(params->begin(), params->end(), [](const Json& v) { return v.is_number_integer(); }))
-                bad(path, "segment " + info.name + "'s ANN params must be an object of integers");
+            const std::vector<std::string> keys = am == "ivf" ? std::vector<std::string>{"nlist"}
+                                                              : std::vector<std::string>{"M", "efConstruction"};
+            bool ok = params && params->is_object() && params->size() == keys.size();
+            for (const std::string& k : keys) {
+                const Json* v = ok ? member(*params, k.c_str()) : nullptr;
+                ok = ok && v && v->is_number_integer() && !v->is_boolean() && v->get<int64_t>() >= 1 &&
+                     v->get<int64_t>() <= (int64_t(1) << 30);
+            }
+            if (!ok) bad(path, "segment " + info.name + "'s ANN entry: " + am + " params must be exactly the integers " +
+                                   (am == "ivf" ? "nlist" : "M, efConstruction") + " in 1..1073741824");
             file_entry(*a, path, info.name + " ANN index");
         }
         m.rows = add_size(m.rows, info.rows, path);

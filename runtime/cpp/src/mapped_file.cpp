@@ -9,18 +9,12 @@
 #include <cstring>
 
 #include "error.hpp"
+#include "npy.hpp"
 
 namespace kidrr {
 
-MappedFile::MappedFile(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw Error(KIDRR_ERR_INPUT, "cannot open " + path + " (" + std::strerror(errno) + ")");
-    struct stat st;
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        ::close(fd);
-        throw Error(KIDRR_ERR_INPUT, path + " is not a regular file");
-    }
-    size_ = size_t(st.st_size);
+MappedFile::MappedFile(const std::string& path, bool no_symlink) {
+    const int fd = open_regular(path, no_symlink, KIDRR_ERR_INPUT, &size_);
     if (size_ > 0) {
         data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
         if (data_ == MAP_FAILED) {

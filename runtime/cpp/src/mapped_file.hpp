@@ -9,8 +9,9 @@ namespace kidrr {
 
 class MappedFile {
 public:
-    // Throws Error(KIDRR_ERR_INPUT) naming the path if it cannot be opened or mapped.
-    explicit MappedFile(const std::string& path);
+    // Throws Error(KIDRR_ERR_INPUT) naming the path if it cannot be opened or mapped, or is not a
+    // regular file (a link, with no_symlink).
+    explicit MappedFile(const std::string& path, bool no_symlink = false);
     ~MappedFile();
     MappedFile(const MappedFile&) = delete;
     MappedFile& operator=(const MappedFile&) = delete;

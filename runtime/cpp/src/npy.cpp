@@ -1,6 +1,12 @@
 #include "npy.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
+
+#include <cerrno>
+#include <memory>
 
 #include <cstring>
 #include <fstream>
@@ -184,18 +190,44 @@ NpyArray parse_npy(std::string_view b, const std::string& what) {
     return a;
 }
 
-std::string read_file_bytes(const std::string& path, size_t max_bytes, kidrr_status code) {
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) throw Error(code, "cannot read " + path + "; check the path");
-    const std::streamoff size = in.tellg();
-    if (size < 0) throw Error(code, "cannot read " + path + " (not a regular file?)");
-    if (uint64_t(size) > max_bytes)
+int open_regular(const std::string& path, bool no_symlink, kidrr_status code, size_t* size) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | (no_symlink ? O_NOFOLLOW : 0));
+    if (fd < 0) {
+        if (errno == ELOOP && no_symlink)
+            throw Error(code, path + " is a symbolic link; kidrr reads only regular files inside its folders "
+                                     "(replace the link with the file itself)");
+        throw Error(code, "cannot read " + path + " (" + std::strerror(errno) + ")");
+    }
+    struct stat st;
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        const bool dir = S_ISDIR(st.st_mode), fifo = S_ISFIFO(st.st_mode);
+        ::close(fd);
+        throw Error(code, path + " is " + (dir ? "a folder" : fifo ? "a FIFO" : "not a regular file") +
+                              ", not a regular file; give the file itself");
+    }
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);  // ordinary blocking reads from here on
+    *size = size_t(st.st_size);
+    return fd;
+}
+
+std::string read_file_bytes(const std::string& path, size_t max_bytes, kidrr_status code, bool no_symlink) {
+    // A regular file only (a folder, FIFO or device is refused before any read or allocation), its
+    // size checked against max_bytes before the buffer is made.
+    size_t size = 0;
+    const int fd = open_regular(path, no_symlink, code, &size);
+    std::unique_ptr<int, void (*)(int*)> closer(new int(fd), [](int* f) { ::close(*f); delete f; });
+    if (size > max_bytes)
         throw Error(code, path + " is " + std::to_string(size) + " bytes, more than the " + std::to_string(max_bytes) +
                               " a file of its kind may be; it is not a kidrr file");
-    std::string out(size_t(size), '\0');
-    in.seekg(0);
-    in.read(&out[0], size);
-    if (in.gcount() != size) throw Error(code, "read error on " + path + " (it changed while being read?)");
+    std::string out(size, '\0');
+    size_t got = 0;
+    while (got < size) {
+        const ssize_t r = ::read(fd, &out[got], size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) throw Error(code, "read error on " + path + " (it changed while being read?)");
+        got += size_t(r);
+    }
     return out;
 }
 

@@ -42,7 +42,16 @@ std::map<std::string, NpyArray> parse_npz(std::string_view bytes, const std::str
 
 // The whole file; Error(code) if it cannot be read or is larger than max_bytes (checked on the
 // file's size before anything is allocated).
-std::string read_file_bytes(const std::string& path, size_t max_bytes = SIZE_MAX, kidrr_status code = KIDRR_ERR_INPUT);
+// Opens path read-only only if it is a regular file: a FIFO or device is refused after an open that
+// cannot block (O_NONBLOCK, then fstat on the descriptor), a folder likewise; with no_symlink (files
+// inside a folder kidrr owns, such as a gallery's) a symbolic link is refused without being followed.
+// Returns the descriptor (the caller closes it) and sets *size; throws Error(code) naming the path.
+int open_regular(const std::string& path, bool no_symlink, kidrr_status code, size_t* size);
+
+// A whole regular file (open_regular), at most max_bytes (checked before the buffer is made).
+// no_symlink: the file is inside a folder kidrr owns (a gallery), where a link is refused, not followed.
+std::string read_file_bytes(const std::string& path, size_t max_bytes = SIZE_MAX, kidrr_status code = KIDRR_ERR_INPUT,
+                            bool no_symlink = false);
 inline NpyArray read_npy(const std::string& path) { return parse_npy(read_file_bytes(path), path); }
 inline std::map<std::string, NpyArray> read_npz(const std::string& path) { return parse_npz(read_file_bytes(path), path); }
 

@@ -1,11 +1,15 @@
 #include "sha256.hpp"
 
+#include <stdio.h>
+#include <unistd.h>
+
 #include <openssl/evp.h>
 
 #include <cstdio>
 #include <memory>
 
 #include "error.hpp"
+#include "npy.hpp"
 
 namespace kidrr {
 
@@ -41,8 +45,13 @@ std::string Sha256::hex_digest() {
 }
 
 std::string sha256_file(const std::string& path) {
-    std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-    if (!f) throw Error(KIDRR_ERR_BUNDLE, "cannot read " + path + " to check its sha256");
+    size_t size = 0;  // a regular file only: a FIFO would block the open, a folder the reads
+    const int fd = open_regular(path, false, KIDRR_ERR_BUNDLE, &size);
+    std::unique_ptr<FILE, int (*)(FILE*)> f(::fdopen(fd, "rb"), &std::fclose);
+    if (!f) {
+        ::close(fd);
+        throw Error(KIDRR_ERR_BUNDLE, "cannot read " + path + " to check its sha256");
+    }
     Sha256 h;
     std::unique_ptr<unsigned char[]> buf(new unsigned char[1 << 16]);
     size_t got;
