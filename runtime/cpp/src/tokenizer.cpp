@@ -21,15 +21,15 @@ inline bool is_space_byte(unsigned char c) {
 
 // 64 MiB holds millions of words: anything larger is refused before it is read.
 constexpr size_t kMaxVocabBytes = size_t(64) << 20;
+}  // namespace
 
-std::string read_vocab_file(const std::string& path) {
+std::string read_tokenizer_file(const std::string& path) {
     try {
         return read_file_bytes(path, kMaxVocabBytes, KIDRR_ERR_BUNDLE);
     } catch (const Error& e) {
         throw Error(KIDRR_ERR_BUNDLE, "vocabulary file " + path + " is missing, unreadable or too large (" + e.what() + ")");
     }
 }
-}  // namespace
 
 std::string caption_preview(const std::string& s) {
     std::string p = s.substr(0, 60);
@@ -38,7 +38,7 @@ std::string caption_preview(const std::string& s) {
 }
 
 std::unique_ptr<CaptionTokenizer> load_tokenizer_file(const std::string& path) {
-    const Json doc = parse_json(read_vocab_file(path), path);
+    const Json doc = parse_json(read_tokenizer_file(path), path);
     // tokenizer.json files have a "model" record; kidrr's vocab.json never does.
     if (member(doc, "model")) return std::make_unique<WordPiece>(WordPiece::from_json(doc, path));
     return std::make_unique<Vocabulary>(Vocabulary::from_json(doc, path));
@@ -59,7 +59,7 @@ std::vector<std::string> tokenize(const std::string& text) {
     return tokens;
 }
 
-Vocabulary Vocabulary::load(const std::string& path) { return parse(read_vocab_file(path), path); }
+Vocabulary Vocabulary::load(const std::string& path) { return parse(read_tokenizer_file(path), path); }
 
 Vocabulary Vocabulary::parse(std::string_view json, const std::string& path) { return from_json(parse_json(json, path), path); }
 

@@ -35,6 +35,9 @@ public:
 // holding a BERT WordPiece tokenizer. Throws Error(KIDRR_ERR_BUNDLE) on anything else.
 std::unique_ptr<CaptionTokenizer> load_tokenizer_file(const std::string& path);
 
+// A tokenizer file's bytes (at most 64 MiB, refused before reading beyond); Error(KIDRR_ERR_BUNDLE).
+std::string read_tokenizer_file(const std::string& path);
+
 // The first 60 bytes of a caption, not cutting a character in half (for messages).
 std::string caption_preview(const std::string& caption);
 

@@ -19,6 +19,7 @@ namespace kidrr {
 class WordPiece : public CaptionTokenizer {
 public:
     // Throws Error(KIDRR_ERR_BUNDLE) naming `what` and the record that is not the BERT kind.
+    static WordPiece load(const std::string& path) { return parse(read_tokenizer_file(path), path); }
     static WordPiece parse(std::string_view json, const std::string& what);
     static WordPiece from_json(const nlohmann::json& doc, const std::string& what);
 
