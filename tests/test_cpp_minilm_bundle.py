@@ -197,4 +197,31 @@ def _has_minilm_export():
 @pytest.mark.skipif(not _has_minilm_export(), reason="the MiniLM export (ModelConfig.text_encoder) is not in this tree yet")
 def test_exported_minilm_bundle_scores_equal_python_runtime(built, tmp_path):
     """The real path: a tiny MiniLM checkpoint exported by kidrr.export, scored by C and by Python."""
-    pytest.fail("write against the landed export API")  # replaced when the export lands
+    import torch
+    from kidrr.checkpoint import save_checkpoint
+    from kidrr.config import ModelConfig
+    from kidrr.export.bundle import export_bundle
+    from kidrr.model import KIDRR
+    from kidrr.runtime import open_bundle
+    torch.manual_seed(3)
+    model = KIDRR(ModelConfig.small(text_encoder="minilm-l6", feature_size=FEATURES, embed_size=EMBED, sim_size=16,
+                                    knowledge_nodes=4, max_caption_len=MAX_LEN)).eval()
+    save_checkpoint(str(tmp_path / "ckpt"), model, None)
+    folder = str(tmp_path / "bundle")
+    export_bundle(str(tmp_path / "ckpt"), folder, force=True, verify=False, progress=False, log=lambda m: None)
+    with open(os.path.join(folder, "manifest.json")) as fh:
+        manifest = json.load(fh)
+    assert manifest["tokenizer"]["kind"] == "wordpiece" and manifest["model"]["text_encoder"] == "minilm-l6"
+    feats = features(9, 6, seed=12)
+    np.save(tmp_path / "feats.npy", feats)
+    (tmp_path / "q.hex").write_text(cpp.hex_lines(QUERIES))
+    proc = _tool(built, "score", folder, tmp_path / "feats.npy", tmp_path / "q.hex")
+    assert proc.returncode == 0, proc.stderr
+    got = np.array([[float(x) for x in row.split()] for row in proc.stdout.splitlines()], dtype=np.float32)
+    with open_bundle(folder, threads=1) as rt:
+        python = rt.score(rt.encode_images(feats), QUERIES)
+    want, _ = _reference_scores(folder, manifest, feats, QUERIES)
+    print(f"\nMiniLM bundle: C vs Python runtime max |diff| {np.abs(got - python).max():.2e}")
+    np.testing.assert_allclose(got, python, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert got.std() > 1e-4
