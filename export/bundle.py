@@ -199,7 +199,8 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
             onnx.save(proto, path)
             entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, "fp32")
             log(f"  wrote {name}.onnx ({os.path.getsize(path) / 1e6:.1f} MB)")
-    vocab.save(os.path.join(staging, "vocab.json"))
+    tokenizer_file = "tokenizer.json" if model.cfg.text_encoder != "bigru" else "vocab.json"
+    vocab.save(os.path.join(staging, tokenizer_file))
     bar.update(1)
     bar.set_postfix_str("verify")
     report = _verify(model, vocab, staging, precision, opset, recall_images, progress, log) if do_verify else None
@@ -208,10 +209,10 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
     bar.update(1)
     bar.set_postfix_str("manifest")
     manifest = {
-        "format": mf.FORMAT, "model": model.cfg.to_dict(),
-        "tokenizer": {"rules": TOKENIZER_RULES, "vocab": "vocab.json", "max_caption_len": model.cfg.max_caption_len},
+        "format": mf.FORMAT, "model": model.cfg.manifest_dict(),
+        "tokenizer": _tokenizer_record(vocab, tokenizer_file, model.cfg.max_caption_len),
         "precision": precision, "graphs": entries,
-        "files": {"vocab.json": sha256_file(os.path.join(staging, "vocab.json"))},
+        "files": {tokenizer_file: sha256_file(os.path.join(staging, tokenizer_file))},
         "source_checkpoint_sha256": ckpt_sha,
         "exporter": {"kidrr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
@@ -230,6 +231,13 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
     replace_dir_atomic(staging, out_dir, check_replaceable_bundle)
     bar.update(1)
     return dict(manifest, **export_report)
+
+
+def _tokenizer_record(vocab, file: str, max_caption_len: int) -> dict:
+    """The manifest's tokenizer: the basic rules + vocab.json as always, or the WordPiece file."""
+    if vocab.kind == "basic":
+        return {"rules": TOKENIZER_RULES, "vocab": file, "max_caption_len": max_caption_len}
+    return {"kind": vocab.kind, "file": file, "max_caption_len": max_caption_len}
 
 
 def _verify(model, vocab, folder, precision, opset, recall_images, progress, log) -> dict:

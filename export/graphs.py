@@ -135,10 +135,27 @@ def _gru(b: Builder, prefix: str, gru, words_seq_first: str, hidden: int) -> str
 
 def text_encoder(model, opset: int) -> onnx.ModelProto:
     cfg = model.cfg
-    enc = model.text_encoder
     b = Builder()
     maskb = _length_mask(b, "lengths", "ids")
     maskf = b.Cast(maskb, to=FLOAT)
+    knowledge = b.weight("knowledge", _np(model.knowledge)) if model.knowledge is not None else None
+    if cfg.text_encoder == "minilm-l6":
+        t, sentence = _minilm_words(b, model.text_encoder, maskf)
+    else:
+        t, sentence = _bigru_words(b, model.text_encoder, cfg, maskb, maskf), None
+    x, g = _dissemination(b, "text_kgid", model, model.text_kgid, model.text_pool, t, maskf, maskb, knowledge)
+    if sentence is not None:
+        g = b.l2norm(b.Add(g, sentence))
+    b.Identity(x, out_names=["cap_locals"])
+    b.Identity(g, out_names=["cap_global"])
+    d = cfg.embed_size
+    return _model(b, "kidrr_text_encoder",
+                  [_value_info("ids", INT64, ["m", "L"]), _value_info("lengths", INT64, ["m"])],
+                  [_value_info("cap_locals", FLOAT, ["m", "L", d]), _value_info("cap_global", FLOAT, ["m", d])],
+                  _kgid_functions(model, opset), opset)
+
+
+def _bigru_words(b: Builder, enc, cfg, maskb: str, maskf: str) -> str:
     words = b.Gather(b.weight("text_encoder.embed.weight", _np(enc.embed.weight)), "ids", axis=0)  # (m, L, W)
     fwd = _gru(b, "text_encoder.gru_fwd", enc.gru_fwd, b.Transpose(words, perm=[1, 0, 2]), cfg.embed_size)
     # Backward direction: reverse each caption within its own length (padding stays in place), run a
@@ -151,19 +168,55 @@ def text_encoder(model, opset: int) -> onnx.ModelProto:
     bwd_rev = _gru(b, "text_encoder.gru_bwd", enc.gru_bwd, b.Transpose(rwords, perm=[1, 0, 2]), cfg.embed_size)
     rev_h = b.Expand(b.unsqueeze(rev, 2), b.Shape(bwd_rev))
     bwd = b.GatherElements(bwd_rev, rev_h, axis=1)
-    t = b.Mul(b.l2norm(b.Div(b.Add(fwd, bwd), b.const(np.float32(2.0)))), b.unsqueeze(maskf, 2))
-    knowledge = b.weight("knowledge", _np(model.knowledge)) if model.knowledge is not None else None
-    x, g = _dissemination(b, "text_kgid", model, model.text_kgid, model.text_pool, t, maskf, maskb, knowledge)
-    b.Identity(x, out_names=["cap_locals"])
-    b.Identity(g, out_names=["cap_global"])
-    d = cfg.embed_size
-    return _model(b, "kidrr_text_encoder",
-                  [_value_info("ids", INT64, ["m", "L"]), _value_info("lengths", INT64, ["m"])],
-                  [_value_info("cap_locals", FLOAT, ["m", "L", d]), _value_info("cap_global", FLOAT, ["m", d])],
-                  _kgid_functions(model, opset), opset)
+    return b.Mul(b.l2norm(b.Div(b.Add(fwd, bwd), b.const(np.float32(2.0)))), b.unsqueeze(maskf, 2))
 
 
-# ---- similarity -------------------------------------------------------------------------------
+def _layer_norm(b: Builder, prefix: str, x: str, norm) -> str:
+    return b.LayerNormalization(x, b.weight(f"{prefix}.weight", _np(norm.weight)),
+                                b.weight(f"{prefix}.bias", _np(norm.bias)), axis=-1, epsilon=float(norm.eps))
+
+
+def _minilm_words(b: Builder, enc, maskf: str):
+    """The pretrained BERT (kidrr/minilm.py) as plain ONNX ops, then KIDRR's heads on its states:
+    words (m, L, D) zero at padding, and the projected mean-pooled sentence vector (m, D)."""
+    bert = enc.bert
+    p = "text_encoder.bert"
+    hidden = bert.word.embedding_dim
+    pos = b.Range(b.const(np.int64(0)), b.squeeze(b.dims("ids", 1, 2), 0), b.const(np.int64(1)))
+    emb = b.Add(b.Add(b.Gather(b.weight(f"{p}.word.weight", _np(bert.word.weight)), "ids", axis=0),
+                      b.unsqueeze(b.Gather(b.weight(f"{p}.position.weight", _np(bert.position.weight)), pos, axis=0), 0)),
+                b.weight(f"{p}.token_type.weight_0", _np(bert.token_type.weight[0])))
+    x = _layer_norm(b, f"{p}.norm", emb, bert.norm)
+    # additive attention mask (m, 1, 1, L): 0 at real tokens, the float minimum at padding (as torch)
+    bias = b.unsqueeze(b.Mul(b.Sub(b.const(np.float32(1.0)), maskf), b.const(np.float32(np.finfo(np.float32).min))), 1, 2)
+    for i, layer in enumerate(bert.layers):
+        x = _bert_layer(b, f"{p}.layers.{i}", layer, x, bias, hidden)
+    words = b.Mul(b.l2norm(b.linear(x, *_linear(b, "text_encoder.word_proj", enc.word_proj))), b.unsqueeze(maskf, 2))
+    m = b.unsqueeze(maskf, 2)
+    mean = b.Div(b.ReduceSum(b.Mul(x, m), b.axes(1), keepdims=0),
+                 b.Max(b.ReduceSum(m, b.axes(1), keepdims=0), b.const(np.float32(1.0))))
+    return words, b.linear(mean, *_linear(b, "text_encoder.sentence_proj", enc.sentence_proj))
+
+
+def _bert_layer(b: Builder, p: str, layer, x: str, bias: str, hidden: int) -> str:
+    heads = layer.heads
+    head_dim = hidden // heads
+    split_shape = b.const(np.array([0, 0, heads, head_dim], dtype=np.int64), hint="heads_shape")
+
+    def split(name, perm):
+        return b.Transpose(b.Reshape(b.linear(x, *_linear(b, f"{p}.{name}", getattr(layer, name))), split_shape), perm=perm)
+    q, k, v = split("query", [0, 2, 1, 3]), split("key", [0, 2, 3, 1]), split("value", [0, 2, 1, 3])
+    logits = b.Add(b.Mul(b.MatMul(q, k), b.const(np.float32(1.0 / math.sqrt(head_dim)))), bias)
+    ctx = b.Transpose(b.MatMul(b.Softmax(logits, axis=-1), v), perm=[0, 2, 1, 3])
+    ctx = b.Reshape(ctx, b.const(np.array([0, 0, hidden], dtype=np.int64), hint="merge_shape"))
+    x = _layer_norm(b, f"{p}.attn_norm", b.Add(x, b.linear(ctx, *_linear(b, f"{p}.attn_out", layer.attn_out))),
+                    layer.attn_norm)
+    inner = b.linear(x, *_linear(b, f"{p}.inner", layer.inner))
+    gelu = b.Mul(b.Mul(inner, b.const(np.float32(0.5))),
+                 b.Add(b.const(np.float32(1.0)), b.Erf(b.Mul(inner, b.const(np.float32(1.0 / math.sqrt(2.0)))))))
+    return _layer_norm(b, f"{p}.out_norm", b.Add(x, b.linear(gelu, *_linear(b, f"{p}.out", layer.out))), layer.out_norm)
+
+
 def _quantize_columns(w_t: np.ndarray):
     """Symmetric int8 per output column: (int8 weights (in, out), float32 scales (out,))."""
     scale = np.abs(w_t).max(axis=0) / 127.0

