@@ -6,9 +6,8 @@ Two bundles:
   embedding sized to MiniLM's 30,522 ids) re-labelled as the MiniLM contract says (tokenizer.json
   instead of vocab.json). Its scores are checked against ONNX Runtime run from Python on the ids
   `tokenizers` gives, so the C tokenizer and the C text path are tested end to end now;
-- the real export of a tiny MiniLM checkpoint (kidrr.export), scored by the C runtime and the
-  Python runtime within 1e-5: skipped until this tree has the MiniLM export
-  (ModelConfig.text_encoder).
+- the real export of a tiny MiniLM checkpoint (kidrr.export: the pretrained BERT in
+  text_encoder.onnx), scored by the C runtime and the Python runtime within 1e-5.
 """
 import hashlib
 import json
@@ -164,6 +163,7 @@ BROKEN = {
     "outside": (lambda m, c: (m["tokenizer"].update(file="../tokenizer.json"),
                               m["files"].update({"../tokenizer.json": m["files"]["tokenizer.json"]})), "outside the bundle folder"),
     "not_bert": (lambda m, c: None, "BERT WordPiece tokenizers only"),
+    "vocab_size": (lambda m, c: m["model"].update(vocab_size=30000), "30522 words but the manifest says vocab_size 30000"),
 }
 
 
@@ -202,11 +202,14 @@ def test_exported_minilm_bundle_scores_equal_python_runtime(built, tmp_path):
     from kidrr.config import ModelConfig
     from kidrr.export.bundle import export_bundle
     from kidrr.model import KIDRR
+    from kidrr.pretrained_text import load_pretrained_files
     from kidrr.runtime import open_bundle
+    from kidrr.wordpiece import WordPieceTokenizer
     torch.manual_seed(3)
-    model = KIDRR(ModelConfig.small(text_encoder="minilm-l6", feature_size=FEATURES, embed_size=EMBED, sim_size=16,
-                                    knowledge_nodes=4, max_caption_len=MAX_LEN)).eval()
-    save_checkpoint(str(tmp_path / "ckpt"), model, None)
+    tokenizer = WordPieceTokenizer(load_pretrained_files().tokenizer)
+    model = KIDRR(ModelConfig.small(text_encoder="minilm-l6", vocab_size=len(tokenizer), feature_size=FEATURES,
+                                    embed_size=EMBED, sim_size=16, knowledge_nodes=4, max_caption_len=MAX_LEN)).eval()
+    save_checkpoint(str(tmp_path / "ckpt"), model, tokenizer)
     folder = str(tmp_path / "bundle")
     export_bundle(str(tmp_path / "ckpt"), folder, force=True, verify=False, progress=False, log=lambda m: None)
     with open(os.path.join(folder, "manifest.json")) as fh:

@@ -105,15 +105,13 @@ Bundle::Bundle(const std::string& folder, const Options& options)
                                               "...): it was edited or corrupted after export; re-export the bundle");
     }
     const std::string tok_path = folder + "/" + m.tokenizer_file;
-    if (m.tokenizer_kind == TokenizerKind::wordpiece) {
+    if (m.tokenizer_kind == TokenizerKind::wordpiece)
         tokenizer_ = std::make_unique<WordPiece>(WordPiece::load(tok_path));
-    } else {
-        auto vocab = std::make_unique<Vocabulary>(Vocabulary::load(tok_path));
-        if (m.vocab_size != 0 && m.vocab_size != vocab->size())
-            throw Error(KIDRR_ERR_BUNDLE, "bundle file " + m.tokenizer_file + " has " + std::to_string(vocab->size()) +
-                                              " words but the manifest says vocab_size " + std::to_string(m.vocab_size) + "; re-export the bundle");
-        tokenizer_ = std::move(vocab);
-    }
+    else
+        tokenizer_ = std::make_unique<Vocabulary>(Vocabulary::load(tok_path));
+    if (m.vocab_size != 0 && m.vocab_size != tokenizer_->size())
+        throw Error(KIDRR_ERR_BUNDLE, "bundle file " + m.tokenizer_file + " has " + std::to_string(tokenizer_->size()) +
+                                          " words but the manifest says vocab_size " + std::to_string(m.vocab_size) + "; re-export the bundle");
     image_io_ = {m.image_encoder.inputs, m.image_encoder.outputs};
     text_io_ = {m.text_encoder.inputs, m.text_encoder.outputs};
     sim_io_ = {m.similarity.inputs, m.similarity.outputs};
