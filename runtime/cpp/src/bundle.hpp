@@ -44,12 +44,12 @@ public:
     std::vector<Hit> search(const EncodedImages& gallery, const std::string& caption, size_t k, size_t shortlist) const;
     // Any source (a memory-mapped format-2 gallery): hits name its rows; removed rows never appear.
     std::vector<Hit> search(const ImageSource& gallery, const std::string& caption, size_t k, size_t shortlist) const;
-    std::vector<int64_t> tokenize(const std::string& caption) const { return vocab_.encode(caption, max_caption_len_); }
+    std::vector<int64_t> tokenize(const std::string& caption) const { return tokenizer_->encode(caption, max_caption_len_); }
 
     size_t feature_size() const { return feature_size_; }
     size_t embed_size() const { return embed_size_; }
     size_t max_caption_len() const { return max_caption_len_; }
-    size_t vocab_size() const { return vocab_.size(); }
+    size_t vocab_size() const { return tokenizer_->size(); }
     const std::string& precision() const { return precision_; }
     const std::string& identity() const { return identity_; }
     const OrtRuntime& ort() const { return *ort_; }
@@ -62,7 +62,7 @@ private:
     std::string folder_, precision_, identity_;
     size_t feature_size_ = 0, embed_size_ = 0, max_caption_len_ = 0;
     size_t tile_images_, tile_captions_;
-    Vocabulary vocab_;
+    std::unique_ptr<const CaptionTokenizer> tokenizer_;  // kidrr-basic/1 + vocab.json, or WordPiece
     std::shared_ptr<OrtRuntime> ort_;
     std::unique_ptr<Session> image_encoder_, text_encoder_, similarity_;
     std::unique_ptr<Session> preprocess_, backbone_;  // only in bundles with an `image` record

@@ -27,7 +27,7 @@ struct kidrr_gallery {
     std::unique_ptr<kidrr::DiskGallery> impl;
 };
 struct kidrr_vocab {
-    kidrr::Vocabulary vocab;
+    std::unique_ptr<kidrr::CaptionTokenizer> tokenizer;
     size_t max_len;
 };
 
@@ -347,7 +347,7 @@ kidrr_status kidrr_vocab_open(const char* vocab_json, size_t max_caption_len, ki
         *out = nullptr;
         REQUIRE(vocab_json, "vocab_json must not be NULL");
         auto v = std::make_unique<kidrr_vocab>();
-        v->vocab = kidrr::Vocabulary::load(vocab_json);
+        v->tokenizer = kidrr::load_tokenizer_file(vocab_json);
         v->max_len = max_caption_len;
         *out = v.release();
     });
@@ -359,7 +359,7 @@ kidrr_status kidrr_vocab_encode(const kidrr_vocab* vocab, const char* caption, i
     return guarded("kidrr_vocab_encode", [&] {
         REQUIRE(vocab && caption && n_ids, "vocab, caption and n_ids must not be NULL");
         REQUIRE(ids || capacity == 0, "ids must not be NULL when capacity > 0");
-        write_ids(vocab->vocab.encode(caption, vocab->max_len), ids, capacity, n_ids);
+        write_ids(vocab->tokenizer->encode(caption, vocab->max_len), ids, capacity, n_ids);
     });
 }
 

@@ -113,14 +113,42 @@ Manifest parse_manifest(std::string_view raw, const std::string& path) {
     const Json& model = object(m, "model", path);
     const Json& tok = object(m, "tokenizer", path);
     const Json& graphs = object(m, "graphs", path);
-    if (string(tok, "rules", "tokenizer.rules", path) != kTokenizerRules)
-        throw Error(KIDRR_ERR_BUNDLE, path + ": tokenizer rules differ from this runtime's " + std::string(kTokenizerRules));
     Manifest out;
+    // The tokenizer record: no `kind` is the kidrr-basic/1 rules with a vocab.json; "wordpiece" is
+    // a BERT tokenizer.json (MiniLM's text encoder). Each text encoder has its own.
+    if (const Json* kind = member(tok, "kind")) {
+        if (!kind->is_string() || *kind != "wordpiece")
+            throw Error(KIDRR_ERR_BUNDLE, path + ": tokenizer kind '" + (kind->is_string() ? kind->get<std::string>() : "?") +
+                                              "' is unknown to this runtime (it reads wordpiece and the kidrr-basic/1 rules); "
+                                              "update the runtime or re-export the bundle");
+        out.tokenizer_kind = TokenizerKind::wordpiece;
+        out.tokenizer_file = string(tok, "file", "tokenizer.file", path);
+    } else {
+        if (string(tok, "rules", "tokenizer.rules", path) != kTokenizerRules)
+            throw Error(KIDRR_ERR_BUNDLE, path + ": tokenizer rules differ from this runtime's " + std::string(kTokenizerRules));
+        out.tokenizer_file = "vocab.json";
+        if (const Json* v = member(tok, "vocab")) {
+            if (!v->is_string()) bad(path, "field tokenizer.vocab is not a string");
+            out.tokenizer_file = v->get<std::string>();
+        }
+    }
+    if (const Json* te = member(model, "text_encoder")) {
+        if (!te->is_string() || (*te != "bigru" && *te != "minilm-l6"))
+            throw Error(KIDRR_ERR_BUNDLE, path + ": text encoder '" + (te->is_string() ? te->get<std::string>() : "?") +
+                                              "' is unknown to this runtime (it reads bigru and minilm-l6); update the runtime");
+        out.text_encoder_kind = te->get<std::string>();
+    }
+    if ((out.text_encoder_kind == "minilm-l6") != (out.tokenizer_kind == TokenizerKind::wordpiece))
+        bad(path, "text encoder " + out.text_encoder_kind + " does not go with tokenizer " +
+                      (out.tokenizer_kind == TokenizerKind::wordpiece ? "wordpiece" : std::string(kTokenizerRules)));
     out.identity_text = identity_text(m);
     out.feature_size = positive_int(member(model, "feature_size"), "model.feature_size", path);
     out.embed_size = positive_int(member(model, "embed_size"), "model.embed_size", path);
     const Json* max_len = member(tok, "max_caption_len");
     out.max_caption_len = positive_int(max_len ? max_len : member(model, "max_caption_len"), "tokenizer.max_caption_len", path);
+    if (out.tokenizer_kind == TokenizerKind::wordpiece && out.max_caption_len > kMaxWordPieceCaptionLen)
+        bad(path, "tokenizer.max_caption_len " + std::to_string(out.max_caption_len) + " is more than the " +
+                      std::to_string(kMaxWordPieceCaptionLen) + " tokens a BERT encoder takes");
     if (const Json* vs = member(model, "vocab_size")) out.vocab_size = positive_int(vs, "model.vocab_size", path);
     out.precision = "fp32";
     if (const Json* p = member(m, "precision")) {
@@ -158,13 +186,9 @@ Manifest parse_manifest(std::string_view raw, const std::string& path) {
             out.files.emplace_back(rel, sha.get<std::string>());
         }
     }
-    out.vocab_file = "vocab.json";
-    if (const Json* v = member(tok, "vocab")) {
-        if (!v->is_string()) bad(path, "field tokenizer.vocab is not a string");
-        out.vocab_file = v->get<std::string>();
-    }
-    if (std::none_of(out.files.begin(), out.files.end(), [&](const auto& f) { return f.first == out.vocab_file; }))
-        bad(path, "the vocabulary " + out.vocab_file + " has no sha256 under 'files'");
+    if (std::none_of(out.files.begin(), out.files.end(), [&](const auto& f) { return f.first == out.tokenizer_file; }))
+        bad(path, "the " + std::string(out.tokenizer_kind == TokenizerKind::wordpiece ? "tokenizer " : "vocabulary ") +
+                      out.tokenizer_file + " has no sha256 under 'files'");
     for (const auto& [rel, sha] : out.files) {
         check_relative(rel, path);
         if (sha.size() != 64 || sha.find_first_not_of("0123456789abcdef") != std::string::npos)

@@ -13,6 +13,12 @@
 namespace kidrr {
 
 constexpr const char* kBundleFormat = "kidrr-bundle/1";
+// The longest caption (in tokens) a WordPiece (BERT) text encoder takes.
+constexpr size_t kMaxWordPieceCaptionLen = 512;
+
+// How captions become ids: the kidrr-basic/1 rules with vocab.json, or BERT WordPiece with a
+// tokenizer.json (the `tokenizer.kind` "wordpiece" of MiniLM bundles).
+enum class TokenizerKind { basic, wordpiece };
 
 struct GraphSpec {
     std::string file, sha256;
@@ -29,7 +35,9 @@ struct Manifest {
     GraphSpec preprocess, backbone;  // RGB8 (H, W, 3) -> (1, 3, S, S); (n, 3, S, S) -> (n, R, F)
     size_t image_regions = 0;        // R of the backbone's features
     uint64_t max_pixels = 0;         // H x W refused beyond this
-    std::string vocab_file;
+    std::string text_encoder_kind = "bigru";     // model.text_encoder: bigru | minilm-l6
+    TokenizerKind tokenizer_kind = TokenizerKind::basic;
+    std::string tokenizer_file;                  // vocab.json (basic) or tokenizer.json (wordpiece)
     // Every file the manifest vouches for, (relative path, sha256): the three graphs, then `files`.
     std::vector<std::pair<std::string, std::string>> files;
     // The text a bundle's identity is the sha256 of (kidrr/identity.py bundle_id): the canonical

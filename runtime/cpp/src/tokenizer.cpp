@@ -7,6 +7,7 @@
 #include "json.hpp"
 #include "npy.hpp"
 #include "utf8.hpp"
+#include "wordpiece.hpp"
 
 namespace kidrr {
 
@@ -18,12 +19,30 @@ inline bool is_space_byte(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
-std::string preview(const std::string& s) {
+// 64 MiB holds millions of words: anything larger is refused before it is read.
+constexpr size_t kMaxVocabBytes = size_t(64) << 20;
+}  // namespace
+
+std::string read_tokenizer_file(const std::string& path) {
+    try {
+        return read_file_bytes(path, kMaxVocabBytes, KIDRR_ERR_BUNDLE);
+    } catch (const Error& e) {
+        throw Error(KIDRR_ERR_BUNDLE, "vocabulary file " + path + " is missing, unreadable or too large (" + e.what() + ")");
+    }
+}
+
+std::string caption_preview(const std::string& s) {
     std::string p = s.substr(0, 60);
     while (!p.empty() && !valid_utf8(p)) p.pop_back();  // do not cut a character in half
     return p;
 }
-}  // namespace
+
+std::unique_ptr<CaptionTokenizer> load_tokenizer_file(const std::string& path) {
+    const Json doc = parse_json(read_tokenizer_file(path), path);
+    // tokenizer.json files have a "model" record; kidrr's vocab.json never does.
+    if (member(doc, "model")) return std::make_unique<WordPiece>(WordPiece::from_json(doc, path));
+    return std::make_unique<Vocabulary>(Vocabulary::from_json(doc, path));
+}
 
 std::vector<std::string> tokenize(const std::string& text) {
     if (!valid_utf8(text)) throw Error(KIDRR_ERR_INPUT, "caption is not valid UTF-8; pass UTF-8 text");
@@ -40,19 +59,11 @@ std::vector<std::string> tokenize(const std::string& text) {
     return tokens;
 }
 
-Vocabulary Vocabulary::load(const std::string& path) {
-    // 64 MiB holds millions of words: anything larger is refused before it is read.
-    std::string bytes;
-    try {
-        bytes = read_file_bytes(path, size_t(64) << 20, KIDRR_ERR_BUNDLE);
-    } catch (const Error& e) {
-        throw Error(KIDRR_ERR_BUNDLE, "vocabulary file " + path + " is missing, unreadable or too large (" + e.what() + ")");
-    }
-    return parse(bytes, path);
-}
+Vocabulary Vocabulary::load(const std::string& path) { return parse(read_tokenizer_file(path), path); }
 
-Vocabulary Vocabulary::parse(std::string_view json, const std::string& path) {
-    const Json doc = parse_json(json, path);
+Vocabulary Vocabulary::parse(std::string_view json, const std::string& path) { return from_json(parse_json(json, path), path); }
+
+Vocabulary Vocabulary::from_json(const Json& doc, const std::string& path) {
     const Json* format = member(doc, "format");
     const Json* rules = member(doc, "tokenizer");
     const Json* words = member(doc, "words");
@@ -70,7 +81,7 @@ Vocabulary Vocabulary::parse(std::string_view json, const std::string& path) {
         if (id < 4 && text != specials[id])
             throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary must start with <pad> <start> <end> <unk>");
         if (!v.index_.emplace(text, int64_t(id)).second)
-            throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary holds the duplicate word '" + preview(text) + "'");
+            throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary holds the duplicate word '" + caption_preview(text) + "'");
         v.words_.push_back(text);
     }
     if (v.words_.size() < 4) throw Error(KIDRR_ERR_BUNDLE, path + ": vocabulary must start with <pad> <start> <end> <unk>");
@@ -80,7 +91,7 @@ Vocabulary Vocabulary::parse(std::string_view json, const std::string& path) {
 std::vector<int64_t> Vocabulary::encode(const std::string& caption, size_t max_len) const {
     std::vector<std::string> tokens = tokenize(caption);
     if (tokens.empty())
-        throw Error(KIDRR_ERR_INPUT, "caption '" + preview(caption) + "' is empty after tokenisation; give at least one word");
+        throw Error(KIDRR_ERR_INPUT, "caption '" + caption_preview(caption) + "' is empty after tokenisation; give at least one word");
     std::vector<int64_t> ids;
     ids.reserve(tokens.size() + 2);
     ids.push_back(kStartId);

@@ -3,6 +3,8 @@
 // so newlines, tabs and any bytes survive the trip.
 //   kidrr_tool tokens FILE                      -> per line: "OK <hex token>..." or "ERR <status>"
 //   kidrr_tool ids VOCAB MAXLEN FILE            -> per line: "OK <id>..." or "ERR <status>"
+//                                                 (VOCAB: vocab.json or a WordPiece tokenizer.json)
+//   kidrr_tool tokenize BUNDLE FILE             -> the same through kidrr_tokenize on an opened bundle
 //   kidrr_tool score BUNDLE FEATURES.npy FILE   -> n lines of m scores (%.9g)
 //   kidrr_tool search BUNDLE GALLERY CAPTION K SHORTLIST -> "<image> <score>" per hit
 //   kidrr_tool sha256 FILE
@@ -126,16 +128,22 @@ int main(int argc, char** argv) {
         }
         return 0;
     }
-    if (cmd == "ids" && argc == 5) {
+    if ((cmd == "ids" && argc == 5) || (cmd == "tokenize" && argc == 4)) {
         kidrr_vocab* vocab = nullptr;
-        if (kidrr_vocab_open(argv[2], std::strtoul(argv[3], nullptr, 10), &vocab) != KIDRR_OK) return die("kidrr_vocab_open");
-        for (const std::string& c : read_captions(argv[4])) {
+        kidrr_bundle* bundle = nullptr;
+        if (cmd == "ids" && kidrr_vocab_open(argv[2], std::strtoul(argv[3], nullptr, 10), &vocab) != KIDRR_OK) return die("kidrr_vocab_open");
+        if (cmd == "tokenize" && kidrr_open(argv[2], nullptr, &bundle) != KIDRR_OK) return die("kidrr_open");
+        auto encode = [&](const std::string& c, std::vector<int64_t>& ids, size_t& n) {
+            return vocab ? kidrr_vocab_encode(vocab, c.c_str(), ids.data(), ids.size(), &n)
+                         : kidrr_tokenize(bundle, c.c_str(), ids.data(), ids.size(), &n);
+        };
+        for (const std::string& c : read_captions(argv[argc - 1])) {
             size_t n = 0;
             std::vector<int64_t> ids(8);
-            kidrr_status st = kidrr_vocab_encode(vocab, c.c_str(), ids.data(), ids.size(), &n);
+            kidrr_status st = encode(c, ids, n);
             if (st == KIDRR_ERR_INVALID_ARGUMENT && n > ids.size()) {  // too small: retry with the size it asked for
                 ids.resize(n);
-                st = kidrr_vocab_encode(vocab, c.c_str(), ids.data(), ids.size(), &n);
+                st = encode(c, ids, n);
             }
             if (st != KIDRR_OK) { std::printf("ERR %s\n", kidrr_status_name(st)); continue; }
             std::string line = "OK";
@@ -143,6 +151,7 @@ int main(int argc, char** argv) {
             std::printf("%s\n", line.c_str());
         }
         kidrr_vocab_free(vocab);
+        kidrr_close(bundle);
         return 0;
     }
     if (cmd == "score" && argc == 5) {

@@ -21,7 +21,9 @@
 #include "kidrr.h"
 #include "sha256.hpp"
 #include "tokenizer.hpp"
+#include "unicode_tables.hpp"
 #include "utf8.hpp"
+#include "wordpiece.hpp"
 
 namespace {
 
@@ -126,6 +128,72 @@ void test_utf8_and_tokenizer() {
     CHECK(kidrr::tokenize(" \t\n\r\v\f").empty());
     CHECK(kidrr::tokenize("x\x1cy") == (V{"x", "\x1c", "y"}));  // \x1c is not one of the six spaces
     CHECK(error_code_of([] { kidrr::tokenize("\xff"); }) == KIDRR_ERR_INPUT);
+}
+
+// A tiny BERT tokenizer.json (the MiniLM one is tested against `tokenizers` from Python).
+const char* kTinyWordPiece = R"({
+  "added_tokens": [{"id": 4, "content": "[MASK]", "special": true, "normalized": false, "lstrip": false, "rstrip": false, "single_word": false},
+                   {"id": 2, "content": "[CLS]", "special": true, "normalized": false}],
+  "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+  "pre_tokenizer": {"type": "BertPreTokenizer"},
+  "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+                     "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]}, "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
+  "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100,
+            "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5, "dog": 6, "##s": 7, "run": 8, "##ning": 9,
+                      "cafe": 10, "\u65e5": 11, ",": 12, "\u1100": 13, "##\u1161": 14, "i": 15}}
+})";
+
+void test_unicode_tables() {
+    namespace u = kidrr::unicode;
+    // Binary searches need sorted, disjoint entries: a hand edit of the generated file would break that.
+    bool sorted = true;
+    for (size_t i = 0; i < u::kFlagsCount; ++i)
+        sorted = sorted && u::kFlags[i].first <= u::kFlags[i].last && (i == 0 || u::kFlags[i - 1].last < u::kFlags[i].first);
+    for (size_t i = 0; i < u::kCombiningClassCount; ++i)
+        sorted = sorted && u::kCombiningClass[i].first <= u::kCombiningClass[i].last &&
+                 (i == 0 || u::kCombiningClass[i - 1].last < u::kCombiningClass[i].first);
+    for (size_t i = 1; i < u::kDecompositionCount; ++i) sorted = sorted && u::kDecomposition[i - 1].cp < u::kDecomposition[i].cp;
+    for (size_t i = 1; i < u::kLowercaseCount; ++i) sorted = sorted && u::kLowercase[i - 1].cp < u::kLowercase[i].cp;
+    CHECK(sorted);
+}
+
+void test_wordpiece() {
+    using Ids = std::vector<int64_t>;
+    const kidrr::WordPiece w = kidrr::WordPiece::parse(kTinyWordPiece, "tiny.json");
+    CHECK(w.size() == 16 && w.unk_id() == 1);
+    CHECK(w.encode("A Dogs, running", 0) == (Ids{2, 5, 6, 7, 12, 8, 9, 3}));
+    CHECK(w.encode("CAF\xc3\x89 caf\xc3\xa9", 0) == (Ids{2, 10, 10, 3}));          // accents stripped, lower-cased
+    CHECK(w.encode("\xc4\xb0", 0) == (Ids{2, 15, 3}));                           // U+0130 -> i + mark -> i
+    CHECK(w.encode("a[MASK]dog [CLS]", 0) == (Ids{2, 5, 4, 6, 2, 3}));           // added tokens in the raw text
+    CHECK(w.encode("\xe6\x97\xa5\xe6\x9c\xac", 0) == (Ids{2, 11, 1, 3}));         // CJK: one word each
+    CHECK(w.encode("\xea\xb0\x80", 0) == (Ids{2, 13, 14, 3}));                    // Hangul GA -> jamo, pieces
+    CHECK(w.encode("dogz", 0) == (Ids{2, 1, 3}));                                 // a word that cannot be pieced: [UNK]
+    CHECK(w.encode(std::string(101, 'a'), 0) == (Ids{2, 1, 3}));                  // over max_input_chars_per_word
+    CHECK(w.encode("a dog", 4) == (Ids{2, 5, 6, 3}));
+    for (const char* bad : {"", " \t\n", "\x01\x7f", "\xcc\x81"})                // nothing left: refused
+        CHECK(error_code_of([&] { w.encode(bad, 0); }) == KIDRR_ERR_INPUT);
+    CHECK(error_code_of([&] { w.encode("a dog", 3); }) == KIDRR_ERR_INPUT);       // 4 ids > 3
+    std::string many;
+    for (int i = 0; i < 500000; ++i) many += "a ";
+    CHECK(error_code_of([&] { w.encode(many, 8); }) == KIDRR_ERR_INPUT);        // stops once past the limit
+    CHECK(w.encode(many, 0).size() == 500002);
+    CHECK(w.encode(std::string(200000, 'a'), 8) == (Ids{2, 1, 3}));            // one long word: [UNK], quickly
+    CHECK(error_code_of([&] { w.encode("caf\xc3", 0); }) == KIDRR_ERR_INPUT);     // invalid UTF-8
+    // Not the BERT kinds, or malformed: typed refusals when loading.
+    const std::string tiny = kTinyWordPiece;
+    auto replaced = [&](const std::string& from, const std::string& to) {
+        std::string t = tiny;
+        t.replace(t.find(from), from.size(), to);
+        return t;
+    };
+    for (const std::string& bad : {std::string("[]"), std::string("{}"), replaced("BertNormalizer", "NFKC"),
+                                   replaced("BertPreTokenizer", "Whitespace"), replaced("\"WordPiece\"", "\"BPE\""),
+                                   replaced("TemplateProcessing", "RobertaProcessing"), replaced("\"ids\": [2]", "\"ids\": [2, 2]"),
+                                   replaced("\"unk_token\": \"[UNK]\"", "\"unk_token\": 7"), replaced("\"i\": 15", "\"i\": -1"),
+                                   replaced("\"normalized\": false", "\"normalized\": true"), replaced("\"strip_accents\": null", "\"strip_accents\": 1"),
+                                   replaced("\"max_input_chars_per_word\": 100", "\"max_input_chars_per_word\": -1")})
+        CHECK(error_code_of([&] { kidrr::WordPiece::parse(bad, "bad.json"); }) == KIDRR_ERR_BUNDLE);
 }
 
 void test_abi_without_bundle() {
@@ -343,6 +411,8 @@ int main(int argc, char** argv) {
     test_json();
     test_npy();
     test_utf8_and_tokenizer();
+    test_unicode_tables();
+    test_wordpiece();
     test_abi_without_bundle();
     if (argc == 4) test_abi_with_bundle(argv[1], argv[2], std::strtoul(argv[3], nullptr, 10));
     std::printf("%d checks, %d failed%s\n", g_checks, g_failed, argc == 4 ? "" : " (no bundle given: bundle tests not run)");
