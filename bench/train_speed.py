@@ -24,7 +24,7 @@ from kidrr.model import KIDRR
 from kidrr.tokenizer import SPECIALS, Vocabulary
 from kidrr.train import Trainer
 
-# Shapes per config: the small one as trained on f8k-sample (R=49, F=256), the published one on
+# Shapes per config: the small one as once trained on the retired f8k-sample (R=49, F=256), the published one on
 # BUTD features (R=36, F=2048) at the batch that fits a CPU run. L: tokens incl. <start>/<end>.
 CONFIGS = {
     "small": dict(model=ModelConfig.small, batch=128, R=49, F=256, L=14),

@@ -90,7 +90,7 @@ def build_graphs(model, opset: int, precision: str) -> dict:
     """name -> (ModelProto, seconds to write it)."""
     out = {}
     for name, make in (("image_encoder", lambda: graphs.image_encoder(model, opset)),
-                       ("text_encoder", lambda: graphs.text_encoder(model, opset)),
+                       ("text_encoder", lambda: graphs.text_encoder(model, opset, precision)),
                        ("similarity", lambda: graphs.similarity(model, opset, graphs.SimilarityOptions(precision)))):
         start = time.perf_counter()
         proto = make()
@@ -186,7 +186,8 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
     for name, (proto, seconds) in built.items():
         path = os.path.join(staging, f"{name}.onnx")
         onnx.save(proto, path)
-        entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, precision if name == "similarity" else "fp32")
+        graph_precision = {"similarity": precision, "text_encoder": graphs.text_precision(model.cfg, precision)}
+        entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, graph_precision.get(name, "fp32"))
         timings[name] = seconds
         log(f"  wrote {name}.onnx in {seconds:.2f}s ({os.path.getsize(path) / 1e6:.1f} MB)")
     backbone_net = None
@@ -246,7 +247,7 @@ def _verify(model, vocab, folder, precision, opset, recall_images, progress, log
     for name, diff in report["max_abs_diff"].items():
         log(f"  max |torch - onnxruntime| {name:28s} {diff:.3g}")
     log("  rank agreement " + ", ".join(f"{k} {v:.3f}" for k, v in report["rank_agreement"].items()))
-    bad = verify.check_parity(report, precision)
+    bad = verify.check_parity(report, precision, graphs.text_precision(model.cfg, precision))
     if bad:
         raise verify.VerificationError(f"exported graphs differ from PyTorch beyond {verify.FP32_TOLERANCE}: "
                                        f"{', '.join(bad)}; the bundle was not written")

@@ -133,14 +133,20 @@ def _gru(b: Builder, prefix: str, gru, words_seq_first: str, hidden: int) -> str
     return b.Transpose(b.squeeze(y, 1), perm=[1, 0, 2])                  # (L, 1, m, H) -> (m, L, H)
 
 
-def text_encoder(model, opset: int) -> onnx.ModelProto:
+def text_precision(cfg, precision: str) -> str:
+    """The text encoder's own precision: the pretrained transformer follows the bundle's int8 (its
+    matrix products are the caption's whole cost); everything else, and every BiGRU, stays fp32."""
+    return "int8" if cfg.text_encoder == "minilm-l6" and precision == "int8" else "fp32"
+
+
+def text_encoder(model, opset: int, precision: str = "fp32") -> onnx.ModelProto:
     cfg = model.cfg
     b = Builder()
     maskb = _length_mask(b, "lengths", "ids")
     maskf = b.Cast(maskb, to=FLOAT)
     knowledge = b.weight("knowledge", _np(model.knowledge)) if model.knowledge is not None else None
     if cfg.text_encoder == "minilm-l6":
-        t, sentence = _minilm_words(b, model.text_encoder, maskf)
+        t, sentence = _minilm_words(b, model.text_encoder, maskf, text_precision(cfg, precision) == "int8")
     else:
         t, sentence = _bigru_words(b, model.text_encoder, cfg, maskb, maskf), None
     x, g = _dissemination(b, "text_kgid", model, model.text_kgid, model.text_pool, t, maskf, maskb, knowledge)
@@ -176,7 +182,7 @@ def _layer_norm(b: Builder, prefix: str, x: str, norm) -> str:
                                 b.weight(f"{prefix}.bias", _np(norm.bias)), axis=-1, epsilon=float(norm.eps))
 
 
-def _minilm_words(b: Builder, enc, maskf: str):
+def _minilm_words(b: Builder, enc, maskf: str, int8: bool):
     """The pretrained BERT (kidrr/minilm.py) as plain ONNX ops, then KIDRR's heads on its states:
     words (m, L, D) zero at padding, and the projected mean-pooled sentence vector (m, D)."""
     bert = enc.bert
@@ -190,7 +196,7 @@ def _minilm_words(b: Builder, enc, maskf: str):
     # additive attention mask (m, 1, 1, L): 0 at real tokens, the float minimum at padding (as torch)
     bias = b.unsqueeze(b.Mul(b.Sub(b.const(np.float32(1.0)), maskf), b.const(np.float32(np.finfo(np.float32).min))), 1, 2)
     for i, layer in enumerate(bert.layers):
-        x = _bert_layer(b, f"{p}.layers.{i}", layer, x, bias, hidden)
+        x = _bert_layer(b, f"{p}.layers.{i}", layer, x, bias, hidden, int8)
     words = b.Mul(b.l2norm(b.linear(x, *_linear(b, "text_encoder.word_proj", enc.word_proj))), b.unsqueeze(maskf, 2))
     m = b.unsqueeze(maskf, 2)
     mean = b.Div(b.ReduceSum(b.Mul(x, m), b.axes(1), keepdims=0),
@@ -198,23 +204,31 @@ def _minilm_words(b: Builder, enc, maskf: str):
     return words, b.linear(mean, *_linear(b, "text_encoder.sentence_proj", enc.sentence_proj))
 
 
-def _bert_layer(b: Builder, p: str, layer, x: str, bias: str, hidden: int) -> str:
+def _bert_layer(b: Builder, p: str, layer, x: str, bias: str, hidden: int, int8: bool) -> str:
+    """One BERT layer; int8: its six matrix products dynamically quantized (activations per tensor,
+    weights per output column), as the similarity graph's int8 variant does."""
+    def lin(y, name):
+        module = getattr(layer, name)
+        if not int8:
+            return b.linear(y, *_linear(b, f"{p}.{name}", module))
+        q, scale = _quantize_columns(_np(module.weight).T)
+        return b.linear_int8(y, b.weight(f"{p}.{name}.weight_q", q), b.weight(f"{p}.{name}.weight_scale", scale),
+                             b.weight(f"{p}.{name}.bias", _np(module.bias)))
     heads = layer.heads
     head_dim = hidden // heads
     split_shape = b.const(np.array([0, 0, heads, head_dim], dtype=np.int64), hint="heads_shape")
 
     def split(name, perm):
-        return b.Transpose(b.Reshape(b.linear(x, *_linear(b, f"{p}.{name}", getattr(layer, name))), split_shape), perm=perm)
+        return b.Transpose(b.Reshape(lin(x, name), split_shape), perm=perm)
     q, k, v = split("query", [0, 2, 1, 3]), split("key", [0, 2, 3, 1]), split("value", [0, 2, 1, 3])
     logits = b.Add(b.Mul(b.MatMul(q, k), b.const(np.float32(1.0 / math.sqrt(head_dim)))), bias)
     ctx = b.Transpose(b.MatMul(b.Softmax(logits, axis=-1), v), perm=[0, 2, 1, 3])
     ctx = b.Reshape(ctx, b.const(np.array([0, 0, hidden], dtype=np.int64), hint="merge_shape"))
-    x = _layer_norm(b, f"{p}.attn_norm", b.Add(x, b.linear(ctx, *_linear(b, f"{p}.attn_out", layer.attn_out))),
-                    layer.attn_norm)
-    inner = b.linear(x, *_linear(b, f"{p}.inner", layer.inner))
+    x = _layer_norm(b, f"{p}.attn_norm", b.Add(x, lin(ctx, "attn_out")), layer.attn_norm)
+    inner = lin(x, "inner")
     gelu = b.Mul(b.Mul(inner, b.const(np.float32(0.5))),
                  b.Add(b.const(np.float32(1.0)), b.Erf(b.Mul(inner, b.const(np.float32(1.0 / math.sqrt(2.0)))))))
-    return _layer_norm(b, f"{p}.out_norm", b.Add(x, b.linear(gelu, *_linear(b, f"{p}.out", layer.out))), layer.out_norm)
+    return _layer_norm(b, f"{p}.out_norm", b.Add(x, lin(gelu, "out")), layer.out_norm)
 
 
 def _quantize_columns(w_t: np.ndarray):

@@ -38,6 +38,12 @@ def shipped_pixel_checkpoint() -> str:
     return str(resources.files("kidrr") / "shipped_pixels")
 
 
+def shipped_photo_checkpoint() -> str:
+    """Folder of the real-photo model: EfficientNet-Lite0 + all-MiniLM-L6-v2 (both from their packages)
+    + KIDRR heads trained on Flickr8k photos (research use; README, docs/shipped_photos.md)."""
+    return str(resources.files("kidrr") / "shipped_photos")
+
+
 def check_replaceable_checkpoint(folder: str) -> None:
     """CheckpointError unless folder is empty or a kidrr checkpoint holding only a checkpoint's files."""
     entries = os.listdir(folder)

@@ -138,7 +138,7 @@ def _remove_empty_gallery(out: str) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", default=None, help="bundle with an image backbone (default: the shipped pixel model)")
+@click.option("--bundle", default=None, help="bundle with an image backbone (default: the shipped real-photo model)")
 @click.option("--images", required=True, help="folder of photos (searched recursively; ids are relative paths)")
 @click.option("--out", required=True, help="gallery to write: a folder (format 2) or a .npz file (v1)")
 @click.option("--batch-size", type=int, default=32, show_default=True)

@@ -2,7 +2,7 @@
 
 Without --bundle the bundle is the one the gallery was made with, read from the gallery's
 kidrr-index.json and checked against the identity the gallery itself carries; galleries made
-elsewhere (kidrr-gallery add) fall back to the shipped pixel model, also checked.
+elsewhere (kidrr-gallery add) fall back to the shipped real-photo model, also checked.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def bundle_for(gallery: str, bundle: str | None) -> tuple[str, dict | None]:
             raise BundleError(f"gallery {gallery} was made with bundle {record['bundle']}, which no longer exists "
                               f"(see {sidecar_path(gallery)}); pass --bundle with that bundle")
         return record["bundle"], record
-    from .default_bundle import shipped_pixel_bundle
-    return shipped_pixel_bundle(), None
+    from .default_bundle import shipped_photo_bundle
+    return shipped_photo_bundle(), None
 
 
 def search(gallery: str, query: str, k: int = 10, bundle: str | None = None, shortlist: int | None = None,

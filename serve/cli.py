@@ -59,7 +59,9 @@ def read_token(token_file: str | None) -> str | None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", required=True, type=click.Path(), help="bundle folder (kidrr-export onnx)")
+@click.option("--bundle", default=None, type=click.Path(),
+              help="bundle folder (kidrr-export onnx); default: the one kidrr-index recorded for the first "
+                   "gallery, else the shipped real-photo model")
 @click.option("--gallery", "galleries", required=True, multiple=True, type=click.Path(),
               help="a .npz gallery file (Gallery.save) cut into --shards parts, or format-2 gallery folders "
                    "(kidrr-gallery), one per shard: repeat --gallery")
@@ -117,6 +119,9 @@ def main(bundle, galleries, ids_path, captions_path, engine, shards, replicas, a
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                             timeout_s=timeout_s, token=token, workers=workers, max_heavy=max_heavy,
                             reload_check_s=reload_check_s)
+        if bundle is None:
+            from kidrr.photos.search import bundle_for
+            bundle = bundle_for(galleries[0], None)[0]
         if engine == "local":
             serve_local(bundle, galleries, ids_path, captions_path, settings, shards, host, port, threads)
         else:

@@ -65,7 +65,11 @@ def test_diagnose_agrees_with_kidrr_eval_and_the_per_pair_loop(tiny_model):
     images, captions = _encoded(model, vocab, split)
     by_pair = np.array([[float(pair_local_alignment(model, images[0][i], captions[0][j, :n]))
                          for j, n in enumerate(captions[2].tolist())] for i in range(6)])
-    assert result["rsum"]["local_alignment"] == pytest.approx(recall(by_pair, split.caption_image)["rsum"])
+    # Compared as matrices: with 6 images, near-ties between the tiled and the per-pair float sums can
+    # swap two ranks (seen on an AMX machine), which an rSum comparison would call a failure.
+    batched = local_alignment(model, images, captions)
+    np.testing.assert_allclose(batched, by_pair, atol=1e-5)
+    assert result["rsum"]["local_alignment"] == pytest.approx(recall(batched, split.caption_image)["rsum"])
 
 
 def test_rank_correlation_ignores_monotone_maps():

@@ -119,3 +119,82 @@ def test_wordpiece_matches_tokenizers(tokenizer, text):
             tokenizer.encode(text)
     else:
         assert tokenizer.encode(text) == want
+
+
+def _tiny_minilm(tokenizer, **kw):
+    from kidrr.model import KIDRR
+    torch.manual_seed(0)
+    return KIDRR(ModelConfig.small(text_encoder="minilm-l6", feature_size=32, vocab_size=len(tokenizer),
+                                   knowledge_nodes=4, **kw))
+
+
+def test_cached_states_train_like_the_full_encoder_and_finetuned_layers_are_saved(tokenizer, tmp_path):
+    """The cache feeds the heads exactly what the encoder gives; a fine-tuned top layer trains, is
+    saved with the heads, and loads back; the frozen layers are never written."""
+    from kidrr.checkpoint import load_checkpoint, save_checkpoint
+    from kidrr.config import TrainConfig
+    from kidrr.text_cache import FrozenTextStates
+    from kidrr.train import Trainer
+    caps = real_captions(16)
+    ids = [tokenizer.encode(c) for c in caps]
+    model = _tiny_minilm(tokenizer).eval()
+    model.text_encoder.set_finetune(1)
+    cache = FrozenTextStates(model.text_encoder, ids, progress=False)
+    states, lengths = cache.batch(np.arange(16))
+    padded, lens = (torch.from_numpy(a) for a in pad_batch(ids))
+    with torch.no_grad():
+        want = model.encode_texts(padded, lens)
+        got = model.encode_text_states(states, lengths)
+    assert (want[1] - got[1]).abs().max().item() < 2e-3    # float16 cache
+    top = model.text_encoder.bert.layers[-1].out.weight.detach().clone()
+    below = model.text_encoder.bert.layers[-2].out.weight.detach().clone()
+    trainer = Trainer(model, tokenizer, TrainConfig(batch_size=16), cache)
+    feats = torch.randn(16, 5, 32)
+    trainer.step(feats, states, lengths, torch.arange(16), hardest=False)
+    assert not torch.equal(top, model.text_encoder.bert.layers[-1].out.weight)
+    assert torch.equal(below, model.text_encoder.bert.layers[-2].out.weight)
+    save_checkpoint(str(tmp_path / "ck"), model, tokenizer)
+    from safetensors.numpy import load_file
+    saved = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    assert "text_encoder.bert.layers.5.out.weight" in saved and "text_encoder.bert.layers.4.out.weight" not in saved
+    assert not any(k.startswith("text_encoder.bert.word") for k in saved)
+    loaded, tok, _ = load_checkpoint(str(tmp_path / "ck"))
+    assert torch.equal(loaded.text_encoder.bert.layers[-1].out.weight, model.text_encoder.bert.layers[-1].out.weight)
+    with torch.no_grad():
+        assert (loaded.encode_texts(padded, lens)[1] - model.encode_texts(padded, lens)[1]).abs().max() < 1e-6
+
+
+def test_a_checkpoint_whose_tokenizer_record_names_another_file_is_refused(tokenizer, tmp_path):
+    import json
+    from kidrr.checkpoint import load_checkpoint, save_checkpoint
+    from kidrr.errors import CheckpointError
+    save_checkpoint(str(tmp_path / "ck"), _tiny_minilm(tokenizer), tokenizer)
+    record = json.loads((tmp_path / "ck" / "vocab.json").read_text())
+    (tmp_path / "ck" / "vocab.json").write_text(json.dumps(dict(record, sha256="0" * 64)))
+    with pytest.raises(CheckpointError, match="install the package version the model was trained with"):
+        load_checkpoint(str(tmp_path / "ck"))
+
+
+def test_runtime_scores_equal_torch_on_real_captions(tokenizer, tmp_path):
+    """Export a tiny minilm-l6 checkpoint, open it with the torch-free runtime: real captions give the
+    PyTorch scores within 1e-5 (encoders and similarity), and the bundle carries the tokenizer file."""
+    import json
+    from kidrr.checkpoint import save_checkpoint
+    from kidrr.export.bundle import export_bundle
+    from kidrr.runtime import open_bundle
+    model = _tiny_minilm(tokenizer, score_fusion=0.5).eval()
+    save_checkpoint(str(tmp_path / "ck"), model, tokenizer)
+    export_bundle(str(tmp_path / "ck"), str(tmp_path / "b"), progress=False)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["tokenizer"] == {"kind": "wordpiece", "file": "tokenizer.json", "max_caption_len": 64}
+    assert (tmp_path / "b" / "tokenizer.json").read_bytes() == tokenizer.data
+    caps = real_captions(12)
+    feats = np.random.default_rng(0).normal(size=(7, 5, 32)).astype(np.float32)
+    ids, lens = (torch.from_numpy(a) for a in pad_batch([tokenizer.encode(c) for c in caps]))
+    with torch.no_grad():
+        il, ig = model.encode_images(torch.from_numpy(feats))
+        cl, cg = model.encode_texts(ids, lens)
+        want = model.score(il, ig, cl, cg, lens).numpy()
+    with open_bundle(str(tmp_path / "b")) as rt:
+        got = rt.score(rt.encode_images(feats), rt.encode_texts(caps))
+    assert np.abs(np.asarray(got) - want).max() < 1e-5
