@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <new>
 #include <string>
 
 #include <Eigen/Core>
@@ -18,10 +20,26 @@ using MMap = Eigen::Map<Mat>;
 constexpr float kNormEps = 1e-8f;      // l2norm: x / (sqrt(sum x^2) + 1e-8), as the function bodies
 constexpr size_t kBlockRows = 128;     // rows per block: a block's scores and products stay in L2
 
-// One scratch buffer per thread and purpose, reused across blocks and runs.
-float* scratch(std::vector<float>& buf, size_t count) {
-    if (buf.size() < count) buf.resize(count);
-    return buf.data();
+// One scratch buffer per thread and purpose, reused across blocks and runs. 64-byte aligned, always:
+// Eigen peels vectorised reductions by address, so a buffer's alignment must not depend on which
+// thread runs a block, or concurrent runs would differ from serial ones in the last bit.
+struct Scratch {
+    float* data = nullptr;
+    size_t size = 0;
+    ~Scratch() { std::free(data); }
+};
+
+float* scratch(Scratch& buf, size_t count) {
+    if (buf.size < count) {
+        std::free(buf.data);
+        buf.data = static_cast<float*>(std::aligned_alloc(64, ((count * sizeof(float) + 63) / 64) * 64));
+        if (!buf.data) {
+            buf.size = 0;
+            throw std::bad_alloc();
+        }
+        buf.size = count;
+    }
+    return buf.data;
 }
 
 void l2norm_rows(float* x, size_t rows, size_t cols) {
@@ -65,7 +83,7 @@ void cross_attention(const CrossAttentionArgs& a, float* out, const ParallelFor&
     const size_t sets_per_block = std::max<size_t>(1, kBlockRows / a.q);
     const size_t blocks = (a.bq + sets_per_block - 1) / sets_per_block;
     pfor(a.bc * blocks, [&](size_t item) {
-        static thread_local std::vector<float> buf_scores, buf_norm;
+        static thread_local Scratch buf_scores, buf_norm;
         const size_t ci = item / blocks, b0 = (item % blocks) * sets_per_block;
         const size_t b1 = std::min(a.bq, b0 + sets_per_block);
         const size_t rows = (b1 - b0) * a.q, C = a.c;
@@ -145,7 +163,7 @@ void similarity_vector(const SimilarityVectorArgs& a, float* out, const Parallel
     const size_t blocks = (bc.rows + kBlockRows - 1) / kBlockRows;
     const size_t rank = bc.out_lead.size();
     pfor(blocks, [&](size_t item) {
-        static thread_local std::vector<float> buf_sq;
+        static thread_local Scratch buf_sq;
         const size_t r0 = item * kBlockRows, r1 = std::min(bc.rows, r0 + kBlockRows), rows = r1 - r0;
         float* sq = scratch(buf_sq, rows * a.d);
         for (size_t r = r0; r < r1; ++r) {
@@ -183,7 +201,7 @@ void relation_step(const RelationStepArgs& a, float* s_out, float* adj, const Pa
     const size_t blocks = (pairs + pairs_per_block - 1) / pairs_per_block;
     const float gamma = a.gamma, one_minus = 1.f - a.gamma;
     pfor(blocks, [&](size_t item) {
-        static thread_local std::vector<float> buf_u, buf_mixed;
+        static thread_local Scratch buf_u, buf_mixed;
         const size_t p0 = item * pairs_per_block, p1 = std::min(pairs, p0 + pairs_per_block);
         const size_t rows = (p1 - p0) * Q;
         float* u = scratch(buf_u, rows * S);

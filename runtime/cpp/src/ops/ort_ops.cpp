@@ -296,9 +296,16 @@ Op make_op(const char* name, size_t inputs, size_t outputs, Kernel* (*make)(cons
     return op;
 }
 
+// Live as long as this library is loaded: ONNX Runtime keeps it loaded while a session that
+// registered it exists and unloads it after, when these are freed (no leak per load).
 std::once_flag g_ops_once;
-std::vector<Op>* g_ops = nullptr;  // lives as long as the process: sessions keep pointers to it
+std::vector<Op> g_ops;
 OrtCustomOpDomain* g_domain = nullptr;
+struct DomainOwner {
+    ~DomainOwner() {
+        if (g_domain && g_api) g_api->ReleaseCustomOpDomain(g_domain);
+    }
+} g_domain_owner;
 
 }  // namespace
 
@@ -323,11 +330,11 @@ OrtStatus* kidrr_register_ops(OrtSessionOptions* options, const OrtApiBase* base
     std::call_once(g_ops_once, [&] {
         g_api = api;
         g_api_version = want;
-        g_ops = new std::vector<Op>{make_op("CrossAttention", 3, 1, make_kernel<CrossAttention>),
-                                    make_op("SimilarityVector", 4, 1, make_kernel<SimilarityVector>),
-                                    make_op("RelationStep", 9, 2, make_kernel<RelationStep>)};
+        g_ops = {make_op("CrossAttention", 3, 1, make_kernel<CrossAttention>),
+                 make_op("SimilarityVector", 4, 1, make_kernel<SimilarityVector>),
+                 make_op("RelationStep", 9, 2, make_kernel<RelationStep>)};
         st = api->CreateCustomOpDomain("kidrr", &g_domain);
-        for (Op& op : *g_ops)
+        for (Op& op : g_ops)
             if (!st) st = api->CustomOpDomain_Add(g_domain, &op);
     });
     if (st) return st;
