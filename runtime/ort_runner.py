@@ -5,6 +5,7 @@ import numpy as np
 
 from kidrr.errors import BackendUnavailable, BundleError, InputError
 
+from . import kernels as kernel_choice
 from .bundle import Bundle, check_graph_io
 from .runner import Runner, as_float32, as_int64
 
@@ -28,7 +29,7 @@ def _import_ort():
 class OrtRunner(Runner):
     name = "ort"
 
-    def __init__(self, bundle: Bundle, threads: int = 0, providers=None, spin: bool = False):
+    def __init__(self, bundle: Bundle, threads: int = 0, providers=None, spin: bool = False, kernels: str = "auto"):
         super().__init__(bundle, threads)
         ort = _import_ort()
         available = ort.get_available_providers()
@@ -41,19 +42,11 @@ class OrtRunner(Runner):
         if not isinstance(spin, bool):
             raise InputError(f"spin must be True or False, got {spin!r}")
         self.providers = list(providers)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
-        opts.inter_op_num_threads = 1        # the graphs are chains; parallel branches only add contention
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        # Idle workers sleep rather than busy-wait for the next run (onnxruntime spins by default): on a
-        # few cores a spinning worker holds the core that the gallery's first stage, the row reads and
-        # the next graph need. docs/runtime.md has the measurement; spin=True restores the default.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts = self._options(ort, threads, spin)
         self.sessions = {}
-        for graph in ("image_encoder", "text_encoder", "similarity"):
+        for graph in ("image_encoder", "text_encoder"):
             self.sessions[graph] = self._session(ort, bundle, graph, opts)
+        self.sessions["similarity"] = self._similarity_session(ort, bundle, threads, spin, kernels, opts)
         if bundle.takes_pixels:
             self.sessions["backbone"] = self._session(ort, bundle, "backbone", opts)
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
@@ -66,6 +59,49 @@ class OrtRunner(Runner):
                                   f"the contract (docs/bundle.md) says {list(names)}; re-export the bundle")
             check_graph_io(bundle, graph, [(i.name, ORT_DTYPES.get(i.type, i.type), i.shape)
                                            for i in self.sessions[graph].get_inputs()])
+
+    @staticmethod
+    def _options(ort, threads, spin):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
+        opts.inter_op_num_threads = 1        # the graphs are chains; parallel branches only add contention
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        # Idle workers sleep rather than busy-wait for the next run (onnxruntime spins by default): on a
+        # few cores a spinning worker holds the core that the gallery's first stage, the row reads and
+        # the next graph need. docs/runtime.md has the measurement; spin=True restores the default.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        return opts
+
+    def _similarity_session(self, ort, bundle, threads, spin, kernels, opts):
+        """With the fused kernels registered when chosen (runtime/kernels.py), else the function bodies.
+        Only this session gets them: the encoders' kidrr ops (DisseminationStep) have no kernel."""
+        try:
+            path, required, why = kernel_choice.choose(kernels, bundle.graph("similarity").get("precision", "fp32"))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        self.kernels = f"{kernel_choice.BODIES} ({why})"
+        if path is not None and "CPUExecutionProvider" == self.providers[0]:
+            fused = self._options(ort, threads, spin)
+            try:
+                fused.register_custom_ops_library(path)
+                session = ort.InferenceSession(bundle.graph_path("similarity"), sess_options=fused,
+                                               providers=self.providers)
+            except Exception as exc:  # a library for another ONNX Runtime, another CPU, a broken file
+                if required:
+                    raise BackendUnavailable(f"the kidrr ops library {path} cannot be used here ({str(exc)[:300]}); "
+                                             f"rebuild runtime/cpp against this onnxruntime or pass kernels='auto'") from exc
+                kernel_choice.warn_once(path, f"kidrr ops library {path} not used ({str(exc)[:300]}); scoring with "
+                                              f"the function bodies (same scores, slower). Rebuild runtime/cpp or set "
+                                              f"${kernel_choice.ENV}=off to silence this")
+                self.kernels = f"{kernel_choice.BODIES} ({path} failed to load)"
+            else:
+                self.kernels = f"fused ({path})"
+                return session
+        elif path is not None:
+            self.kernels = f"{kernel_choice.BODIES} (the fused kernels are CPU kernels; {self.providers[0]} runs first)"
+        return self._session(ort, bundle, "similarity", opts)
 
     def _session(self, ort, bundle, graph, opts):
         try:
@@ -102,7 +138,8 @@ class OrtRunner(Runner):
         return scores
 
     def describe(self) -> str:
-        return f"ort[{','.join(p.replace('ExecutionProvider', '') for p in self.providers)}]"
+        fused = "+kidrr_ops" if self.kernels.startswith("fused") else ""
+        return f"ort[{','.join(p.replace('ExecutionProvider', '') for p in self.providers)}]{fused}"
 
     def close(self) -> None:
         self.sessions.clear()

@@ -1,4 +1,4 @@
-"""The libFuzzer harnesses of the C++ file parsers (runtime/cpp/fuzz), kept alive in CI.
+"""The libFuzzer harnesses of the C++ file parsers and fused kernels (runtime/cpp/fuzz), kept alive in CI.
 
 Builds them with clang fetched from Debian (scripts/fetch_clang.sh; cached in build/cpp/fuzz) under
 ASan + UBSan and runs each for a few seconds from its seed corpus, which holds the crafted files of
@@ -13,7 +13,7 @@ import pytest
 
 import test_cpp_support as cpp
 
-HARNESSES = ["manifest", "vocab", "wordpiece", "npy", "npz", "gallery", "gallery2"]
+HARNESSES = ["manifest", "vocab", "wordpiece", "npy", "npz", "gallery", "gallery2", "kernels"]
 SECONDS = 4
 
 

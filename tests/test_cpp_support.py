@@ -17,6 +17,7 @@ SOURCE = os.path.join(ROOT, "runtime", "cpp")
 BUILD = os.path.join(ROOT, "build", "cpp")
 HEADERS = os.path.join(ROOT, "build", "cpp-ort-headers")
 JSON_HEADERS = os.path.join(ROOT, "build", "cpp-json-headers")
+EIGEN_HEADERS = os.path.join(ROOT, "build", "cpp-eigen-headers")
 CLANG = os.path.join(ROOT, "build", "cpp-clang")
 SCRIPTS = os.path.join(SOURCE, "scripts")
 BUILD_SECONDS = {}  # kind -> seconds the last build call took (reported by the tests)
@@ -47,6 +48,7 @@ def _fetch(script, out, probe, what):
 def fetch_headers():
     """The ONNX Runtime and nlohmann-json headers (Debian packages, fetched once into build/)."""
     _fetch("fetch_json_headers.sh", JSON_HEADERS, os.path.join("include", "nlohmann", "json.hpp"), "nlohmann-json headers")
+    _fetch("fetch_eigen_headers.sh", EIGEN_HEADERS, os.path.join("include", "eigen3", "Eigen", "Core"), "Eigen headers")
     return _fetch("fetch_ort_headers.sh", HEADERS, os.path.join("include", "onnxruntime", "onnxruntime_c_api.h"),
                   "ONNX Runtime headers")
 
@@ -73,7 +75,7 @@ def build(kind: str = "release") -> str:
         start = time.perf_counter()
         if not os.path.isfile(os.path.join(out, "CMakeCache.txt")):
             args = ["cmake", "-S", SOURCE, "-B", out, f"-DKIDRR_ORT_HEADERS_DIR={HEADERS}",
-                    f"-DKIDRR_JSON_HEADERS_DIR={JSON_HEADERS}",
+                    f"-DKIDRR_JSON_HEADERS_DIR={JSON_HEADERS}", f"-DKIDRR_EIGEN_HEADERS_DIR={EIGEN_HEADERS}",
                     "-DCMAKE_BUILD_TYPE=" + ("Release" if kind == "release" else "Debug")]
             if shutil.which("ninja"):
                 args += ["-G", "Ninja"]

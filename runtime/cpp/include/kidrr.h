@@ -81,6 +81,10 @@ KIDRR_API const char* kidrr_status_name(kidrr_status status);
 KIDRR_API kidrr_status kidrr_open(const char* bundle_dir, const kidrr_options* options, kidrr_bundle** out);
 KIDRR_API void kidrr_close(kidrr_bundle* bundle); /* NULL is fine */
 KIDRR_API kidrr_status kidrr_bundle_get_info(const kidrr_bundle* bundle, kidrr_bundle_info* out);
+/* What runs the similarity graph's kidrr ops: "fused (PATH)" when libkidrr_ops (built beside libkidrr,
+ * or $KIDRR_OPS_LIBRARY; "off" disables it) was registered, else "function bodies" and why. Same
+ * scores either way. Valid while the bundle is open; NULL bundle gives "". */
+KIDRR_API const char* kidrr_bundle_kernels(const kidrr_bundle* bundle);
 
 /* Encode n images of `regions` region features of size feature_size (row-major float32 n x R x F).
  * feature_size must equal the bundle's F. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the libFuzzer harnesses (runtime/cpp/fuzz) under ASan + UBSan for a time budget each.
 #
-# Usage: fuzz.sh [SECONDS_EACH=150] [HARNESS...]     harnesses: manifest vocab wordpiece npy npz gallery gallery2
+# Usage: fuzz.sh [SECONDS_EACH=150] [HARNESS...]     harnesses: manifest vocab wordpiece npy npz gallery gallery2 kernels
 #   builds build/cpp/fuzz with clang fetched by fetch_clang.sh (nothing installed),
 #   grows a working corpus in build/cpp/fuzz-corpus/<harness> from the seeds in fuzz/corpus/<harness>,
 #   writes crashing inputs to build/cpp/fuzz-findings/<harness>-crash-*,
@@ -13,7 +13,7 @@ root=$(cd "$here/../.." && pwd)
 seconds=${1:-150}
 shift || true
 harnesses=("$@")
-((${#harnesses[@]})) || harnesses=(manifest vocab wordpiece npy npz gallery gallery2)
+((${#harnesses[@]})) || harnesses=(manifest vocab wordpiece npy npz gallery gallery2 kernels)
 
 cxx=$(bash "$here/scripts/fetch_clang.sh" "$root/build/cpp-clang" | tail -n1)
 bash "$here/scripts/fetch_json_headers.sh" "$root/build/cpp-json-headers" >/dev/null

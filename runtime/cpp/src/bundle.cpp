@@ -119,7 +119,9 @@ Bundle::Bundle(const std::string& folder, const Options& options)
     ort_ = OrtRuntime::acquire(options.ort_library);
     image_encoder_ = std::make_unique<Session>(ort_, folder + "/" + m.image_encoder.file, options.intra_op_threads);
     text_encoder_ = std::make_unique<Session>(ort_, folder + "/" + m.text_encoder.file, options.intra_op_threads);
-    similarity_ = std::make_unique<Session>(ort_, folder + "/" + m.similarity.file, options.intra_op_threads);
+    // The fused kernels serve the fp32 similarity graph (the other precisions' ops take other inputs).
+    similarity_ = std::make_unique<Session>(ort_, folder + "/" + m.similarity.file, options.intra_op_threads,
+                                            precision_ == "fp32" ? find_ops_library() : "");
     if (m.has_image) {
         pre_io_ = {m.preprocess.inputs, m.preprocess.outputs};
         backbone_io_ = {m.backbone.inputs, m.backbone.outputs};

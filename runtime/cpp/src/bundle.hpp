@@ -51,6 +51,7 @@ public:
     size_t max_caption_len() const { return max_caption_len_; }
     size_t vocab_size() const { return tokenizer_->size(); }
     const std::string& precision() const { return precision_; }
+    const std::string& kernels() const { return similarity_->kernels(); }
     const std::string& identity() const { return identity_; }
     const OrtRuntime& ort() const { return *ort_; }
 

@@ -127,6 +127,10 @@ kidrr_status kidrr_bundle_get_info(const kidrr_bundle* bundle, kidrr_bundle_info
     });
 }
 
+const char* kidrr_bundle_kernels(const kidrr_bundle* bundle) {
+    return bundle ? bundle->impl->kernels().c_str() : "";
+}
+
 kidrr_status kidrr_encode_images(const kidrr_bundle* bundle, const float* features, size_t n, size_t regions,
                                  size_t feature_size, kidrr_images** out) {
     return guarded("kidrr_encode_images", [&] {

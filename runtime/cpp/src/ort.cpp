@@ -114,8 +114,44 @@ void OrtRuntime::check(OrtStatus* status, const std::string& what) const {
     throw Error(k, "ONNX Runtime failed " + what + ": " + msg);
 }
 
-Session::Session(std::shared_ptr<OrtRuntime> ort, const std::string& model_path, int intra_op_threads)
+std::string find_ops_library() {
+    if (const char* env = std::getenv("KIDRR_OPS_LIBRARY"); env && *env) {
+        std::string v = env;
+        return (v == "off" || v == "0" || v == "none" || v == "bodies") ? "" : v;
+    }
+    Dl_info info{};
+    if (::dladdr(reinterpret_cast<void*>(&find_ops_library), &info) && info.dli_fname) {
+        std::string self = info.dli_fname;
+        size_t slash = self.rfind('/');
+        std::string candidate = (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/libkidrr_ops.so";
+        if (is_file(candidate)) return candidate;
+    }
+    return "";
+}
+
+Session::Session(std::shared_ptr<OrtRuntime> ort, const std::string& model_path, int intra_op_threads,
+                 const std::string& ops_library)
     : ort_(std::move(ort)), path_(model_path) {
+    if (!ops_library.empty()) {
+        try {
+            open(intra_op_threads, ops_library);
+            kernels_ = "fused (" + ops_library + ")";
+        } catch (const Error& e) {
+            // Another ONNX Runtime's build, another CPU, a broken file: same scores from the function bodies.
+            static std::once_flag said;
+            std::call_once(said, [&] {
+                std::fprintf(stderr, "kidrr: %s not used (%s); scoring with the function bodies (same scores, slower). "
+                             "Rebuild runtime/cpp or set KIDRR_OPS_LIBRARY=off to silence this\n",
+                             ops_library.c_str(), e.what());
+            });
+            kernels_ = "function bodies (" + ops_library + " failed to load)";
+        }
+    }
+    if (!session_) open(intra_op_threads, "");
+    ort_->check(ort_->api()->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &cpu_), "creating CPU memory info");
+}
+
+void Session::open(int intra_op_threads, const std::string& ops_library) {
     const OrtApi* api = ort_->api();
     OrtSessionOptions* opts = nullptr;
     ort_->check(api->CreateSessionOptions(&opts), "creating session options");
@@ -125,8 +161,9 @@ Session::Session(std::shared_ptr<OrtRuntime> ort, const std::string& model_path,
     // Idle workers sleep between runs, as in the Python runtime: a spinning worker holds the core the
     // gallery reads and the next graph need (python -m kidrr.bench.spin_compare; docs/runtime.md).
     ort_->check(api->AddSessionConfigEntry(opts, "session.intra_op.allow_spinning", "0"), "setting thread spinning");
-    ort_->check(api->CreateSession(ort_->env(), model_path.c_str(), opts, &session_), "loading " + model_path);
-    ort_->check(api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &cpu_), "creating CPU memory info");
+    if (!ops_library.empty())
+        ort_->check(api->RegisterCustomOpsLibrary_V2(opts, ops_library.c_str()), "registering " + ops_library);
+    ort_->check(api->CreateSession(ort_->env(), path_.c_str(), opts, &session_), "loading " + path_);
 }
 
 Session::~Session() {

@@ -54,18 +54,27 @@ struct FloatTensor {
 
 class Session {
 public:
-    Session(std::shared_ptr<OrtRuntime> ort, const std::string& model_path, int intra_op_threads);
+    // ops_library: libkidrr_ops to register for this session (empty: none). If it cannot be used the
+    // session runs the function bodies and kernels() says why (the scores are the same).
+    Session(std::shared_ptr<OrtRuntime> ort, const std::string& model_path, int intra_op_threads,
+            const std::string& ops_library = "");
     ~Session();
     // Runs the graph; every output must be float32. Safe to call from several threads at once.
     std::vector<FloatTensor> run(const std::vector<InputTensor>& inputs, const std::vector<std::string>& outputs) const;
+    const std::string& kernels() const { return kernels_; }
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
 
 private:
+    void open(int intra_op_threads, const std::string& ops_library);
     std::shared_ptr<OrtRuntime> ort_;
     OrtSession* session_ = nullptr;
     OrtMemoryInfo* cpu_ = nullptr;
-    std::string path_;
+    std::string path_, kernels_ = "function bodies";
 };
+
+// The fused kernels library for an fp32 similarity graph: $KIDRR_OPS_LIBRARY (off: none), else
+// libkidrr_ops.so beside the module holding this code (libkidrr.so or the program); "" if none.
+std::string find_ops_library();
 
 }  // namespace kidrr

@@ -154,6 +154,13 @@ int main(int argc, char** argv) {
         kidrr_close(bundle);
         return 0;
     }
+    if (cmd == "kernels" && argc == 3) {
+        kidrr_bundle* b = nullptr;
+        if (kidrr_open(argv[2], nullptr, &b) != KIDRR_OK) return die("kidrr_open");
+        std::printf("%s\n", kidrr_bundle_kernels(b));
+        kidrr_close(b);
+        return 0;
+    }
     if (cmd == "score" && argc == 5) {
         kidrr_bundle* b = nullptr;
         kidrr_images* imgs = nullptr;
