@@ -322,7 +322,13 @@ def test_search_matches_the_in_memory_gallery(rt, tmp_path, dtype, tol):
             if dtype == "fp32":
                 assert [int(i[3:]) for i, _ in g_res] == [i for i, _ in r_res]
     single = rt.search_text(helpers.CAPTIONS[0], k=3, gallery=disk, shortlist=20)
-    assert single == got[0][:3] if dtype == "fp32" else len(single) == 3
+    # One query against a batch of queries: other tile shapes (and the fused kernels, when built) may
+    # round differently, so scores agree within the fp32 tolerance, not bit for bit.
+    if dtype == "fp32":
+        assert [i for i, _ in single] == [i for i, _ in got[0][:3]]
+        assert all(abs(a - b) <= tol for (_, a), (_, b) in zip(single, got[0][:3]))
+    else:
+        assert len(single) == 3
 
 
 def test_search_edges_through_the_retriever(rt, tmp_path):
