@@ -50,6 +50,12 @@ def parse_filter(where):
     return where
 
 
+def check_filter(fields: dict, where) -> None:
+    """InputError unless the filter is well formed and every field it names is one of `fields`
+    (field -> type) with values of that type."""
+    _node(parse_filter(where), fields, "error", 0, _Budget())
+
+
 def compile_filter(gallery, where, unknown: str = "error"):
     if unknown not in ("error", "none"):
         raise InputError(f"unknown must be 'error' or 'none', got {unknown!r}")
