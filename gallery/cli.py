@@ -1,4 +1,4 @@
-"""kidrr-gallery: create | add | remove | compact | info | verify | search | convert (docs/gallery.md)."""
+"""kidrr-gallery: create | add | remove | compact | info | verify | search | duplicates | convert (docs/gallery.md)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,9 @@ from kidrr.fileio import read_text_lines
 
 from .convert import convert_v1
 from .layout import LOCALS_DTYPES
+from .duplicates import DEFAULT_THRESHOLD, find_duplicates
 from .reader import open_gallery, verify
+from .sidecar import check_names, metadata_for, read_sidecar
 from .writer import GalleryWriter, create_gallery
 
 CTX = {"help_option_names": ["-h", "--help"]}
@@ -71,15 +73,23 @@ def create(folder, bundle, regions, locals_dtype, ann, ann_min_rows):
 @click.option("--globals", "globals_path", required=True, type=click.Path(dir_okay=False), help=".npy (n, D) float")
 @click.option("--locals", "locals_path", required=True, type=click.Path(dir_okay=False), help=".npy (n, R, D) float")
 @click.option("--ids", "ids_path", required=True, type=click.Path(dir_okay=False), help="text file, one id per line")
-def add(folder, globals_path, locals_path, ids_path):
+@click.option("--metadata", "metadata_path", default=None, type=click.Path(dir_okay=False),
+              help="item metadata: CSV with a `file` column or JSON Lines objects with a `file` key, naming ids")
+def add(folder, globals_path, locals_path, ids_path, metadata_path):
     """Append encoded items (one new segment)."""
     try:
         g, l = _load_npy(globals_path, "--globals"), _load_npy(locals_path, "--locals")
         ids = _read_ids(ids_path, "--ids file")
+        metas = None
+        if metadata_path:
+            sidecar = read_sidecar(metadata_path)
+            check_names(sidecar, set(ids), metadata_path, "in the --ids file")
+            metas = metadata_for(ids, sidecar)
         with GalleryWriter(folder, progress=True) as w:
             n, step = len(g), 8192
-            live = w.add_batches(((g[i:i + step], l[i:i + step], ids[i:i + step]) for i in range(0, n, step)),
-                                 rows=n) if len(ids) == n else w.add(g, l, ids)
+            live = w.add_batches(((g[i:i + step], l[i:i + step], ids[i:i + step],
+                                   None if metas is None else metas[i:i + step]) for i in range(0, n, step)),
+                                 rows=n) if len(ids) == n else w.add(g, l, ids, metas)
     except (KidrrError, OSError) as exc:
         _fail(exc)
     click.echo(f"added {len(g)} items; {live} live")
@@ -125,6 +135,7 @@ def info(folder, as_json):
     doc = {"folder": g.folder, "bundle_id": m.bundle_id, "generation": m.generation, "rows": m.rows, "live": m.live,
            "removed": m.removed, "regions": m.regions, "dim": m.dim, "locals_dtype": m.locals_dtype,
            "ann": m.ann_method, "ann_min_rows": m.ann_min_rows, "first_stage": g.describe_first_stage(),
+           "fields": g.fields,
            "disk_bytes": sum(e["bytes"] for s in m.segments for e in
                              list(s.files.values()) + [x for x in (s.tombstones, s.ann) if x]),
            "segments": [{"name": s.name, "rows": s.rows, "removed": s.tombstones["count"] if s.tombstones else 0,
@@ -133,7 +144,7 @@ def info(folder, as_json):
         click.echo(json.dumps(doc, indent=1))
         return
     for key in ("folder", "bundle_id", "generation", "rows", "live", "removed", "regions", "dim", "locals_dtype",
-                "ann", "first_stage", "disk_bytes"):
+                "ann", "first_stage", "disk_bytes", "fields"):
         click.echo(f"{key:>13}: {doc[key]}")
     for s in doc["segments"]:
         click.echo(f"    {s['name']}: {s['rows']} rows, {s['removed']} removed, ann {s['ann'] or '-'}")
@@ -167,18 +178,26 @@ def verify_cmd(folder):
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
               help="IVF lists scanned per query (default max(16, nlist/32); docs/gallery.md)")
 @click.option("--ef", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default max(2 k', 64))")
+@click.option("--where", default=None, help='metadata filter as JSON, e.g. \'{"album": "beach"}\' (docs/gallery.md)')
+@click.option("--dedup", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="collapse near-duplicates: globals cosine threshold, e.g. 0.95")
+@click.option("--like-id", is_flag=True, help="the arguments are ids of items: find items like them (stored globals)")
 @click.option("--threads", type=int, default=0)
 @click.option("--json", "as_json", is_flag=True)
-def search(folder, captions, bundle, k, shortlist, first_stage, nprobe, ef, threads, as_json):
-    """Images for each caption: ids with scores."""
+def search(folder, captions, bundle, k, shortlist, first_stage, nprobe, ef, where, dedup, like_id, threads, as_json):
+    """Images for each caption (or like each item with --like-id): ids with scores."""
     from kidrr.runtime import open_bundle
     try:
         with open_bundle(bundle, threads=threads) as rt:
             g = open_gallery(folder, bundle_id=rt.bundle_id, dim=rt.planner.dim)
             g.first_stage, g.nprobe, g.ef = first_stage, nprobe, ef
-            if shortlist:
+            if shortlist or like_id:
                 click.echo(f"first stage: {g.describe_first_stage(first_stage)}", err=True)
-            out = rt.search_text(list(captions), k=k, gallery=g, shortlist=shortlist or None)
+            if like_id:
+                out = [rt.search_like_id(i, k=k, gallery=g, where=where, dedup=dedup) for i in captions]
+            else:
+                out = rt.search_text(list(captions), k=k, gallery=g, shortlist=shortlist or None, where=where,
+                                     dedup=dedup)
     except (KidrrError, OSError) as exc:
         _fail(exc)
     if as_json:
@@ -189,6 +208,28 @@ def search(folder, captions, bundle, k, shortlist, first_stage, nprobe, ef, thre
         click.echo(c)
         for rank, (i, s) in enumerate(r, 1):
             click.echo(f"  {rank:>3}. {s:.4f}  {i}")
+
+
+@main.command(context_settings=CTX)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_THRESHOLD, show_default=True,
+              help="globals cosine at or above which two items are near-duplicates")
+@click.option("--first-stage", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def duplicates(folder, threshold, first_stage, as_json):
+    """Groups of near-identical items (each item's nearest neighbours through the index, not n^2)."""
+    try:
+        g = open_gallery(folder)
+        with tqdm(total=len(g), desc="finding duplicates", unit="item", unit_scale=True, leave=False) as bar:
+            groups = find_duplicates(g, threshold, method=first_stage, progress=bar)
+    except (KidrrError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps({"threshold": threshold, "groups": groups}, indent=1))
+        return
+    for i, group in enumerate(groups, 1):
+        click.echo(f"group {i}: " + "  ".join(group))
+    click.echo(f"{len(groups)} group(s), {sum(len(x) for x in groups)} items, threshold {threshold}", err=True)
 
 
 @main.command(context_settings=CTX)

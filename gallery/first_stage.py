@@ -140,6 +140,25 @@ def live_selector(dead: np.ndarray):
     return selector
 
 
+def mask_selector(keep: np.ndarray):
+    """A faiss IDSelector letting through the rows where keep is True (a bitmap: one bit per row)."""
+    import faiss
+    bits = np.packbits(np.asarray(keep, dtype=bool), bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bits))
+    selector.keep_alive = bits      # the selector holds a raw pointer to the bits
+    return selector
+
+
+def exact_subset(queries: np.ndarray, globals_: np.ndarray, rows: np.ndarray, size: int):
+    """(sims, local rows) of the `size` best of the given rows per query, by an exact scan of them only."""
+    sims_all, rows_all = None, None
+    for b0 in range(0, len(rows), EXACT_BLOCK_ROWS):
+        part = rows[b0:b0 + EXACT_BLOCK_ROWS]
+        sims, at = exact_block(queries, globals_[part], size)
+        sims_all, rows_all = merge(sims_all, rows_all, sims, part[at], size)
+    return sims_all, rows_all
+
+
 def search_index(index, method: str, params: dict, queries: np.ndarray, size: int, nprobe=None, ef=None,
                  selector=None):
     """(sims, rows) of the `size` best rows per query (rows `selector` lets through, if given); rows -1

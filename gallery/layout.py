@@ -19,6 +19,7 @@ from kidrr.errors import BundleError, DataError
 from kidrr.fileio import open_regular
 
 from .first_stage import check_params
+from .metadata import FIELD_NAME, MAX_GALLERY_FIELDS, RESERVED, TYPES, column_files
 
 FORMAT = "kidrr-gallery/2"
 MANIFEST = "manifest.json"
@@ -105,6 +106,7 @@ class SegmentInfo:
     files: dict            # file name -> {"bytes": int, "sha256": str}
     tombstones: dict | None   # {"file": path relative to the gallery, "count": int, "sha256": str}
     ann: dict | None          # {"file": ..., "method": "ivf"|"hnsw", "bytes": int, "sha256": str, "params": {}}
+    meta: tuple | None = None  # metadata columns: ({"name", "type", "files", "distinct"?, "total"?}, ...) by name
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class Manifest:
                "ann": {"method": self.ann_method, "min_rows": self.ann_min_rows},
                "next_segment": self.next_segment,
                "segments": [{"name": s.name, "rows": s.rows, "files": s.files, "tombstones": s.tombstones,
-                             "ann": s.ann} for s in self.segments]}
+                             "ann": s.ann, **({"meta": list(s.meta)} if s.meta else {})} for s in self.segments]}
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -225,7 +227,8 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
                 raise _bad(path, f"segment {name}'s ANN entry: {wrong}")
             ann_entry = {"file": file, "method": ann_entry["method"], "params": dict(params),
                          **_file_entry(ann_entry, path, f"{name} ANN index")}
-        segments.append(SegmentInfo(name, rows, files, tomb, ann_entry))
+        segments.append(SegmentInfo(name, rows, files, tomb, ann_entry, _meta_entries(s.get("meta"), name, rows, path)))
+    _check_field_types(segments, path)
     m = Manifest(bundle_id, _int(doc, "generation", path, 0), regions, dim, locals_dtype, tuple(segments),
                  method, min_rows, next_segment)
     # Derived counts are stored for people and C readers; they must agree with the segments.
@@ -233,6 +236,54 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
         raise _bad(path, f"rows/live ({doc.get('rows')!r}/{doc.get('live')!r}) disagree with the segments "
                          f"({m.rows}/{m.live})")
     return m
+
+
+def _meta_entries(doc, name: str, rows: int, path: str):
+    """A segment's metadata columns, checked: valid distinct field names in order, known types, exactly
+    the files of each type with sizes and hashes, dictionary and list sizes in range."""
+    if doc is None:
+        return None
+    if not isinstance(doc, list) or not 1 <= len(doc) <= MAX_GALLERY_FIELDS:
+        raise _bad(path, f"segment {name}'s meta must be a list of 1..{MAX_GALLERY_FIELDS} columns")
+    out, previous = [], None
+    for i, col in enumerate(doc):
+        field = _str(col, "name", path)
+        type_ = _str(col, "type", path)
+        if not FIELD_NAME.match(field) or field in RESERVED or (previous is not None and field <= previous):
+            raise _bad(path, f"segment {name}'s metadata fields must be valid names in ascending order, got {field!r}")
+        if type_ not in TYPES:
+            raise _bad(path, f"segment {name}'s metadata field {field!r} has type {type_!r}, not one of {TYPES}")
+        files = col.get("files")
+        want = set(column_files(i, type_))
+        if not isinstance(files, dict) or set(files) != want:
+            raise _bad(path, f"segment {name}'s metadata field {field!r} must list exactly the files {sorted(want)}")
+        entry = {"name": field, "type": type_,
+                 "files": {k: _file_entry(v, path, f"{name}/{k}") for k, v in sorted(files.items())}}
+        if type_ in ("string", "strings"):
+            entry["distinct"] = _int(col, "distinct", path, 0, 1 << 40)
+        if type_ == "strings":
+            entry["total"] = _int(col, "total", path, 0, 1 << 40)
+        extra = set(col) - {"name", "type", "files", "distinct", "total"}
+        if extra or (type_ not in ("string", "strings") and ("distinct" in col or "total" in col)):
+            raise _bad(path, f"segment {name}'s metadata field {field!r} has unexpected keys")
+        out.append(entry)
+        previous = field
+    return tuple(out)
+
+
+def _check_field_types(segments, path: str) -> None:
+    """A metadata field has one type in the whole gallery: filters compare it one way."""
+    seen = {}
+    for s in segments:
+        for col in s.meta or ():
+            if seen.setdefault(col["name"], col["type"]) != col["type"]:
+                raise _bad(path, f"metadata field {col['name']!r} is a {seen[col['name']]} in one segment and a "
+                                 f"{col['type']} in {s.name}")
+
+
+def field_schema(manifest: "Manifest") -> dict:
+    """Metadata field -> type over the gallery's segments."""
+    return {col["name"]: col["type"] for s in manifest.segments for col in (s.meta or ())}
 
 
 def read_manifest(folder: str) -> tuple[Manifest, bytes]:

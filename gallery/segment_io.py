@@ -16,6 +16,7 @@ import numpy as np
 from kidrr.errors import DataError
 
 from .layout import ID_BYTES_FILE, LOCALS_DTYPES, NPY_HEADER_BYTES, array_spec, npy_header, read_npy_header, segment_files
+from .metadata import ColumnBuilder, write_columns
 
 
 CONVERT_ROWS = 64
@@ -94,9 +95,12 @@ class _HashedFile:
 class SegmentWriter:
     """Streams `rows` items into a new segment folder in batches; finish() returns the manifest's file table."""
 
-    def __init__(self, folder: str, rows: int, regions: int, dim: int, locals_dtype: str, opener=open):
-        self.folder, self.rows, self.locals_dtype = folder, rows, locals_dtype
+    def __init__(self, folder: str, rows: int, regions: int, dim: int, locals_dtype: str, opener=open,
+                 schema: dict | None = None):
+        self.folder, self.rows, self.locals_dtype, self.opener = folder, rows, locals_dtype, opener
         self.written, self.hashes, self.id_end = 0, [], 0
+        self.meta = ColumnBuilder(schema or {})     # metadata columns, written at finish
+        self.meta_entries = None
         os.makedirs(folder)
         self.files = {}
         try:
@@ -109,11 +113,13 @@ class SegmentWriter:
             self.abort()
             raise _write_error(folder, exc) from exc
 
-    def write(self, globals_: np.ndarray, locals_: np.ndarray, encoded_ids: list) -> None:
-        """One batch: float32 globals (b, D), float32 locals (b, R, D), ids as UTF-8 bytes (already checked)."""
+    def write(self, globals_: np.ndarray, locals_: np.ndarray, encoded_ids: list, metas: list | None = None) -> None:
+        """One batch: float32 globals (b, D), float32 locals (b, R, D), ids as UTF-8 bytes, metadata dicts
+        (all already checked)."""
         b = len(globals_)
         if self.written + b > self.rows:
             raise DataError(f"segment {self.folder}: more rows than the {self.rows} declared")
+        self.meta.add(metas if metas is not None else [{}] * b)
         lengths = np.fromiter((len(e) for e in encoded_ids), dtype=np.int64, count=b)
         offsets = self.id_end + np.cumsum(lengths)
         try:
@@ -150,11 +156,24 @@ class SegmentWriter:
             f.write(npy_header(np.dtype("<u8"), (self.rows, 2)))
             f.write(table)
             out = {name: f.close() for name, f in self.files.items()}
+            self.meta_entries = write_columns(self.folder, self.meta, self._write_file)
             fsync_dir(self.folder)
         except OSError as exc:
             self.abort()
             raise _write_error(self.folder, exc) from exc
         return out
+
+    def _write_file(self, path: str, data) -> dict:
+        """A metadata file: raw bytes, or an array as a fixed-header .npy; its size and sha256."""
+        if isinstance(data, bytes):
+            f = _HashedFile(path, self.opener)
+            try:
+                f.write(data)
+                return f.close()
+            except OSError:
+                f.abort()
+                raise
+        return write_small_array(path, data, self.opener)
 
     def abort(self) -> None:
         for f in self.files.values():

@@ -25,7 +25,8 @@ from kidrr.fileio import sha256_file
 
 from . import first_stage
 from .layout import (ANN_METHODS, FORMAT, LOCALS_DTYPES, LOCK, MANIFEST, MAX_ID_BYTES, MAX_NEXT_SEGMENT, SEGMENT_NAME,
-                     STAGING_PREFIX, TOMBSTONE_NUMBERS, Manifest, SegmentInfo, read_manifest)
+                     STAGING_PREFIX, TOMBSTONE_NUMBERS, Manifest, SegmentInfo, field_schema, read_manifest)
+from .metadata import check_item
 from .reader import DEFAULT_EXACT_MAX, open_gallery
 from .reader import check_segment_ids
 from .segment_io import SegmentWriter, _write_error, fsync_dir, write_small_array
@@ -72,6 +73,16 @@ def check_ids(ids, n: int) -> list:
             seen.add(e)
         raise InputError(f"duplicate ids in this batch: {dup[:5]}; every item needs its own id")
     return out
+
+
+def check_metadata(metadata, encoded_ids: list) -> list:
+    """One checked metadata dict per item (empty for none): hostile input, bounded (gallery.metadata)."""
+    n = len(encoded_ids)
+    if metadata is None:
+        return [{}] * n
+    if isinstance(metadata, (str, bytes, dict)) or not hasattr(metadata, "__len__") or len(metadata) != n:
+        raise InputError(f"metadata must be a list of {n} objects (or None), one per item")
+    return [check_item(meta, f"metadata of {e.decode()[:200]!r}") for meta, e in zip(metadata, encoded_ids)]
 
 
 def check_vectors(globals_, locals_, regions: int, dim: int, locals_dtype: str):
@@ -192,6 +203,7 @@ class GalleryWriter:
         for s in self.manifest.segments:
             refs.add(s.name)
             refs.update(f"{s.name}/{f}" for f in s.files)
+            refs.update(f"{s.name}/{f}" for col in (s.meta or ()) for f in col["files"])
             for extra in (s.tombstones, s.ann):
                 if extra:
                     refs.add(extra["file"])
@@ -239,13 +251,15 @@ class GalleryWriter:
         return current
 
     # ---- add ----------------------------------------------------------------------------
-    def add(self, globals_, locals_, ids) -> int:
-        """Append one batch as a new segment; returns the live item count afterwards."""
+    def add(self, globals_, locals_, ids, metadata=None) -> int:
+        """Append one batch as a new segment; returns the live item count afterwards. metadata: None, or
+        one dict (or None) per item: strings, numbers, booleans, lists of strings, ISO dates (docs/gallery.md)."""
         g = np.asarray(globals_)
-        return self.add_batches([(g, locals_, ids)], rows=len(g) if g.ndim else 0)
+        return self.add_batches([(g, locals_, ids, metadata)], rows=len(g) if g.ndim else 0)
 
     def add_batches(self, batches, rows: int, _check_existing: bool = True, _number: int | None = None) -> int:
-        """Append `rows` items arriving in batches of (globals, locals, ids) as one new segment."""
+        """Append `rows` items arriving in batches of (globals, locals, ids) or (globals, locals, ids,
+        metadata) as one new segment."""
         self._check_open()
         m = self.manifest
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
@@ -259,12 +273,17 @@ class GalleryWriter:
         staging = os.path.join(self.folder, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
         seen = set()
         try:
-            writer = SegmentWriter(staging, int(rows), m.regions, m.dim, m.locals_dtype, self.opener)
+            writer = SegmentWriter(staging, int(rows), m.regions, m.dim, m.locals_dtype, self.opener,
+                                   schema=field_schema(m))
             with tqdm(total=int(rows), desc="adding items", unit="item", unit_scale=True, leave=False,
                       disable=not self.progress) as bar:
-                for g, l, ids in batches:
+                for batch in batches:
+                    if not isinstance(batch, (tuple, list)) or len(batch) not in (3, 4):
+                        raise InputError("each batch must be (globals, locals, ids) or (globals, locals, ids, metadata)")
+                    g, l, ids = batch[:3]
                     g, l = check_vectors(g, l, m.regions, m.dim, m.locals_dtype)
                     enc = check_ids(ids, len(g))
+                    metas = check_metadata(batch[3] if len(batch) == 4 else None, enc)
                     again = seen.intersection(enc)
                     taken = current.find([e.decode() for e in enc]) if current and current.segments else {}
                     if again or taken:
@@ -272,7 +291,7 @@ class GalleryWriter:
                         raise InputError(f"ids already in the gallery: {dup[:5]}{' ...' if len(dup) > 5 else ''}; "
                                          f"remove them first or give new ids")
                     seen.update(enc)
-                    writer.write(g, l, enc)
+                    writer.write(g, l, enc, metas)
                     bar.update(len(g))
             files = writer.finish()
             ann = self._build_ann(staging, name, m.ann_method, int(rows), m.ann_min_rows)
@@ -280,7 +299,7 @@ class GalleryWriter:
             os.rename(staging, final)
             staging = final
             fsync_dir(self.folder)
-            info = SegmentInfo(name, int(rows), files, None, ann)
+            info = SegmentInfo(name, int(rows), files, None, ann, tuple(writer.meta_entries or ()) or None)
             self._commit(replace(m, generation=m.generation + 1, segments=m.segments + (info,),
                                  next_segment=number + 1))
         except BaseException:
@@ -360,7 +379,7 @@ class GalleryWriter:
 
         def batches():
             for rows, locs, globs in current.tiles(BATCH_ROWS):
-                yield globs, locs, current.labels(rows)
+                yield globs, locs, current.labels(rows), current.metadata(rows)
         old = [s.name for s in m.segments]
         number = m.next_segment
         if number >= MAX_NEXT_SEGMENT:

@@ -16,6 +16,10 @@ class InputError(KidrrError, ValueError):
     """Features, captions or arguments given by the caller are unusable (shape, dtype, NaN, empty...)."""
 
 
+class UnknownItem(InputError):
+    """An id names no live item of the gallery (the service answers 404)."""
+
+
 class DataError(KidrrError):
     """A data folder is missing files, has the wrong layout, or holds bad values."""
 

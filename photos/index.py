@@ -45,12 +45,22 @@ def read_sidecar(gallery: str) -> dict | None:
 
 
 def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threads: int = 0,
-                 strict: bool = False, append: bool = False, progress: bool = True) -> dict:
-    """Encode every image under `images` into the gallery `out`; returns the index record."""
+                 strict: bool = False, append: bool = False, progress: bool = True, metadata: str | None = None,
+                 exif: bool = True) -> dict:
+    """Encode every image under `images` into the gallery `out`; returns the index record. Each item
+    carries what its file says (photo_meta: capture time, camera, size, folder) unless exif=False,
+    updated by its entry in the `metadata` sidecar (CSV / JSON Lines, kidrr.gallery.sidecar)."""
     from kidrr.runtime import open_bundle
     report = SkipReport()
     files, ignored = list_image_files(images, report)
     v1 = out.endswith(".npz")
+    sidecar = None
+    if metadata is not None:
+        if v1:
+            raise InputError("--metadata needs a format-2 gallery folder (a .npz gallery holds no metadata)")
+        from kidrr.gallery.sidecar import check_names, read_sidecar
+        sidecar = read_sidecar(metadata)
+        check_names(sidecar, _files_in(images, sidecar), metadata, f"files in {images}")
     with open_bundle(bundle, threads=threads) as rt:
         if not rt.bundle.takes_pixels:
             raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
@@ -87,8 +97,10 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
                     parts.append(gallery)
                 else:
                     from kidrr.gallery import GalleryWriter
+                    names = list(gallery.names)
+                    metas = _metadata(images, names, sidecar, exif)
                     with GalleryWriter(out) as writer:
-                        writer.add(gallery.globals, gallery.locals, list(gallery.names))
+                        writer.add(gallery.globals, gallery.locals, names, metas)
                 added += len(gallery)
         except BaseException:
             if created and added == 0:
@@ -112,6 +124,19 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
     write_atomic(sidecar_path(out), dump_json(record).encode())
     report.print_summary(len(todo), added)
     return record
+
+
+def _files_in(images: str, sidecar: dict) -> set:
+    """The sidecar's names that are regular files inside the image folder (no absolute paths, no ..)."""
+    return {n for n in sidecar if not os.path.isabs(n) and ".." not in n.split("/")
+            and os.path.isfile(os.path.join(images, n))}
+
+
+def _metadata(images: str, names: list, sidecar: dict | None, exif: bool):
+    from kidrr.gallery.sidecar import metadata_for
+    from .photo_meta import photo_metadata
+    given = [photo_metadata(os.path.join(images, n), n) for n in names] if exif else None
+    return metadata_for(names, sidecar, given)
 
 
 def _encode_chunk(rt, images, names, batch_size, strict, report, bar):
@@ -145,11 +170,16 @@ def _remove_empty_gallery(out: str) -> None:
 @click.option("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
 @click.option("--strict", is_flag=True, help="stop at the first bad file instead of skipping it")
 @click.option("--append", is_flag=True, help="add the files not yet in an existing format-2 gallery (resume)")
-def main(bundle, images, out, batch_size, threads, strict, append):
+@click.option("--metadata", "metadata", default=None, type=click.Path(dir_okay=False),
+              help="sidecar of item metadata: CSV with a `file` column, or JSON Lines objects with a `file` key "
+                   "(paths relative to --images; docs/gallery.md)")
+@click.option("--no-exif", is_flag=True, help="do not record capture time, camera, size and folder from the files")
+def main(bundle, images, out, batch_size, threads, strict, append, metadata, no_exif):
     """Index a folder of photos for text search. Exit code 0: all indexed; 1: some skipped; 2: error."""
     from .default_bundle import resolve_bundle
     try:
-        record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append)
+        record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append,
+                              metadata=metadata, exif=not no_exif)
     except (KidrrError, OSError) as exc:
         click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)

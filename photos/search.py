@@ -40,11 +40,18 @@ def bundle_for(gallery: str, bundle: str | None) -> tuple[str, dict | None]:
     return shipped_photo_bundle(), None
 
 
-def search(gallery: str, query: str, k: int = 10, bundle: str | None = None, shortlist: int | None = None,
-           threads: int = 0) -> list:
-    """[{"rank", "file", "score", "path"}] best first."""
+def search(gallery: str, query: str | None = None, k: int = 10, bundle: str | None = None,
+           shortlist: int | None = None, threads: int = 0, like: str | None = None, like_id: str | None = None,
+           where=None, dedup: float | None = None) -> list:
+    """[{"rank", "file", "score", "path", "metadata"}] best first. One of: query (a sentence), like (a
+    photo file: photos that look like it, by the globals' cosine), like_id (an item of the gallery,
+    by its stored global; the item itself is left out). where: a metadata filter (JSON text or object),
+    dedup: collapse near-duplicates above this globals cosine."""
     from kidrr.runtime import open_bundle
-    if not query or not query.strip():
+    given = [x for x in (query, like, like_id) if x is not None]
+    if len(given) != 1:
+        raise InputError("give one of: a sentence to search for, --like PHOTO or --like-id ID")
+    if query is not None and not query.strip():
         raise InputError("the query is empty; give a sentence, e.g. \"two dogs playing in the snow\"")
     bundle, record = bundle_for(gallery, bundle)
     with open_bundle(bundle, threads=threads) as rt:
@@ -54,41 +61,76 @@ def search(gallery: str, query: str, k: int = 10, bundle: str | None = None, sho
                               f"re-index the photos or pass the original --bundle")
         items = _open_gallery(rt, gallery)
         k = min(k, len(items)) if len(items) else k
-        hits = rt.search_text(query, k=k, gallery=items, shortlist=shortlist)
+        extra = {"where": where, "dedup": dedup}
+        if query is not None:
+            hits = rt.search_text(query, k=k, gallery=items, shortlist=shortlist, **extra)
+        elif like_id is not None:
+            hits = rt.search_like_id(like_id, k=k, gallery=items, **extra)
+        else:
+            if not os.path.isfile(like):
+                raise InputError(f"--like {like}: no such photo file")
+            photo = rt.encode_image_files([like], strict=True)
+            hits = rt.search_similar(photo, k=k, gallery=items, **extra)[0]
+        metas = _metadata(items, [name for name, _ in hits])
     root = record.get("images") if record else None
     return [{"rank": r + 1, "file": str(name), "score": float(score),
-             "path": os.path.join(root, str(name)) if root else None} for r, (name, score) in enumerate(hits)]
+             "path": os.path.join(root, str(name)) if root else None, "metadata": meta}
+            for r, ((name, score), meta) in enumerate(zip(hits, metas))]
+
+
+def _metadata(items, names: list) -> list:
+    """Each hit's metadata ({} for none; format-2 galleries only)."""
+    if not hasattr(items, "metadata") or not names:
+        return [{} for _ in names]
+    rows = items.find(names)
+    return items.metadata([rows[n] for n in names])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("query")
+@click.argument("query", required=False)
 @click.option("--gallery", default=None, help="gallery made by kidrr-index (folder, or .npz file)")
 @click.option("--bundle", default=None, help="bundle (default: the one the gallery was made with)")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="number of photos to list")
 @click.option("--shortlist", type=int, default=None, help="two-stage search: rerank this many by the globals")
+@click.option("--like", "like", default=None, type=click.Path(dir_okay=False),
+              help="search by example: photos that look like this photo file (instead of QUERY)")
+@click.option("--like-id", "like_id", default=None, help="search by example: photos like this item of the gallery "
+                                                          "(its id, e.g. trip/a.jpg), by its stored vector")
+@click.option("--where", "where", default=None,
+              help='metadata filter as JSON, e.g. \'{"album": "beach"}\' or \'{"taken": {"gte": "2019-01-01"}}\' '
+                   "(docs/gallery.md)")
+@click.option("--dedup", is_flag=True, help="collapse near-duplicate photos to the best of each group")
+@click.option("--dedup-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="globals cosine above which two photos are near-duplicates (default 0.95; implies --dedup)")
 @click.option("--threads", type=int, default=0)
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.option("--demo", is_flag=True, help="search a rendered demo folder with the shipped pixel model (rendered, "
                                            "exported and indexed into the cache on first use), e.g. "
                                            "kidrr-search --demo \"a big red circle left of a small blue square\"")
-def main(query, gallery, bundle, k, shortlist, threads, as_json, demo):
-    """Photos of GALLERY ranked by how well they match QUERY."""
+def main(query, gallery, bundle, k, shortlist, like, like_id, where, dedup, dedup_threshold, threads, as_json, demo):
+    """Photos of GALLERY ranked by how well they match QUERY (or look like --like / --like-id)."""
+    from kidrr.gallery.duplicates import DEFAULT_THRESHOLD
     try:
+        threshold = dedup_threshold if dedup_threshold is not None else (DEFAULT_THRESHOLD if dedup else None)
         if demo:
-            if gallery or bundle or shortlist:
+            if gallery or bundle or shortlist or like or like_id or where or threshold:
                 raise InputError("--demo searches its own folder with the shipped pixel model; drop --gallery, "
-                                 "--bundle and --shortlist")
+                                 "--bundle, --shortlist, --like, --like-id, --where and --dedup")
+            if not query:
+                raise InputError("give a sentence to search the demo folder for")
             from .demo import demo_search
             hits = demo_search(query, k, threads, log=None if as_json else lambda m: click.echo(m, err=True))
         elif not gallery:
             raise InputError("give --gallery (made by kidrr-index), or --demo to try the shipped pixel model")
         else:
-            hits = search(gallery, query, k, bundle, shortlist, threads)
+            hits = search(gallery, query, k, bundle, shortlist, threads, like=like, like_id=like_id, where=where,
+                          dedup=threshold)
     except (KidrrError, OSError) as exc:
         click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)
     if as_json:
-        click.echo(json.dumps({"query": query, "results": hits}, indent=2))
+        click.echo(json.dumps({"query": query, "like": like, "like_id": like_id, "where": where,
+                               "results": hits}, indent=2))
         return
     for hit in hits:
         click.echo(f"{hit['rank']:3d}  {hit['score']:.4f}  {hit['file']}")

@@ -19,7 +19,7 @@ import numpy as np
 from kidrr.errors import BundleError, DataError, InputError
 from kidrr.fileio import write_atomic
 
-from .search import shortlist_rows
+from .search import shortlist_rows, top_k
 
 GALLERY_FORMAT = "kidrr-gallery/1"
 V1_MEMBERS = {"format", "bundle_id", "locals", "globals"}
@@ -37,6 +37,7 @@ class GallerySource(Protocol):
 
     def __len__(self) -> int: ...
     def shortlist(self, query_globals: np.ndarray, size: int) -> list: ...          # per query: rows
+    def nearest(self, query_globals: np.ndarray, size: int) -> list: ...            # per query: (rows, sims)
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...        # float32 locals, globals
     def labels(self, rows: np.ndarray) -> list: ...
     def tiles(self, rows_per_tile: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
@@ -76,6 +77,22 @@ class Gallery:
     # GallerySource: rows are positions, and so are the labels.
     def shortlist(self, query_globals: np.ndarray, size: int) -> list:
         return list(shortlist_rows(query_globals, self.globals, size))
+
+    def nearest(self, query_globals: np.ndarray, size: int) -> list:
+        """Per query (rows, dot products) of the `size` best items, best first (ties: smaller row)."""
+        sims = np.asarray(query_globals, dtype=np.float32) @ self.globals.T
+        out = []
+        for row in sims:
+            best = top_k(row, int(min(size, len(self))))
+            out.append((np.array([r for r, _ in best], dtype=np.int64), np.array([s for _, s in best], np.float32)))
+        return out
+
+    def find(self, ids) -> dict:
+        """label -> row for the given labels (names when the gallery has them, else int positions)."""
+        if self.names is not None:
+            where = {n: i for i, n in enumerate(self.names)}
+            return {i: where[i] for i in ids if isinstance(i, str) and i in where}
+        return {i: int(i) for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(self)}
 
     def gather(self, rows):
         return self.locals[rows], self.globals[rows]

@@ -15,13 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from kidrr.data import check_features
-from kidrr.errors import BundleError, InputError
+from kidrr.errors import BundleError, InputError, UnknownItem
 
 from .bundle import load_bundle
 from .captions import check_policies, tokenize_captions
 from .gallery import CaptionIndex, Gallery, GallerySource
 from .runner import load_runner
-from .search import check_k, check_shortlist, shortlist_rows, top_k
+from .search import (check_dedup, check_k, check_shortlist, collapse, compile_where, dedup_pool, shortlist_rows,
+                     top_k)
 from .tiling import TilePlanner, score_all, timer
 
 ENCODE_BATCH = 256   # items per encoder call: the encoders are cheap, this only bounds memory
@@ -224,46 +225,116 @@ class Retriever:
         return found
 
     # ---- search ----------------------------------------------------------------------------
-    def search_text(self, query, k: int, gallery: GallerySource | None = None, shortlist: int | None = None):
+    def search_text(self, query, k: int, gallery: GallerySource | None = None, shortlist: int | None = None,
+                    where=None, dedup: float | None = None):
         """Images for a caption: [(image label, score)] best first (labels: positions in a Gallery, ids in
         a format-2 gallery). A list of captions (or a CaptionIndex) gives one list per query.
-        shortlist=k': two-stage (first stage on the globals, then rerank k' read from the gallery)."""
+        shortlist=k': two-stage (first stage on the globals, then rerank k' read from the gallery).
+        where: a metadata filter (docs/gallery.md; format-2 galleries), applied inside the first stage,
+        so k results come back whenever k items match. dedup: a globals cosine threshold; an item that
+        close to a better-ranked result is left out (near-duplicates collapse to their best item)."""
         gallery = self._attached(gallery, "_gallery", "gallery")
         k = check_k(k, len(gallery), "gallery")
         kp = check_shortlist(shortlist, k, len(gallery))
+        where = compile_where(gallery, where)
+        dedup = check_dedup(dedup)
         single = isinstance(query, str)
         queries = self._captions_arg([query] if single else query)
+        keep = k if dedup is None else dedup_pool(k, kp)     # ranked items a query's answer is cut from
         results = [None] * len(queries)
         if kp is None and isinstance(gallery, Gallery):
             scores = self.score(gallery, queries)           # (n, q) in query order
             for q in range(len(queries)):
-                best = top_k(scores[:, q], k)
-                results[q] = list(zip(gallery.labels([i for i, _ in best]), [sc for _, sc in best]))
+                results[q] = top_k(scores[:, q], min(keep, len(gallery)))
         elif kp is None:
-            results = self._search_streamed(gallery, queries, k)
+            results = self._search_streamed(gallery, queries, min(keep, len(gallery)), where)
         else:
-            rows = gallery.shortlist(queries.globals, kp)   # per query (sorted order): k' rows
+            rows = gallery.shortlist(queries.globals, kp, where=where) if where is not None \
+                else gallery.shortlist(queries.globals, kp)  # per query (sorted order): k' rows
             for r in range(len(queries)):
                 idx = np.sort(rows[r])
+                if not len(idx):                            # the filter keeps no item
+                    results[int(queries.order[r])] = []
+                    continue
                 locs, globs = gallery.gather(idx)           # only the shortlisted rows are read
                 s = self.runner.score(locs, globs, queries.padded_locals(r, r + 1),
                                       queries.globals[r:r + 1], queries.lengths[r:r + 1])
-                best = top_k(s[:, 0], k, ids=idx)
-                labels = gallery.labels(np.array([i for i, _ in best], dtype=np.int64))
-                results[int(queries.order[r])] = [(lab, sc) for lab, (_, sc) in zip(labels, best)]
-        return results[0] if single else results
+                results[int(queries.order[r])] = top_k(s[:, 0], min(keep, len(idx)), ids=idx)
+        out = [self._finish(gallery, hits, k, dedup) for hits in results]
+        return out[0] if single else out
 
-    def _search_streamed(self, gallery: GallerySource, queries: CaptionIndex, k: int) -> list:
-        """Exhaustive search a tile of items at a time, keeping each query's best k (ties: smaller row)."""
+    @staticmethod
+    def _finish(gallery: GallerySource, hits: list, k: int, dedup: float | None) -> list:
+        """[(row, score)] best first -> the first k [(label, score)], near-duplicates collapsed if asked."""
+        if dedup is not None and len(hits) > 1:
+            rows = np.array([r for r, _ in hits], dtype=np.int64)
+            hits = [hits[i] for i in collapse(gallery.gather(rows)[1], dedup, k)]
+        hits = hits[:k]
+        labels = gallery.labels(np.array([r for r, _ in hits], dtype=np.int64)) if hits else []
+        return [(lab, float(sc)) for lab, (_, sc) in zip(labels, hits)]
+
+    def _search_streamed(self, gallery: GallerySource, queries: CaptionIndex, k: int, where=None) -> list:
+        """Exhaustive search a tile of items at a time, keeping each query's best k (ties: smaller row):
+        [(row, score)] per query."""
         best_s = np.empty((len(queries), 0), dtype=np.float32)
         best_r = np.empty((len(queries), 0), dtype=np.int64)
-        for rows, locs, globs in gallery.tiles(STREAM_TILE_ROWS):
+        tiles = gallery.tiles(STREAM_TILE_ROWS) if where is None else gallery.tiles(STREAM_TILE_ROWS, where=where)
+        for rows, locs, globs in tiles:
             scores = self.score(Gallery(locs, globs, gallery.bundle_id), queries).T    # (q, tile) query order
             s = np.concatenate([best_s, scores], axis=1)
             r = np.concatenate([best_r, np.broadcast_to(rows, scores.shape)], axis=1)
             keep = np.stack([np.lexsort((r[q], -s[q]))[:k] for q in range(len(s))])
             best_s, best_r = np.take_along_axis(s, keep, axis=1), np.take_along_axis(r, keep, axis=1)
-        return [list(zip(gallery.labels(best_r[q]), best_s[q].astype(float).tolist())) for q in range(len(best_s))]
+        return [list(zip(best_r[q].tolist(), best_s[q].astype(float).tolist())) for q in range(len(best_s))]
+
+    # ---- query by example ------------------------------------------------------------------
+    def search_similar(self, query, k: int, gallery: GallerySource | None = None, where=None,
+                       dedup: float | None = None, exclude=None):
+        """Images like given images, ranked by the globals' dot product (their cosine: globals are
+        l2-normalised). This is the first stage alone (exact or ANN, as for text): similarity.onnx
+        scores an image against a caption, so there is no image-image rerank.
+        query: a Gallery of encoded query images (encode_image_files / encode_pixels / encode_images),
+        or globals (D,) or (q, D). Returns [(label, score)] best first; one list per query, a single
+        list for one (D,) vector. exclude: labels to leave out (search_like_id leaves out the item)."""
+        gallery = self._attached(gallery, "_gallery", "gallery")
+        k = check_k(k, len(gallery), "gallery")
+        where = compile_where(gallery, where)
+        dedup = check_dedup(dedup)
+        if isinstance(query, Gallery):
+            single, globs = False, self._own(query, "query gallery", Gallery).globals
+        else:
+            globs = np.asarray(query)
+            single = globs.ndim == 1
+            globs = globs[None] if single else globs
+            if globs.ndim != 2 or globs.shape[1] != self.planner.dim or not np.issubdtype(globs.dtype, np.floating):
+                raise InputError(f"query globals must be float (D,) or (q, D) with D={self.planner.dim}, got "
+                                 f"{globs.dtype} {globs.shape}")
+            if not np.isfinite(globs).all():
+                raise InputError("query globals hold NaN or inf")
+        excluded = set(exclude or ())
+        size = (k if dedup is None else dedup_pool(k, None)) + len(excluded)
+        args = {} if where is None else {"where": where}
+        out = []
+        for rows, sims in gallery.nearest(globs, min(size, len(gallery)), **args):
+            hits = list(zip(rows.tolist(), sims.tolist()))
+            if excluded:
+                hits = [h for h, lab in zip(hits, gallery.labels(rows)) if lab not in excluded]
+            out.append(self._finish(gallery, hits, k, dedup))
+        return out[0] if single else out
+
+    def search_like_id(self, item_id, k: int, gallery: GallerySource | None = None, where=None,
+                       dedup: float | None = None):
+        """Images like an item already in the gallery: its stored global (never re-encoded) against the
+        others; the item itself is left out. UnknownItem if the gallery has no such live item."""
+        gallery = self._attached(gallery, "_gallery", "gallery")
+        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+            raise InputError(f"an item id is a string, got {type(item_id).__name__}")
+        row = gallery.find([item_id]).get(item_id)
+        if row is None:
+            raise UnknownItem(f"no item {str(item_id)[:200]!r} in this gallery (removed, or never added); "
+                              f"see its ids with `kidrr-gallery info --ids` or search by text first")
+        query = gallery.gather(np.array([row], dtype=np.int64))[1][0]
+        return self.search_similar(query, k, gallery, where=where, dedup=dedup, exclude=[item_id])
 
     def search_image(self, features, k: int, captions: CaptionIndex | None = None,
                      shortlist: int | None = None):

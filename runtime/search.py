@@ -48,3 +48,51 @@ def shortlist_rows(query_globals: np.ndarray, item_globals: np.ndarray, size: in
     """
     sims = query_globals @ item_globals.T
     return np.argpartition(-sims, size - 1, axis=1)[:, :size]
+
+
+DEDUP_POOL = 4          # with dedup, 4 k candidates (at least 32) are ranked, then collapsed to k
+DEDUP_POOL_MIN = 32
+
+
+def check_dedup(dedup):
+    """None (no collapsing) or a globals cosine threshold in (0, 1]."""
+    if dedup is None:
+        return None
+    if isinstance(dedup, bool) or not isinstance(dedup, (int, float, np.floating, np.integer)) \
+            or not 0 < float(dedup) <= 1:
+        raise InputError(f"dedup must be a cosine threshold in (0, 1] (e.g. 0.95) or None, got {dedup!r}")
+    return float(dedup)
+
+
+def dedup_pool(k: int, shortlist: int | None) -> int:
+    """Candidates ranked before near-duplicates are collapsed: 4 k (at least 32), within the shortlist."""
+    pool = max(DEDUP_POOL * k, DEDUP_POOL_MIN)
+    return pool if shortlist is None else max(k, min(pool, shortlist))
+
+
+def collapse(globals_: np.ndarray, threshold: float, k: int) -> list:
+    """Indices of the candidates kept, best first: a candidate whose global has a dot product >=
+    threshold with an already kept one is its near-duplicate and is left out; at most k kept."""
+    g = np.asarray(globals_, dtype=np.float32)
+    kept: list = []
+    for i in range(len(g)):
+        if kept and float((g[kept] @ g[i]).max()) >= threshold:
+            continue
+        kept.append(i)
+        if len(kept) == k:
+            break
+    return kept
+
+
+def compile_where(gallery, where):
+    """A metadata filter compiled against this gallery (None for none). Only format-2 galleries,
+    whose items carry metadata, can be filtered."""
+    if where is None:
+        return None
+    if hasattr(where, "masks"):            # compiled already
+        return where
+    compile_ = getattr(gallery, "compile_filter", None)
+    if compile_ is None:
+        raise InputError(f"a {type(gallery).__name__} has no metadata to filter on; filters need a format-2 "
+                         f"gallery (kidrr.gallery, made by kidrr-index or kidrr-gallery)")
+    return compile_(where)

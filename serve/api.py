@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kidrr import __version__
-from kidrr.errors import BundleError, ImageError, InputError, KidrrError
+from kidrr.errors import BundleError, ImageError, InputError, KidrrError, UnknownItem
 
 from . import schemas
 from .errors import NotAvailable, Overloaded, ShardUnavailable, TooLarge
@@ -120,8 +120,10 @@ def _document_limits(schema: dict, limits, feature_size: int | None = None) -> d
                 matrix.update(matrix_rules)
                 if isinstance(matrix.get("items"), dict):
                     matrix["items"].update(row_rules)
-    for name in ("TextSearch", "ImageSearch"):
+    for name in ("TextSearch", "ImageSearch", "SimilarSearch"):
         props = bodies.get(name, {}).get("properties", {})
+        if "dedup" in props:
+            _constrain(props["dedup"], exclusiveMinimum=0, maximum=1)
         if "k" in props:
             _constrain(props["k"], minimum=1, maximum=limits.max_k)
         if "shortlist" in props:
@@ -224,6 +226,10 @@ def create_app(engine, settings) -> FastAPI:
             return reject(413, "too_large", str(exc))
         return reject(422, "invalid_input", str(exc))
 
+    @app.exception_handler(UnknownItem)
+    async def unknown_item(request: Request, exc: UnknownItem):
+        return reject(404, "unknown_item", str(exc))
+
     @app.exception_handler(TooLarge)
     async def too_large(request: Request, exc: TooLarge):
         return reject(413, "too_large", str(exc))
@@ -285,11 +291,44 @@ def create_app(engine, settings) -> FastAPI:
               summary="images for a caption (exact, or two-stage with shortlist k')")
     async def search_images(body: schemas.TextSearch):
         _check_limits(limits, body.k, body.shortlist, [body.query])
-        hits = await within_timeout(engine.search_text(body.query, body.k, body.shortlist))
+        hits = await within_timeout(engine.search_text(body.query, body.k, body.shortlist, body.where, body.dedup))
+        return {"bundle": bundle, "k": body.k, "shortlist": body.shortlist, "results": image_hits(hits)}
+
+    def image_hits(hits) -> list:
         ids = engine.catalog.ids      # v1 gallery: labels are positions; format 2: labels are the ids
-        return {"bundle": bundle, "k": body.k, "shortlist": body.shortlist,
-                "results": [{"id": ids[p], "position": p, "score": finite(s)} if ids is not None else
-                            {"id": p, "position": None, "score": finite(s)} for p, s in hits]}
+        return [{"id": ids[p], "position": p, "score": finite(s)} if ids is not None else
+                {"id": p, "position": None, "score": finite(s)} for p, s in hits]
+
+    @app.post("/v1/search/similar", response_model=schemas.SimilarResponse,
+              responses=_responses(*COMMON, 404, 422, 504),
+              summary="images like an item of the gallery (its stored global; the item itself is left out)",
+              description="Ranked by the globals' cosine (the first stage; no rerank: the similarity graph "
+                          "scores images against captions). 404 unknown_item when no live item has the id.")
+    async def search_similar(body: schemas.SimilarSearch):
+        _check_limits(limits, body.k)
+        hits = await within_timeout(engine.search_like_id(body.id, body.k, body.where, body.dedup))
+        return {"bundle": bundle, "k": body.k, "results": image_hits(hits)}
+
+    @app.post("/v1/search/similar/image", response_model=schemas.SimilarResponse,
+              responses=_responses(*COMMON, 404, 422, 504),
+              summary="images like a photo sent as the raw body (JPEG, PNG...; bundles with image graphs)",
+              description=f"Ranked by the globals' cosine. where: the filter as JSON text. At most "
+                          f"{limits.max_upload_bytes:,} bytes and {limits.max_upload_pixels:,} pixels; larger: 413.",
+              openapi_extra={"requestBody": {"required": True, "content": {"image/*": {"schema": {
+                  "type": "string", "format": "binary", "maxLength": limits.max_upload_bytes}}}}})
+    async def search_similar_by_file(request: Request, k: int = Query(10, ge=1, le=limits.max_k),
+                                     where: str | None = Query(None, max_length=65536, description=schemas.WHERE_DOC),
+                                     dedup: float | None = Query(None, gt=0, le=1, description=schemas.DEDUP_DOC)):
+        _check_limits(limits, k)
+        data = await request.body()
+        if not data:
+            raise InputError("send the image file as the request body (Content-Type: image/jpeg, image/png...)")
+        parsed = None
+        if where is not None:
+            from kidrr.gallery.filters import parse_filter
+            parsed = parse_filter(where)
+        hits = await within_timeout(engine.search_like_file(data, k, parsed, dedup))
+        return {"bundle": bundle, "k": k, "results": image_hits(hits)}
 
     @app.post("/v1/search/captions", response_model=schemas.ImageSearchResponse,
               responses=_responses(*COMMON, 404, 422, 504),

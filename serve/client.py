@@ -70,10 +70,32 @@ class Client:
     def info(self) -> dict:
         return self._call("GET", "/v1/info")
 
-    def search_images(self, query: str, k: int = 10, shortlist: int | None = None) -> list:
-        """[{'id', 'position', 'score'}] best first."""
-        body = {"query": query, "k": k, "shortlist": shortlist}
+    def search_images(self, query: str, k: int = 10, shortlist: int | None = None, where: dict | None = None,
+                      dedup: float | None = None) -> list:
+        """[{'id', 'position', 'score'}] best first. where: a metadata filter ({"album": "beach"}),
+        dedup: collapse near-duplicates above this globals cosine."""
+        body = {"query": query, "k": k, "shortlist": shortlist, "where": where, "dedup": dedup}
         return self._call("POST", "/v1/search/images", body)["results"]
+
+    def search_similar(self, item_id, k: int = 10, where: dict | None = None, dedup: float | None = None) -> list:
+        """Items like an item of the gallery (by its stored global; itself left out): [{'id', 'position', 'score'}].
+        ServiceError 404 unknown_item for an id the gallery does not hold."""
+        body = {"id": item_id, "k": k, "where": where, "dedup": dedup}
+        return self._call("POST", "/v1/search/similar", body)["results"]
+
+    def search_similar_by_file(self, path: str, k: int = 10, where: dict | None = None,
+                               dedup: float | None = None) -> list:
+        """Items like a photo file (JPEG, PNG...; bundles with image graphs): [{'id', 'position', 'score'}]."""
+        import json
+        with open(path, "rb") as fh:
+            data = fh.read()
+        params = {"k": k}
+        if where is not None:
+            params["where"] = json.dumps(where)
+        if dedup is not None:
+            params["dedup"] = dedup
+        return self._call("POST", "/v1/search/similar/image", content=data, params=params,
+                          headers={"content-type": "application/octet-stream"})["results"]
 
     def search_captions(self, features, k: int = 10, shortlist: int | None = None) -> list:
         """features: (R, F) region features of one image -> [{'position', 'caption', 'score'}]."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import threading
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from kidrr.data import check_features
-from kidrr.errors import InputError
+from kidrr.errors import InputError, UnknownItem
 from kidrr.runtime.captions import tokenize_captions
-from kidrr.runtime.search import check_k, check_shortlist
+from kidrr.runtime.search import check_dedup, check_k, check_shortlist
 
 from .batching import MicroBatcher
 from .errors import NotAvailable, Overloaded, TooLarge
@@ -100,6 +102,18 @@ class Engine:
             future.cancel()
             raise
 
+    def check_where(self, where):
+        """(canonical JSON text or None, how shards treat a field they lack). With several shards a field
+        only some of them hold matches nothing in the others; the local engine first checks that some
+        shard knows each field (an unknown field is a 422 either way)."""
+        if where is None:
+            return None, "error"
+        from kidrr.gallery.filters import MAX_FILTER_BYTES
+        text = json.dumps(where, sort_keys=True, separators=(",", ":"))
+        if len(text) > MAX_FILTER_BYTES:
+            raise InputError(f"the filter is {len(text)} bytes, at most {MAX_FILTER_BYTES}")
+        return text, "error" if len(self.catalog.shards) == 1 else "none"
+
     # ---- what both engines answer in the front process ---------------------------------------
     async def search_image(self, features, k: int, shortlist: int | None) -> list:
         if self.caption_index is None:
@@ -122,20 +136,29 @@ class Engine:
         k = check_k(k, len(self.caption_index), "caption index")
         kp = check_shortlist(shortlist, k, len(self.caption_index))
 
+        query = await self.encode_upload(data)
+        return await self._work(lambda: self.retriever.search_image(query, k, captions=self.caption_index,
+                                                                    shortlist=kp)[0])
+
+    async def encode_upload(self, data: bytes):
+        """An uploaded image file -> its encoded Gallery of one (bundles with image graphs only)."""
+        if not self.retriever.bundle.takes_pixels:
+            raise NotAvailable("this bundle has no image graphs (preprocess + backbone), so it cannot encode "
+                               "uploaded photos; serve a bundle exported with them")
         limits = self.settings.limits
         if len(data) > limits.max_upload_bytes:
             raise TooLarge(f"the uploaded image is {len(data):,} bytes, over the {limits.max_upload_bytes:,}-byte limit "
                            f"of this service")
 
         def run():
-            from kidrr.images.decode import decode_image      # Pillow, only for this endpoint
+            from kidrr.images.decode import decode_image      # Pillow, only for these endpoints
             try:      # the pixel limit is checked from the header, before any pixel is decoded
                 pixels = decode_image(bytes(data), max_pixels=limits.max_upload_pixels, name="the uploaded image")
                 query = self.retriever.encode_pixels([pixels])
                 del pixels
             finally:
                 release_free_memory()         # the decoder's buffers go back to the system, not to the heap
-            return self.retriever.search_image(query, k, captions=self.caption_index, shortlist=kp)[0]
+            return query
         return await self._work(run)
 
     async def score(self, features, captions: list) -> np.ndarray:
@@ -218,15 +241,66 @@ class LocalEngine(Engine):
         return True, "ready"
 
     def _search_batch(self, items: list) -> list:
-        """[(query, k, k')] -> [[(position, score)]]: one encoder call for the batch, then each shard."""
-        index = self.retriever.encode_texts([q for q, _, _ in items])
-        queries = queries_from_index(index, [k for _, k, _ in items], [kp for _, _, kp in items])
+        """[(query, k, k', where, dedup, unknown)] -> [[(position, score)]]: one encoder call for the
+        batch, then each shard."""
+        index = self.retriever.encode_texts([item[0] for item in items])
+        queries = queries_from_index(index, [item[1] for item in items], [item[2] for item in items])
+        queries = [replace(q, where=item[3], dedup=item[4], unknown=item[5]) for q, item in zip(queries, items)]
         per_shard = [shard.search(queries) for shard in self.shards]
         return [merge_top_k([hits[i] for hits in per_shard], items[i][1]) for i in range(len(items))]
 
-    async def search_text(self, query: str, k: int, shortlist: int | None) -> list:
+    def _known_fields(self, where: str | None) -> None:
+        """InputError when no shard holds a field the filter names (a shard alone would say so)."""
+        if where is None or len(self.shards) == 1:
+            return
+        fields: dict = {}
+        for shard in self.shards:
+            fields.update(getattr(shard.source, "fields", {}))
+        from kidrr.gallery.filters import check_filter
+        check_filter(fields, where)
+
+    async def search_text(self, query: str, k: int, shortlist: int | None, where=None,
+                          dedup: float | None = None) -> list:
         k, kp = self.check_text_query(query, k, shortlist)
-        return await self.batcher.submit((query, k, kp))
+        text, unknown = self.check_where(where)
+        self._known_fields(text)
+        return await self.batcher.submit((query, k, kp, text, check_dedup(dedup), unknown))
+
+    async def search_like_id(self, item, k: int, where=None, dedup: float | None = None) -> list:
+        """Items like a stored item (its global, from the shard that holds it), the item left out."""
+        k = check_k(k, self.gallery_size, "gallery")
+        text, unknown = self.check_where(where)
+        self._known_fields(text)
+        dedup = check_dedup(dedup)
+        label = item
+        if self.catalog.ids is not None:      # a v1 gallery: the service's ids name positions
+            label = self._positions().get(item)
+
+        def run():
+            found = None if label is None else next(
+                (g for g in (s.global_of(label) for s in self.shards) if g is not None), None)
+            if found is None:
+                raise UnknownItem(f"no item {str(item)[:200]!r} in this gallery (removed, or never added)")
+            return self._similar(found, k, text, dedup, unknown, exclude=label)
+        return await self._work(run)
+
+    async def search_like_file(self, data: bytes, k: int, where=None, dedup: float | None = None) -> list:
+        """Items like an uploaded photo (decoded and encoded as /v1/search/captions/image does)."""
+        k = check_k(k, self.gallery_size, "gallery")
+        text, unknown = self.check_where(where)
+        self._known_fields(text)
+        dedup = check_dedup(dedup)
+        query = await self.encode_upload(data)
+        return await self._work(lambda: self._similar(query.globals[0], k, text, dedup, unknown))
+
+    def _similar(self, global_, k, where, dedup, unknown, exclude=None) -> list:
+        per_shard = [s.similar(global_, k, where, dedup, unknown, exclude) for s in self.shards]
+        return merge_top_k(per_shard, k)
+
+    def _positions(self) -> dict:
+        if getattr(self, "_position_of", None) is None:
+            self._position_of = {x: i for i, x in enumerate(self.catalog.ids)}
+        return self._position_of
 
     async def start(self) -> None:
         self.batcher.start()

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from kidrr.runtime import Retriever
+from kidrr.runtime.search import check_dedup
 
 from .api import create_app
-from .errors import Overloaded, ShardUnavailable
+from .errors import NotAvailable, Overloaded, ShardUnavailable
 from .engine import Engine
 from .shards import ShardSearcher, merge_top_k, queries_from_index
 
@@ -63,6 +65,12 @@ class RayEngine(Engine):
     def info(self) -> dict:
         return dict(super().info(), shards=len(self.shards), replicas=self.replicas)
 
+    async def search_like_id(self, item, k: int, where=None, dedup=None) -> list:
+        raise NotAvailable("search by example runs on the local engine; the ray engine serves text search "
+                           "(with filters and dedup) only")
+
+    search_like_file = search_like_id
+
     async def _ask(self, shard, query):
         for attempt in range(RETRIES):
             try:
@@ -75,9 +83,11 @@ class RayEngine(Engine):
                     raise ShardUnavailable("a shard replica died and no other could answer; retry shortly") from exc
                 await asyncio.sleep(RETRY_PAUSE_S)
 
-    async def search_text(self, query: str, k: int, shortlist: int | None) -> list:
+    async def search_text(self, query: str, k: int, shortlist: int | None, where=None, dedup=None) -> list:
         k, kp = self.check_text_query(query, k, shortlist)
+        text, unknown = self.check_where(where)
         encoded = await self.encode_queries((query, k, kp))
+        encoded = replace(encoded, where=text, dedup=check_dedup(dedup), unknown=unknown)
         per_shard = await asyncio.gather(*(self._ask(shard, encoded) for shard in self.shards))
         return merge_top_k(per_shard, k)
 

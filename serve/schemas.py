@@ -5,9 +5,9 @@ api.py, so the OpenAPI schema stays the same for every deployment.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 Number = Union[StrictFloat, StrictInt]
 Matrix = List[List[Number]]           # one image: regions x features
@@ -17,10 +17,28 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A metadata filter (docs/gallery.md): {"album": "beach"}, {"year": {"gte": 2019}}, {"and": [...]}...
+# Checked against the gallery's fields by the engine (422 naming what is wrong).
+Where = Optional[Dict[str, Any]]
+Dedup = Optional[Union[StrictFloat, StrictInt]]   # globals cosine threshold in (0, 1]; None: no collapsing
+WHERE_DOC = ('metadata filter, e.g. {"album": "beach"} or {"taken": {"gte": "2019-01-01"}}; '
+             'operators eq ne in gt gte lt lte exists, and / or / not (docs/gallery.md)')
+DEDUP_DOC = "collapse near-duplicates: items whose globals' cosine with a better result is at least this"
+
+
 class TextSearch(Body):
     query: StrictStr
     k: StrictInt = 10
     shortlist: Optional[StrictInt] = None     # k': two-stage search; None: exact
+    where: Where = Field(None, description=WHERE_DOC)
+    dedup: Dedup = Field(None, description=DEDUP_DOC)
+
+
+class SimilarSearch(Body):
+    id: Union[StrictStr, StrictInt]           # an item of the gallery (a v1 gallery's id from --ids, or its row)
+    k: StrictInt = 10
+    where: Where = Field(None, description=WHERE_DOC)
+    dedup: Dedup = Field(None, description=DEDUP_DOC)
 
 
 class ImageSearch(Body):
@@ -55,6 +73,12 @@ class TextSearchResponse(BaseModel):
     bundle: str
     k: int
     shortlist: Optional[int]
+    results: List[ImageHit]
+
+
+class SimilarResponse(BaseModel):
+    bundle: str
+    k: int
     results: List[ImageHit]
 
 

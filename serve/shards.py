@@ -22,11 +22,16 @@ from kidrr.runtime import CaptionIndex, Gallery
 
 @dataclass(frozen=True)
 class EncodedQuery:
-    """One encoded caption and what to search for: words (L, D), global (D,), k, k' (None: exact)."""
+    """One encoded caption and what to search for: words (L, D), global (D,), k, k' (None: exact),
+    a metadata filter (canonical JSON text), a dedup threshold, and how a shard treats a filter field
+    it lacks ("error", or "none" when other shards may have it)."""
     words: np.ndarray
     global_: np.ndarray
     k: int
     shortlist: int | None = None
+    where: str | None = None
+    dedup: float | None = None
+    unknown: str = "error"
 
 
 @dataclass(frozen=True)
@@ -148,13 +153,50 @@ class ShardSearcher:
         results: list = [None] * len(queries)
         groups: dict = {}
         for i, q in enumerate(queries):
-            groups.setdefault((min(q.k, n), q.shortlist), []).append(i)
-        for (k, kp), members in groups.items():
+            groups.setdefault((min(q.k, n), q.shortlist, q.where, q.dedup, q.unknown), []).append(i)
+        for (k, kp, where, dedup, unknown), members in groups.items():
             index = _index_of([queries[i] for i in members], source.bundle_id)
-            found = self.retriever.search_text(index, k, gallery=source, shortlist=kp)
+            found = self.retriever.search_text(index, k, gallery=source, shortlist=kp,
+                                               where=compile_for(source, where, unknown), dedup=dedup)
             for i, hits in zip(members, found):
                 results[i] = hits if self.offset is None else [(self.offset + p, s) for p, s in hits]
         return results
+
+
+    def global_of(self, label):
+        """The stored global (D,) of the item labelled `label` in answers (a format-2 id, or a v1 gallery
+        position), or None when this shard does not hold it."""
+        self.refresh()
+        source = self.source
+        if self.offset is None:
+            row = source.find([label]).get(label) if isinstance(label, str) else None
+        else:
+            row = label - self.offset if isinstance(label, int) and 0 <= label - self.offset < len(source) else None
+        return None if row is None else source.gather(np.array([row], dtype=np.int64))[1][0]
+
+    def similar(self, global_: np.ndarray, k: int, where: str | None, dedup: float | None, unknown: str,
+                exclude=None) -> list:
+        """[(label, score)] of the items most like a global (their globals' cosine), best first."""
+        self.refresh()
+        source = self.source
+        if len(source) == 0:
+            return []
+        skip = None
+        if exclude is not None:
+            skip = [exclude] if self.offset is None else [exclude - self.offset]
+        hits = self.retriever.search_similar(global_, min(k, len(source)), gallery=source,
+                                             where=compile_for(source, where, unknown), dedup=dedup, exclude=skip)
+        return hits if self.offset is None else [(self.offset + p, s) for p, s in hits]
+
+
+def compile_for(source, where: str | None, unknown: str):
+    """A filter (JSON text) compiled for one shard's snapshot; InputError for a gallery without metadata."""
+    if where is None:
+        return None
+    if not hasattr(source, "compile_filter"):
+        raise InputError("this service's gallery is a v1 .npz file, which holds no metadata; filters need "
+                         "format-2 gallery folders (kidrr-index, kidrr-gallery)")
+    return source.compile_filter(where, unknown=unknown)
 
 
 def merge_top_k(per_shard: list, k: int) -> list:

@@ -15,13 +15,21 @@ def items(n, regions=3, dim=8, seed=0, clusters=20, start=0):
     return g.astype(np.float32), l.astype(np.float32), [f"photo-{start + i:05d}.jpg" for i in range(n)]
 
 
+def item_meta(n, start=0):
+    """Metadata of every kind for n items (every 7th item has none)."""
+    return [{"album": ["beach", "city", "snow"][i % 3], "year": 2000 + i % 25, "taken": f"2019-07-{1 + i % 28:02d}",
+             "tags": ["sea", "dog", "sun"][: i % 4], "fav": i % 5 == 0} if i % 7 else None
+            for i in range(start, start + n)]
+
+
 def make_gallery(folder, n=50, batches=2, locals_dtype="fp32", ann="ivf", ann_min_rows=10_000, regions=3, dim=8,
-                 bundle_id=BUNDLE_ID, seed=0):
+                 bundle_id=BUNDLE_ID, seed=0, metadata=False):
     from kidrr.gallery import GalleryWriter, create_gallery
     create_gallery(str(folder), bundle_id, regions, dim, locals_dtype, ann, ann_min_rows)
     g, l, ids = items(n, regions, dim, seed)
+    meta = item_meta(n) if metadata else [None] * n
     cuts = np.linspace(0, n, batches + 1).astype(int)
     with GalleryWriter(str(folder)) as w:
         for a, b in zip(cuts[:-1], cuts[1:]):
-            w.add(g[a:b], l[a:b], ids[a:b])
+            w.add(g[a:b], l[a:b], ids[a:b], meta[a:b] if metadata else None)
     return g, l, ids
