@@ -1,6 +1,5 @@
 """The pretrained caption encoder: our BERT against transformers' BertModel, its package checks, and
 its WordPiece tokenizer against `tokenizers` on hostile text."""
-import io
 import os
 import zipfile
 
