@@ -200,7 +200,7 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
             onnx.save(proto, path)
             entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, "fp32")
             log(f"  wrote {name}.onnx ({os.path.getsize(path) / 1e6:.1f} MB)")
-    tokenizer_file = "tokenizer.json" if model.cfg.text_encoder != "bigru" else "vocab.json"
+    tokenizer_file = "vocab.json" if vocab.kind == "basic" else "tokenizer.json"
     vocab.save(os.path.join(staging, tokenizer_file))
     bar.update(1)
     bar.set_postfix_str("verify")

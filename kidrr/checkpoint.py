@@ -44,6 +44,11 @@ def shipped_photo_checkpoint() -> str:
     return str(resources.files("kidrr") / "shipped_photos")
 
 
+def config_json(cfg: ModelConfig) -> str:
+    """A checkpoint's config.json text."""
+    return dump_json({"format": CHECKPOINT_FORMAT, "model": cfg.to_dict()})
+
+
 def check_replaceable_checkpoint(folder: str) -> None:
     """CheckpointError unless folder is empty or a kidrr checkpoint holding only a checkpoint's files."""
     entries = os.listdir(folder)
@@ -71,11 +76,12 @@ def save_checkpoint(folder: str, model: KIDRR, vocab: Vocabulary, optimizer=None
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
     with staging_dir(parent, STAGING_PREFIX) as staging:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in pretrained_keys(model)}
+        frozen = pretrained_keys(model)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in frozen}
         save_file(state, os.path.join(staging, WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
         follow_umask(os.path.join(staging, WEIGHTS))
         with open(os.path.join(staging, CONFIG), "w") as fh:
-            fh.write(dump_json({"format": CHECKPOINT_FORMAT, "model": model.cfg.to_dict()}))
+            fh.write(config_json(model.cfg))
         with open(os.path.join(staging, VOCAB), "w", encoding="utf-8") as fh:
             json.dump(vocab.to_json(), fh, ensure_ascii=False)
         if optimizer is not None:
@@ -154,7 +160,7 @@ def set_score_fusion(folder: str, weight: float) -> None:
     import dataclasses
     from .fileio import write_atomic
     cfg = dataclasses.replace(load_config(folder), score_fusion=float(weight))   # validated like any config
-    write_atomic(os.path.join(folder, CONFIG), dump_json({"format": CHECKPOINT_FORMAT, "model": cfg.to_dict()}).encode())
+    write_atomic(os.path.join(folder, CONFIG), config_json(cfg).encode())
 
 
 def load_checkpoint(folder: str | None = None, device: str = "cpu"):
@@ -206,9 +212,8 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     file from the package, checked against the hash the checkpoint recorded."""
     if cfg.text_encoder == "bigru":
         return Vocabulary.load(path)
-    from .pretrained_text import load_pretrained_files
-    from .wordpiece import WordPieceTokenizer
-    tokenizer = WordPieceTokenizer(load_pretrained_files().tokenizer)
+    from .wordpiece import package_tokenizer
+    tokenizer = package_tokenizer()
     tokenizer.check_record(read_json(path, "tokenizer record"), path)
     return tokenizer
 

@@ -134,6 +134,8 @@ def format_recall(r: dict) -> str:
 def main(checkpoint, data, split, protocol, as_json, threads, choose_fusion):
     """Recall@1/5/10 (both directions), rSum and median rank of a checkpoint on a split."""
     from .checkpoint import load_checkpoint
+    if choose_fusion and checkpoint is None:
+        raise click.ClickException("--choose-fusion rewrites a checkpoint's config; name it with --checkpoint")
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -144,8 +146,6 @@ def main(checkpoint, data, split, protocol, as_json, threads, choose_fusion):
     result.update(checkpoint=checkpoint or "shipped", checkpoint_sha256=sha, data=data, split=split)
     if choose_fusion:
         from .checkpoint import set_score_fusion
-        if checkpoint is None:
-            raise click.ClickException("--choose-fusion rewrites a checkpoint's config; name it with --checkpoint")
         result["chosen_fusion"] = best_fusion(result)
         try:
             set_score_fusion(checkpoint, result["chosen_fusion"])

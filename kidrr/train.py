@@ -220,9 +220,8 @@ def new_tokenizer(mcfg: ModelConfig, captions):
     pretrained encoder's own WordPiece file."""
     if mcfg.text_encoder == "bigru":
         return Vocabulary.build(captions)
-    from .pretrained_text import load_pretrained_files
-    from .wordpiece import WordPieceTokenizer
-    return WordPieceTokenizer(load_pretrained_files().tokenizer)
+    from .wordpiece import package_tokenizer
+    return package_tokenizer()
 
 
 def run(data, out, size, model_set=(), train_set=(), epochs=None, dev_images=0, max_batches=0, resume=False):

@@ -82,3 +82,9 @@ class WordPieceTokenizer:
     def save(self, path: str) -> None:
         from .fileio import write_atomic
         write_atomic(path, self.data)
+
+
+def package_tokenizer() -> WordPieceTokenizer:
+    """The pretrained encoder's own tokenizer file, from its package (kidrr.pretrained_text)."""
+    from .pretrained_text import load_pretrained_files
+    return WordPieceTokenizer(load_pretrained_files().tokenizer)

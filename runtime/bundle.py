@@ -260,10 +260,12 @@ def _load_tokenizer(folder: str, rel: str, wordpiece: bool):
         return Vocabulary.load(os.path.join(folder, rel))
     path = os.path.join(folder, rel)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, what=f"bundle {folder}", follow_symlinks=True) as fh:
             if os.fstat(fh.fileno()).st_size > MAX_TOKENIZER_BYTES:
                 raise CheckpointError(f"{path} is larger than any WordPiece tokenizer ({MAX_TOKENIZER_BYTES} bytes)")
             data = fh.read(MAX_TOKENIZER_BYTES + 1)
+    except NotRegularFile as exc:
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from exc
     return WordPieceTokenizer(data)

@@ -197,3 +197,17 @@ def test_runtime_scores_equal_torch_on_real_captions(tokenizer, tmp_path):
     with open_bundle(str(tmp_path / "b")) as rt:
         got = rt.score(rt.encode_images(feats), rt.encode_texts(caps))
     assert np.abs(np.asarray(got) - want).max() < 1e-5
+    # A FIFO in place of the tokenizer file is refused, never waited on.
+    from kidrr.errors import BundleError
+    from kidrr.runtime.bundle import load_bundle
+    os.remove(tmp_path / "b" / "tokenizer.json")
+    os.mkfifo(tmp_path / "b" / "tokenizer.json")
+    with pytest.raises(BundleError, match="tokenizer.json"):
+        load_bundle(str(tmp_path / "b"), verify=False)
+
+
+def test_choose_fusion_needs_a_checkpoint_before_any_work():
+    from click.testing import CliRunner
+    from kidrr.evaluate import main
+    result = CliRunner().invoke(main, ["--choose-fusion", "--data", "/nonexistent"])
+    assert result.exit_code != 0 and "name it with --checkpoint" in result.output
