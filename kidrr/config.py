@@ -177,6 +177,10 @@ class TrainConfig:
     # (ours) after each epoch, write into the checkpoint the weight of the globals' cosine fused into
     # the score that gives the best dev rSum (ModelConfig.score_fusion); false keeps the published score.
     choose_fusion: bool = True
+    # (ours) once on hardest negatives, build each batch from groups of this many images that are
+    # near neighbours by the model's own globals (recomputed every epoch over the whole training set),
+    # so the scorer meets the negatives the globals' shortlist hands it at search time; 0: random batches.
+    neighbour_group: int = 0
 
     def __post_init__(self):
         _validate(self, "training config", TRAIN_RULES)
@@ -215,7 +219,7 @@ TRAIN_RULES = {
     "lr": ("float", {"lo": 1e-12}), "lr_decay_epochs": ("ints", COUNT),
     "grad_clip": ("float", {"lo": 1e-12}), "margin": ("float", COUNT), "aux_weight": ("float", COUNT),
     "warmup_epochs": ("int", COUNT), "hardest_switch_recall": ("float", {"lo": 0.0, "hi": 1.0}),
-    "mask_same_image": ("bool",),
+    "mask_same_image": ("bool",), "neighbour_group": ("int", COUNT),
     "tile_images": ("int", POSITIVE), "tile_captions": ("int", POSITIVE),
     "eval_tile_images": ("int", POSITIVE), "eval_tile_captions": ("int", POSITIVE),
     "seed": ("int", COUNT), "threads": ("int", COUNT),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, load_train_state, read_train_state, save_checkpoint
 from .config import ModelConfig, TrainConfig, dump_json
 from .curve import curve_plot
-from .data import Split, check_features
+from .data import CAPTIONS_PER_IMAGE, Split, check_features
 from .errors import KidrrError, ConfigError, describe
 from .evaluate import best_fusion, evaluate_split, format_recall, resolve_split, tokenize_split
 from .fileio import write_atomic
@@ -53,6 +53,35 @@ def in_batch_recall(scores: torch.Tensor, image_ids: torch.Tensor) -> float:
     pos = scores.diagonal()
     neg = scores.masked_fill(image_ids[:, None] == image_ids[None, :], float("-inf"))
     return float(((neg.max(1).values < pos).float().mean() + (neg.max(0).values < pos).float().mean()) / 2)
+
+
+def neighbour_groups(globals_: np.ndarray, rng: np.random.Generator, group: int) -> list:
+    """Images partitioned into groups of `group` near neighbours: a random unassigned seed takes its
+    nearest unassigned images by cosine (O(N^2 / group), seconds for tens of thousands)."""
+    n = len(globals_)
+    free = np.ones(n, dtype=bool)
+    groups = []
+    for seed in rng.permutation(n):
+        if not free[seed]:
+            continue
+        sims = globals_ @ globals_[seed]
+        sims[~free] = -np.inf
+        take = min(group, int(free.sum()))
+        members = np.argpartition(-sims, take - 1)[:take]   # the seed itself is its own nearest
+        free[members] = False
+        groups.append(members)
+    return groups
+
+
+def neighbour_order(globals_: np.ndarray, rng: np.random.Generator, group: int) -> np.ndarray:
+    """One epoch's caption order: five rounds (one caption per image per round, in the published
+    layout of five captions per image), each round's images in neighbour groups, groups shuffled.
+    Consecutive captions, and so each batch, then hold groups of images that look alike."""
+    rounds = []
+    for r in rng.permuted(np.tile(np.arange(CAPTIONS_PER_IMAGE), (len(globals_), 1)), axis=1).T:
+        groups = neighbour_groups(globals_, rng, group)
+        rounds += [g * CAPTIONS_PER_IMAGE + r[g] for g in groups]
+    return np.concatenate([rounds[i] for i in rng.permutation(len(rounds))])
 
 
 def plateau(batch_size: int, margin: float) -> float:
@@ -121,7 +150,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_for(self.epoch)
         hardest = self.use_hardest()
-        order = rng.permutation(len(caption_ids))
+        if hardest and t.neighbour_group > 1:
+            order = neighbour_order(self.image_globals(split), rng, t.neighbour_group)
+        else:
+            order = rng.permutation(len(caption_ids))
         n_batches = len(order) // t.batch_size  # drop the ragged last batch: the loss scale stays fixed
         if max_batches:
             n_batches = min(n_batches, max_batches)
@@ -157,6 +189,16 @@ class Trainer:
                 "in_batch_recall_last": float(np.mean([r["recall"] for r in tail])),
                 "pairs_per_s": pairs / (time.perf_counter() - start), "batches": n_batches,
                 "plateau": plateau(t.batch_size, t.margin), "lr": self.lr_for(self.epoch)}
+
+    @torch.no_grad()
+    def image_globals(self, split: Split, chunk: int = 512) -> np.ndarray:
+        """The model's globals of every training image (eval mode: no dropout)."""
+        self.model.eval()
+        out = [self.model.encode_images(torch.from_numpy(check_features(
+                   split.images[i:i + chunk], "training features", self.model.cfg.feature_size)))[1].numpy()
+               for i in range(0, len(split.images), chunk)]
+        self.model.train()
+        return np.concatenate(out)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "best_rsum": self.best_rsum, "history": self.history,

@@ -109,3 +109,29 @@ def test_train_writes_resumable_checkpoints(tiny_data, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3]
     with open(os.path.join(out, "curve.png"), "rb") as fh:   # redrawn after every epoch
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_neighbour_groups_recover_clusters():
+    """Tight clusters of 8 images: every group of 8 neighbours is exactly one cluster."""
+    from kidrr.train import neighbour_groups
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((12, 32))
+    g = np.repeat(centres, 8, axis=0) + 0.01 * rng.standard_normal((96, 32))
+    g = (g / np.linalg.norm(g, axis=1, keepdims=True)).astype(np.float32)
+    groups = neighbour_groups(g, rng, 8)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(96))
+    assert sorted(sorted((m // 8).tolist()) for m in groups) == [[c] * 8 for c in range(12)]
+
+
+def test_neighbour_order_is_one_epoch_of_every_caption():
+    from kidrr.train import neighbour_order
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((37, 8)).astype(np.float32)   # 37: the last group of each round is short
+    order = neighbour_order(g / np.linalg.norm(g, axis=1, keepdims=True), rng, 8)
+    assert sorted(order.tolist()) == list(range(37 * 5))
+
+
+def test_neighbour_batches_train(tiny_data, tmp_path):
+    trainer = run(tiny_data, str(tmp_path / "run"), "small", SMALL,
+                  ["batch_size=16", "warmup_epochs=0", "hardest_switch_recall=0", "neighbour_group=4"], epochs=1)
+    assert trainer.history[0]["hardest"] and np.isfinite(trainer.history[0]["loss"])
