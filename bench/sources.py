@@ -111,7 +111,7 @@ def export_cached(checkpoint: str, checkpoint_sha: str, precision: str, log=None
         tail = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise BundleError(f"exporting the {precision} bundle from {checkpoint} failed: {tail}")
     if log:
-        log(f"exported {precision} bundle to {folder}")
+        log(f"exported {precision} bundle to {folder}" + (f" ({proc.stdout.strip()})" if proc.stdout.strip() else ""))
     return folder
 
 

@@ -19,11 +19,14 @@ from ..config import dump_json
 from ..errors import BundleError, InputError
 from ..fileio import foreign_entries, replace_dir_atomic, sha256_file, staging_dir
 from ..tokenizer import TOKENIZER_RULES
-from . import graphs, manifest as mf, recall, verify
+from . import graphs, manifest as mf, quantize, recall, verify
 from .ort_session import session
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 20, 18   # 18: LayerNormalization, Reduce* axes as inputs; 20: TensorRT 10.0's max
 PRECISIONS = ("fp32", "fp16", "int8")
+# What export_bundle takes: int8 is static QDQ (calibrated); int8-dynamic the named fallback, ONNX
+# Runtime's dynamic quantization (CPU only). Both write precision "int8" into the manifest.
+EXPORT_PRECISIONS = PRECISIONS + ("int8-dynamic",)
 
 
 def check_opset(opset: int | None) -> int:
@@ -87,11 +90,14 @@ def _check_out_dir(out_dir: str, force: bool) -> str:
 
 
 def build_graphs(model, opset: int, precision: str) -> dict:
-    """name -> (ModelProto, seconds to write it)."""
+    """name -> (ModelProto, seconds to write it). precision "int8" gives the fp32 similarity graph
+    that quantize.quantize_similarity turns into the static int8 one; "int8-dynamic" the dynamic one."""
     out = {}
+    sim = {"int8": "fp32", "int8-dynamic": "int8"}.get(precision, precision)
+    text = "int8" if precision.startswith("int8") else precision
     for name, make in (("image_encoder", lambda: graphs.image_encoder(model, opset)),
-                       ("text_encoder", lambda: graphs.text_encoder(model, opset, precision)),
-                       ("similarity", lambda: graphs.similarity(model, opset, graphs.SimilarityOptions(precision)))):
+                       ("text_encoder", lambda: graphs.text_encoder(model, opset, text)),
+                       ("similarity", lambda: graphs.similarity(model, opset, graphs.SimilarityOptions(sim)))):
         start = time.perf_counter()
         proto = make()
         onnx.checker.check_model(proto, full_check=True)
@@ -142,19 +148,27 @@ def _synthetic_dev(model, n_images: int | None):
 def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32", opset: int | None = None,
                   force: bool = False, verify_outputs: bool = True, verify: bool | None = None,
                   recall_images: int | None = None, progress: bool = True, log=None,
-                  backbone: str | None = None) -> dict:
+                  backbone: str | None = None, calibration: str | None = None,
+                  accept_recall_loss: bool = False) -> dict:
     """Write a bundle; returns its manifest plus export_seconds and verification (written to
     export_report.json beside it). checkpoint None exports the shipped model.
 
     verify (default on): fp32 graphs must match PyTorch within 1e-5 (VerificationError otherwise);
     fp16/int8 also report their recall delta against fp32 on the synthetic dev set (first
     recall_images images; all if None) and fail past RECALL_TARGETS.
+
+    int8 (static QDQ): calibration names the data (None: the synthetic dev set when the model reads
+    its features; 'synthetic'; or a folder with dev_ims.npy + dev_caps.txt). Its first half
+    calibrates, its second half (first recall_images images) is the recall gate: |delta rSum| <= 1
+    against fp32 or VerificationError, unless accept_recall_loss. int8-dynamic: the named fallback.
     """
     # Messages go above the progress bar (tqdm.write), never onto its line.
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     do_verify = verify_outputs if verify is None else verify
-    if precision not in PRECISIONS:
-        raise InputError(f"precision {precision!r} unknown; choose one of {PRECISIONS}")
+    if precision not in EXPORT_PRECISIONS:
+        raise InputError(f"precision {precision!r} unknown; choose one of {EXPORT_PRECISIONS}")
+    if calibration is not None and precision != "int8":
+        raise InputError(f"--calibration is for --precision int8 (static); this export is {precision}")
     opset = check_opset(opset)
     out_dir = _check_out_dir(out_dir, force)
     stages = ["load checkpoint", "write graphs", "verify", "manifest"]
@@ -163,10 +177,11 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
         bar.set_postfix_str("load checkpoint")
         model, vocab, ckpt_sha = load_checkpoint(checkpoint)
         backbone = check_image_backbone(model.cfg, backbone)
+        calib = quantize.calibration_split(model, calibration) if precision == "int8" else None
         bar.update(1)
         with staging_dir(os.path.dirname(out_dir), STAGING_PREFIX) as staging:
             manifest = _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do_verify,
-                                     recall_images, progress, log, bar, backbone)
+                                     recall_images, progress, log, bar, backbone, calib, accept_recall_loss)
     except OSError as exc:
         # A full disk, a read-only or pseudo file system (/proc): say where and what to do, not a traceback.
         hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another --out"
@@ -174,20 +189,35 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
                           f"Nothing was replaced") from exc
     finally:
         bar.close()
-    log(f"bundle written to {out_dir} ({precision}, opset {opset})")
+    log(f"bundle written to {out_dir} ({precision}{', static QDQ' if precision == 'int8' else ''}, opset {opset})")
     return manifest
 
 
 def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do_verify, recall_images, progress,
-                  log, bar, backbone=None) -> dict:
+                  log, bar, backbone=None, calib=None, accept_recall_loss=False) -> dict:
     bar.set_postfix_str("write graphs")
     built = build_graphs(model, opset, precision)
+    held_out = None
+    if calib is not None:
+        start = time.perf_counter()
+        split, what = calib
+        calibrate, held_out = quantize.split_parts(split, recall_images)
+        encoders = {g: session(built[g][0]) for g in ("image_encoder", "text_encoder")}
+        feeds = quantize.calibration_feeds(*recall.encode_split(encoders, vocab, calibrate, model.cfg.max_caption_len))
+        built["similarity"] = (quantize.quantize_similarity(built["similarity"][0], feeds),
+                               built["similarity"][1] + time.perf_counter() - start)
+        log(f"  calibrated int8 on {what} ({len(calibrate.images)} images, {len(feeds)} tiles)")
+        held_out = (held_out, what)
+    manifest_precision = "int8" if precision.startswith("int8") else precision
+    text_prec = graphs.text_precision(model.cfg, manifest_precision)
     entries, timings = {}, {}
     for name, (proto, seconds) in built.items():
         path = os.path.join(staging, f"{name}.onnx")
         onnx.save(proto, path)
-        graph_precision = {"similarity": precision, "text_encoder": graphs.text_precision(model.cfg, precision)}
+        graph_precision = {"similarity": manifest_precision, "text_encoder": text_prec}
         entries[name] = mf.graph_entry(proto, f"{name}.onnx", path, graph_precision.get(name, "fp32"))
+        if name == "similarity" and manifest_precision == "int8":
+            entries[name]["quantization"] = "static-qdq" if precision == "int8" else "dynamic"
         timings[name] = seconds
         log(f"  wrote {name}.onnx in {seconds:.2f}s ({os.path.getsize(path) / 1e6:.1f} MB)")
     backbone_net = None
@@ -204,15 +234,16 @@ def _write_bundle(model, vocab, ckpt_sha, staging, out_dir, precision, opset, do
     vocab.save(os.path.join(staging, tokenizer_file))
     bar.update(1)
     bar.set_postfix_str("verify")
-    report = _verify(model, vocab, staging, precision, opset, recall_images, progress, log) if do_verify else None
+    report = (_verify(model, vocab, staging, precision, opset, recall_images, progress, log, held_out,
+                      accept_recall_loss) if do_verify else None)
     if do_verify and backbone is not None:
-        report["image"] = _verify_images(model, backbone_net, staging, precision, log)
+        report["image"] = _verify_images(model, backbone_net, staging, manifest_precision, log)
     bar.update(1)
     bar.set_postfix_str("manifest")
     manifest = {
         "format": mf.FORMAT, "model": model.cfg.manifest_dict(),
         "tokenizer": _tokenizer_record(vocab, tokenizer_file, model.cfg.max_caption_len),
-        "precision": precision, "graphs": entries,
+        "precision": manifest_precision, "graphs": entries,
         "files": {tokenizer_file: sha256_file(os.path.join(staging, tokenizer_file))},
         "source_checkpoint_sha256": ckpt_sha,
         "exporter": {"kidrr": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -241,17 +272,22 @@ def _tokenizer_record(vocab, file: str, max_caption_len: int) -> dict:
     return {"kind": vocab.kind, "file": file, "max_caption_len": max_caption_len}
 
 
-def _verify(model, vocab, folder, precision, opset, recall_images, progress, log) -> dict:
+def _verify(model, vocab, folder, precision, opset, recall_images, progress, log, held_out=None,
+            accept_recall_loss=False) -> dict:
     sessions = {g: session(os.path.join(folder, f"{g}.onnx")) for g in mf.GRAPHS}
     report = verify.parity(model, sessions)
     for name, diff in report["max_abs_diff"].items():
         log(f"  max |torch - onnxruntime| {name:28s} {diff:.3g}")
     log("  rank agreement " + ", ".join(f"{k} {v:.3f}" for k, v in report["rank_agreement"].items()))
-    bad = verify.check_parity(report, precision, graphs.text_precision(model.cfg, precision))
+    manifest_precision = "int8" if precision.startswith("int8") else precision
+    bad = verify.check_parity(report, manifest_precision, graphs.text_precision(model.cfg, manifest_precision))
     if bad:
         raise verify.VerificationError(f"exported graphs differ from PyTorch beyond {verify.FP32_TOLERANCE}: "
                                        f"{', '.join(bad)}; the bundle was not written")
-    if precision != "fp32":
+    if held_out is not None:
+        report["recall_delta"] = _recall_gate(model, vocab, sessions, opset, held_out, progress, log,
+                                              accept_recall_loss)
+    elif precision != "fp32":
         split = _synthetic_dev(model, recall_images)
         if split is None:
             log(f"  recall delta skipped: the model reads {model.cfg.feature_size}-d features, the synthetic set "
@@ -269,6 +305,26 @@ def _verify(model, vocab, folder, precision, opset, recall_images, progress, log
                     f"{precision} similarity graph loses {delta:+.2f} rSum against fp32 on the synthetic dev set "
                     f"(target |delta| <= {verify.RECALL_TARGETS[precision]}); the bundle was not written")
     return report
+
+
+def _recall_gate(model, vocab, sessions, opset, held_out, progress, log, accept_recall_loss) -> dict:
+    """Static int8 against fp32 on the calibration data's held-out part; refuses past the target."""
+    split, what = held_out
+    target = verify.RECALL_TARGETS["int8"]
+    reference = dict(sessions, similarity=session(graphs.similarity(model, opset)))
+    rd = recall.recall_delta(sessions, reference, vocab, split, model.cfg.max_caption_len, progress)
+    delta = rd["delta"]["rsum"]
+    log(f"  rSum fp32 {rd['reference']['rsum']:.2f} -> int8 {rd['variant']['rsum']:.2f} (delta {delta:+.2f}, target "
+        f"|delta| <= {target}, {what} held out, {len(split.images)} images)")
+    accepted = abs(delta) > target and accept_recall_loss
+    if abs(delta) > target and not accept_recall_loss:
+        raise verify.VerificationError(
+            f"int8 similarity graph loses {delta:+.2f} rSum against fp32 on the held-out part of {what} "
+            f"({len(split.images)} images; target |delta| <= {target}); the bundle was not written. Export fp32 "
+            f"or fp16, calibrate on other data (--calibration), or pass --accept-recall-loss to keep it anyway")
+    if accepted:
+        log("  warning: the recall loss is kept (--accept-recall-loss)")
+    return {"split": f"{what}, held out, {len(split.images)} images", "accepted_loss": accepted, **rd}
 
 
 def _image_section(record: dict) -> dict:

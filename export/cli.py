@@ -22,19 +22,27 @@ def main():
 @click.option("--checkpoint", default=None, help="checkpoint folder (default: the shipped model)")
 @click.option("--out", "out_dir", required=True, help="bundle folder to write")
 @click.option("--opset", type=int, default=None, help="ONNX opset (18..20, default 18)")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-dynamic"]), default="fp32",
+              help="int8: static QDQ, calibrated (ONNX Runtime and TensorRT); int8-dynamic: the CPU-only fallback")
+@click.option("--calibration", default=None,
+              help="int8 calibration data: 'synthetic' or a folder with dev_ims.npy + dev_caps.txt "
+                   "(default: the synthetic dev set when the model reads its features)")
+@click.option("--accept-recall-loss", is_flag=True, help="keep an int8 bundle that loses more than 1 rSum")
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 @click.option("--no-verify", is_flag=True, help="skip the torch-vs-onnxruntime parity and recall checks")
-@click.option("--recall-images", type=int, default=None, help="synthetic dev images for the recall delta (all)")
+@click.option("--recall-images", type=int, default=None,
+              help="images for the recall delta (int8: of the calibration data's held-out half; all)")
 @click.option("--backbone", default=None,
               help="expected image backbone (default: the one recorded in the checkpoint's config, if any)")
-def onnx_cmd(checkpoint, out_dir, opset, precision, force, no_verify, recall_images, backbone):
+def onnx_cmd(checkpoint, out_dir, opset, precision, calibration, accept_recall_loss, force, no_verify, recall_images,
+             backbone):
     """Write the bundle (manifest.json, vocab.json, three ONNX graphs; plus preprocess.onnx and
     backbone.onnx when the checkpoint was trained on kidrr-features output) and verify it."""
     from .bundle import export_bundle
     try:
         export_bundle(checkpoint, out_dir, precision=precision, opset=opset, force=force, verify=not no_verify,
-                      recall_images=recall_images, backbone=backbone)  # default log: above the progress bar
+                      recall_images=recall_images, backbone=backbone, calibration=calibration,
+                      accept_recall_loss=accept_recall_loss)  # default log: above the progress bar
     except (KidrrError, OSError) as exc:
         _fail(exc)
 

@@ -7,6 +7,7 @@ import onnx
 from onnx import helper, inliner, shape_inference
 
 from . import trt_support as ts
+from .qdq_rules import check_qdq
 from .manifest import check_bundle
 
 PROFILE_AXES = ("n", "m", "R", "L")
@@ -59,6 +60,7 @@ def lint_model(model: onnx.ModelProto, name: str, ort_only: bool = False) -> lis
                                     f"the profile axes {profile_axes}")
             elif d.dim_value < 1:
                 problems.append(f"{name}: input {v.name} axis {k} has no size and no name: no profile can cover it")
+    problems += check_qdq(flat, name)
     counts: dict = {}
     for p in problems:
         counts[p] = counts.get(p, 0) + 1

@@ -89,12 +89,16 @@ def trt_major(trt) -> int:
     return int(trt.__version__.split(".")[0])
 
 
-def plan_precision(bundle_precision: str, requested: str | None, major: int) -> tuple:
-    """(precision of the engine, use the weakly typed fp16 builder flag?)."""
+def plan_precision(bundle_precision: str, requested: str | None, major: int, quantization: str | None = None) -> tuple:
+    """(precision of the engine, use the weakly typed fp16 builder flag?). quantization: the int8
+    similarity graph's ("static-qdq": TensorRT takes it strongly typed; else dynamic, refused)."""
     requested = requested or bundle_precision
+    if bundle_precision == "int8" and requested == "int8" and quantization == "static-qdq":
+        return "int8", False
     if requested == "int8" or bundle_precision == "int8":
         raise InputError("int8 TensorRT engines need a QDQ-quantized graph; this bundle's int8 uses ONNX Runtime's "
-                         "dynamic quantization. Build from an fp32 or fp16 bundle")
+                         "dynamic quantization. Export with `kidrr-export onnx --precision int8` (static QDQ), "
+                         "or build from an fp32 or fp16 bundle")
     if requested == bundle_precision:
         return requested, False
     if requested == "fp16" and bundle_precision == "fp32" and major < 11:
@@ -114,7 +118,8 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
     import_tensorrt()
     import tensorrt as trt
     major = trt_major(trt)
-    engine_precision, fp16_flag = plan_precision(manifest["precision"], precision, major)
+    engine_precision, fp16_flag = plan_precision(manifest["precision"], precision, major,
+                                                 manifest["graphs"]["similarity"].get("quantization"))
     prof_shapes = parse_shapes(shapes, manifest["model"]["max_caption_len"])
     sm = compute_capability()
     engines_dir = os.path.join(bundle, "engines")

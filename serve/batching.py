@@ -1,7 +1,9 @@
 """Micro-batching with a bounded queue, for the local engine (Ray Serve's @serve.batch does this there).
 
-Requests that arrive within `max_wait_s` of each other (up to `max_batch` of them) run as one call
-of `fn(items) -> results` on a worker thread, so the event loop keeps accepting requests while the
+A request that finds the batcher idle (no batch running) runs at once: a lone request never waits
+for company that is not coming. While a batch runs, arriving requests gather: those that arrive
+within `max_wait_s` of each other (up to `max_batch` of them) run as one call of
+`fn(items) -> results` on a worker thread, so the event loop keeps accepting requests while the
 encoders work. More than `max_queue` waiting requests: `Overloaded` at once (the API answers 503)
 instead of a queue that grows until every request times out. A request whose caller gave up
 (timeout, disconnect) before its batch started is dropped from the batch.
@@ -53,7 +55,8 @@ class MicroBatcher:
             self._wake.clear()
             while self._waiting:
                 await self._slots.acquire()   # a free worker first: requests keep gathering meanwhile
-                if len(self._waiting) < self.max_batch and self.max_wait_s > 0:
+                # Wait for company only under load (a batch in flight): an idle service answers at once.
+                if self._running and len(self._waiting) < self.max_batch and self.max_wait_s > 0:
                     await asyncio.sleep(self.max_wait_s)
                 batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
                 batch = [(item, fut) for item, fut in batch if not fut.done()]
