@@ -20,8 +20,8 @@ from image_files import photo_folder
 pytestmark = pytest.mark.ray_cluster
 pytest.importorskip("ray.data", reason="the `ray` extra (ray[data]) is not installed")
 
-PHOTOS = 200
-SEGMENT = 8
+PHOTOS = 120
+SEGMENT = 6
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +76,19 @@ def _assert_same_as_local(out, local):
 
 def _committed_worker(out, timeout=240):
     """(segment folder, pid) of the first committed segment: its staging record names the writing process."""
+    from kidrr.errors import DataError
+    from kidrr.gallery.layout import read_manifest
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for name in sorted(os.listdir(out)) if os.path.isdir(out) else ():
-            rec = os.path.join(out, name, "staged.json")
-            if name.startswith("seg-") and os.path.isfile(rec):
-                try:
-                    return name, json.load(open(rec))["pid"]
-                except (OSError, ValueError):
-                    pass
+        try:
+            segments = read_manifest(out)[0].segments if os.path.isfile(os.path.join(out, "manifest.json")) else ()
+        except DataError:
+            segments = ()
+        for seg in segments:             # named by the manifest: committed, not just renamed
+            try:
+                return seg.name, json.load(open(os.path.join(out, seg.name, "staged.json")))["pid"]
+            except (OSError, ValueError):
+                pass
         time.sleep(0.2)
     raise AssertionError("no segment was committed in time")
 
@@ -134,7 +138,7 @@ def test_worker_killed_mid_job_same_gallery_as_local_reader_never_broken(pixel_b
     for t in threads:
         t.join(timeout=600)
     assert not errors, errors
-    assert len(seen) > 2 and seen[-1] == len(open_gallery(out))
+    assert len(set(seen)) > 2 and 0 < max(seen) <= len(open_gallery(out)), "the reader did not see it grow"
     _assert_same_as_local(out, local_gallery[0])
     local = local_gallery[1]
     assert {s["file"] for s in result["skipped"]} == {s["file"] for s in local["skipped"]}
