@@ -58,6 +58,8 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "transformers>=4.40", "schemathesis>=4.30"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "ray[serve]>=2.40", "httpx>=0.27", "prometheus-client>=0.20"],
+        # kidrr-index --engine ray: Ray Data (pulls pandas and pyarrow).
+        "ray": ["ray[data]>=2.40"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10"],
     },
