@@ -59,6 +59,8 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "transformers>=4.40", "schemathesis>=4.30",
                  "polygraphy>=0.49", "onnx-graphsurgeon>=0.5"],   # `polygraphy check lint` of int8 QDQ graphs,
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "ray[serve]>=2.40", "httpx>=0.27", "prometheus-client>=0.20"],
+        # kidrr-index --engine ray: Ray Data (pulls pandas and pyarrow).
+        "ray": ["ray[data]>=2.40"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10"],
     },

@@ -256,5 +256,28 @@ def scale_command(max_images, shortlists, queries, threads, methods, locals_dtyp
     click.echo(f"wall time {run['wall_s']:.0f} s; wrote {out}/scale.json, scale.md, scale_latency.png")
 
 
+@main.command("indexing", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--photos", type=click.IntRange(min=10), default=2000, show_default=True, help="generated photos")
+@click.option("--bundle", default=None, help="bundle with an image backbone (default: the shipped photo model)")
+@click.option("--threads", type=click.IntRange(min=2), default=2, show_default=True,
+              help="cores per engine: local threads = Ray CPUs on one node = Ray nodes of one CPU")
+@click.option("--segment-photos", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--work", default=None, help="folder for the photos and galleries (default: a temporary one, deleted)")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="folder for indexing.json and indexing.md")
+def indexing_command(photos, bundle, threads, segment_photos, work, out):
+    """kidrr-index throughput: local vs Ray 1 node x N CPUs vs Ray N nodes x 1 CPU, time per photo by stage."""
+    from kidrr.photos.default_bundle import resolve_bundle
+    from kidrr.photos.ray_index import require_ray
+    from .indexing import markdown, run_indexing
+    try:
+        require_ray()
+        run = run_indexing(photos, resolve_bundle(bundle), threads, segment_photos, work, out,
+                           log=lambda m: click.echo(m, err=True))
+    except (KidrrError, OSError) as exc:
+        click.echo(f"kidrr-bench indexing: error: {describe(exc)}", err=True)
+        sys.exit(2)
+    click.echo(markdown(run))
+
+
 if __name__ == "__main__":
     main()

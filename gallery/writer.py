@@ -159,6 +159,64 @@ def _open_lock(path: str):
     return os.fdopen(fd, "rb")
 
 
+def write_segment(folder: str, name: str, manifest: Manifest, rows: int, batches, current=None, opener=open,
+                  progress: bool = False) -> SegmentInfo:
+    """THE way a segment is made, by the local writer and by distributed workers alike: stream `rows`
+    items arriving as (globals, locals, ids[, metadata]) batches into the new folder `folder`, checked
+    against the gallery's manifest (and, given `current`, against the ids it already holds), then build
+    its ANN index. `name` is the segment name its manifest entries refer to. The folder is removed if
+    anything fails; it is not part of any gallery until a writer commits it."""
+    m = manifest
+    seen = set()
+    try:
+        writer = SegmentWriter(folder, int(rows), m.regions, m.dim, m.locals_dtype, opener, schema=field_schema(m))
+        with tqdm(total=int(rows), desc="adding items", unit="item", unit_scale=True, leave=False,
+                  disable=not progress) as bar:
+            for batch in batches:
+                if not isinstance(batch, (tuple, list)) or len(batch) not in (3, 4):
+                    raise InputError("each batch must be (globals, locals, ids) or (globals, locals, ids, metadata)")
+                g, l, ids = batch[:3]
+                g, l = check_vectors(g, l, m.regions, m.dim, m.locals_dtype)
+                enc = check_ids(ids, len(g))
+                metas = check_metadata(batch[3] if len(batch) == 4 else None, enc)
+                again = seen.intersection(enc)
+                taken = current.find([e.decode() for e in enc]) if current and current.segments else {}
+                if again or taken:
+                    dup = sorted({e.decode() for e in again} | set(taken))
+                    raise InputError(f"ids already in the gallery: {dup[:5]}{' ...' if len(dup) > 5 else ''}; "
+                                     f"remove them first or give new ids")
+                seen.update(enc)
+                writer.write(g, l, enc, metas)
+                bar.update(len(g))
+        files = writer.finish()
+        ann = _build_ann(folder, name, m.ann_method, int(rows), m.ann_min_rows, progress)
+    except BaseException:
+        if os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return SegmentInfo(name, int(rows), files, None, ann, tuple(writer.meta_entries or ()) or None)
+
+
+def _build_ann(seg_dir: str, name: str, method: str, rows: int, min_rows: int, progress: bool = False):
+    if rows < min_rows:
+        return None
+    globals_ = np.load(os.path.join(seg_dir, "globals.npy"), mmap_mode="r")
+    with tqdm(total=rows, desc=f"{method} index", unit="item", unit_scale=True, leave=False,
+              disable=not progress) as bar:
+        index, params = first_stage.build_index(globals_, method, progress=bar)
+    path = os.path.join(seg_dir, f"ann-{method}.faiss")
+    try:
+        import faiss
+        faiss.write_index(index, path)
+        os.chmod(path, 0o644)
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as exc:
+        raise _write_error(path, exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))) from exc
+    return {"file": f"{name}/ann-{method}.faiss", "method": method, "params": params,
+            "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
 class GalleryWriter:
     """`with GalleryWriter(folder) as w: w.add(globals, locals, ids)`; one per gallery at a time."""
 
@@ -271,35 +329,12 @@ class GalleryWriter:
         current = self._open_checked() if _check_existing else None
         name = f"seg-{number:06d}"
         staging = os.path.join(self.folder, f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
-        seen = set()
         try:
-            writer = SegmentWriter(staging, int(rows), m.regions, m.dim, m.locals_dtype, self.opener,
-                                   schema=field_schema(m))
-            with tqdm(total=int(rows), desc="adding items", unit="item", unit_scale=True, leave=False,
-                      disable=not self.progress) as bar:
-                for batch in batches:
-                    if not isinstance(batch, (tuple, list)) or len(batch) not in (3, 4):
-                        raise InputError("each batch must be (globals, locals, ids) or (globals, locals, ids, metadata)")
-                    g, l, ids = batch[:3]
-                    g, l = check_vectors(g, l, m.regions, m.dim, m.locals_dtype)
-                    enc = check_ids(ids, len(g))
-                    metas = check_metadata(batch[3] if len(batch) == 4 else None, enc)
-                    again = seen.intersection(enc)
-                    taken = current.find([e.decode() for e in enc]) if current and current.segments else {}
-                    if again or taken:
-                        dup = sorted({e.decode() for e in again} | set(taken))
-                        raise InputError(f"ids already in the gallery: {dup[:5]}{' ...' if len(dup) > 5 else ''}; "
-                                         f"remove them first or give new ids")
-                    seen.update(enc)
-                    writer.write(g, l, enc, metas)
-                    bar.update(len(g))
-            files = writer.finish()
-            ann = self._build_ann(staging, name, m.ann_method, int(rows), m.ann_min_rows)
+            info = write_segment(staging, name, m, int(rows), batches, current, self.opener, self.progress)
             final = os.path.join(self.folder, name)
             os.rename(staging, final)
             staging = final
             fsync_dir(self.folder)
-            info = SegmentInfo(name, int(rows), files, None, ann, tuple(writer.meta_entries or ()) or None)
             self._commit(replace(m, generation=m.generation + 1, segments=m.segments + (info,),
                                  next_segment=number + 1))
         except BaseException:
@@ -308,24 +343,43 @@ class GalleryWriter:
             raise
         return self.manifest.live
 
-    def _build_ann(self, seg_dir: str, name: str, method: str, rows: int, min_rows: int):
-        if rows < min_rows:
-            return None
-        globals_ = np.load(os.path.join(seg_dir, "globals.npy"), mmap_mode="r")
-        with tqdm(total=rows, desc=f"{method} index", unit="item", unit_scale=True, leave=False,
-                  disable=not self.progress) as bar:
-            index, params = first_stage.build_index(globals_, method, progress=bar)
-        path = os.path.join(seg_dir, f"ann-{method}.faiss")
+    def adopt(self, staged: list) -> list:
+        """Make finished segment folders written elsewhere (write_segment, e.g. by distributed workers)
+        part of the gallery with ONE manifest swap: each is renamed to the next seg-NNNNNN name. staged:
+        [(folder inside this gallery, SegmentInfo from write_segment)]; the caller has checked their files
+        and that their ids are new. Returns the new segment names. If the commit fails, the folders are
+        renamed back where they were (a killed writer's renamed-but-unnamed ones are deleted by the next)."""
+        self._check_open()
+        m = self.manifest
+        number = m.next_segment
+        if number + len(staged) > MAX_NEXT_SEGMENT:
+            raise DataError(f"gallery {self.folder} has too few segment numbers left for {len(staged)} more "
+                            f"segments; `kidrr-gallery compact` it, then index again")
+        infos, moved = [], []
         try:
-            import faiss
-            faiss.write_index(index, path)
-            os.chmod(path, 0o644)
-            with open(path, "rb+") as fh:
-                os.fsync(fh.fileno())
-        except (OSError, RuntimeError) as exc:
-            raise _write_error(path, exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))) from exc
-        return {"file": f"{name}/ann-{method}.faiss", "method": method, "params": params,
-                "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+            for path, info in staged:
+                name = f"seg-{number:06d}"
+                final = os.path.join(self.folder, name)
+                if os.path.lexists(final):
+                    raise DataError(f"{final} exists but the manifest does not name it; run any gallery "
+                                    f"command (its writer removes the leftover), then index again")
+                os.rename(path, final)
+                moved.append((final, path))
+                ann = dict(info.ann, file=f"{name}/{os.path.basename(info.ann['file'])}") if info.ann else None
+                infos.append(replace(info, name=name, ann=ann))
+                number += 1
+            fsync_dir(self.folder)
+            self._commit(replace(m, generation=m.generation + 1, segments=m.segments + tuple(infos),
+                                 next_segment=number))
+        except BaseException:
+            if self.manifest is m:
+                for final, path in reversed(moved):
+                    try:
+                        os.rename(final, path)
+                    except OSError:
+                        pass    # left unnamed: the next writer deletes it, a rerun encodes its photos again
+            raise
+        return [i.name for i in infos]
 
     # ---- remove -------------------------------------------------------------------------
     def remove(self, ids) -> int:

@@ -126,6 +126,26 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
     return record
 
 
+def _index_with_ray(bundle, images, out, address, workers, cpus_per_worker, segment_photos, batch_size, strict,
+                    append, metadata, exif, commit_every=8, commit_seconds=10.0) -> dict:
+    """--engine ray (kidrr.photos.ray_index), with the same index record and summary as the local engine."""
+    if strict:
+        raise InputError("--strict is for --engine local (a distributed job lists bad files and goes on)")
+    from kidrr.images.batch import SkipReport
+    from .ray_index import index_with_ray
+    record = index_with_ray(bundle, images, out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                            segment_photos=segment_photos, batch_size=batch_size, append=append, metadata=metadata,
+                            exif=exif, commit_every=commit_every, commit_seconds=commit_seconds,
+                            progress=sys.stderr.isatty())
+    write_atomic(sidecar_path(out), dump_json(record).encode())
+    report = SkipReport([(s["file"], s["reason"], s["message"]) for s in record["skipped"]])
+    report.print_summary(record["files_found"] - record["already_indexed"], record["indexed"])
+    nodes = ", ".join(f"{n[:12]}: {c}" for n, c in sorted(record["photos_per_node"].items()))
+    print(f"ray: {record['nodes']} node(s), photos encoded per node: {nodes or 'none'}; "
+          f"{record['commits']} commit(s)", file=sys.stderr)
+    return record
+
+
 def _files_in(images: str, sidecar: dict) -> set:
     """The sidecar's names that are regular files inside the image folder (no absolute paths, no ..)."""
     return {n for n in sidecar if not os.path.isabs(n) and ".." not in n.split("/")
@@ -174,12 +194,31 @@ def _remove_empty_gallery(out: str) -> None:
               help="sidecar of item metadata: CSV with a `file` column, or JSON Lines objects with a `file` key "
                    "(paths relative to --images; docs/gallery.md)")
 @click.option("--no-exif", is_flag=True, help="do not record capture time, camera, size and folder from the files")
-def main(bundle, images, out, batch_size, threads, strict, append, metadata, no_exif):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: a Ray Data job over a local Ray or a cluster (docs/indexing_at_scale.md)")
+@click.option("--address", default=None, help="ray: the cluster's HEAD:PORT (default: start a local Ray)")
+@click.option("--workers", type=int, default=2, show_default=True, help="ray: encoder actors")
+@click.option("--cpus-per-worker", type=int, default=1, show_default=True, help="ray: CPUs (ORT threads) per actor")
+@click.option("--segment-photos", type=int, default=SEGMENT_IMAGES, show_default=True,
+              help="ray: photos per segment (one actor call each)")
+@click.option("--commit-every", type=click.IntRange(min=1), default=8, show_default=True,
+              help="ray: adopt finished segments after this many ...")
+@click.option("--commit-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="ray: ... or this many seconds (a killed driver loses at most this window)")
+def main(bundle, images, out, batch_size, threads, strict, append, metadata, no_exif, engine, address, workers,
+         cpus_per_worker, segment_photos, commit_every, commit_seconds):
     """Index a folder of photos for text search. Exit code 0: all indexed; 1: some skipped; 2: error."""
     from .default_bundle import resolve_bundle
     try:
-        record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append,
-                              metadata=metadata, exif=not no_exif)
+        if engine == "ray":
+            record = _index_with_ray(resolve_bundle(bundle), images, out, address, workers, cpus_per_worker,
+                                     segment_photos, batch_size, strict, append, metadata, not no_exif,
+                                     commit_every, commit_seconds)
+        else:
+            if address is not None:
+                raise InputError("--address is for --engine ray")
+            record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append,
+                                  metadata=metadata, exif=not no_exif)
     except (KidrrError, OSError) as exc:
         click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)

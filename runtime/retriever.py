@@ -75,7 +75,8 @@ class Retriever:
                 self._pre = Preprocessor(self.bundle.graph_path("preprocess"), threads=self.runner.threads)
             return self._pre
 
-    def _encode_batches(self, sources, names, strict, batch_size, progress, report):
+    def _encode_batches(self, sources, names, strict, batch_size, progress, report, timings=None):
+        import time
         from kidrr.images.batch import decode_batch, unique_names
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -90,10 +91,18 @@ class Retriever:
         with tqdm(total=len(names), desc="encoding images", unit="img", disable=not progress, leave=False) as bar:
             for i in range(0, len(names), batch_size):
                 kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+                t0 = time.perf_counter()
                 batch, ok = decode_batch(sources[i:i + batch_size], names[i:i + batch_size], pre, report,
                                          strict=strict, **kw)
                 if batch is not None:
-                    l, g = self.runner.encode_images(self.runner.extract_features(batch))
+                    t1 = time.perf_counter()
+                    features = self.runner.extract_features(batch)
+                    t2 = time.perf_counter()
+                    l, g = self.runner.encode_images(features)
+                    if timings is not None:    # seconds per stage, summed (kidrr-bench's breakdown)
+                        for stage, dt in (("decode", t1 - t0), ("backbone", t2 - t1),
+                                          ("graphs", time.perf_counter() - t2)):
+                            timings[stage] = timings.get(stage, 0.0) + dt
                     locs.append(l)
                     globs.append(g)
                     kept.extend(ok)
@@ -104,7 +113,7 @@ class Retriever:
         return Gallery(np.concatenate(locs), np.concatenate(globs), self.bundle_id, names=tuple(kept))
 
     def encode_image_files(self, paths, names=None, strict: bool = False, batch_size: int = 32,
-                           progress: bool = False, report=None) -> Gallery:
+                           progress: bool = False, report=None, timings: dict | None = None) -> Gallery:
         """Image files -> Gallery whose ids are the names (default: the paths as given).
 
         A file that cannot be used is left out (no row) and listed in report (a
@@ -118,7 +127,7 @@ class Retriever:
         if not paths:
             raise InputError("no image files given")
         return self._encode_batches(paths, names, strict, batch_size, progress,
-                                    report if report is not None else SkipReport())
+                                    report if report is not None else SkipReport(), timings)
 
     def encode_pixels(self, arrays, names=None, strict: bool = True, batch_size: int = 32, report=None) -> Gallery:
         """RGB8 arrays (H, W, 3) uint8, any sizes -> Gallery (ids: names, default '0', '1', ...).

@@ -1,0 +1,243 @@
+"""kidrr-index --engine ray on a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per
+node): the same gallery as the local engine, a worker killed mid-job, a driver killed mid-job and the
+rerun, a reader searching throughout, the shared-storage probe, the staging area's exactly-once rules.
+Select with `-m ray_cluster`; deselect with `-m "not ray_cluster"`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from image_files import photo_folder
+
+pytestmark = pytest.mark.ray_cluster
+pytest.importorskip("ray.data", reason="the `ray` extra (ray[data]) is not installed")
+
+PHOTOS = 120
+SEGMENT = 6
+
+
+@pytest.fixture(scope="module")
+def album(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray-album")
+    photo_folder(str(root), PHOTOS, seed=5)
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    os.symlink(root / "photo00.png", root / "link.png")      # handled as kidrr-index handles links
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def local_gallery(pixel_bundle, album, tmp_path_factory):
+    from kidrr.photos.index import index_folder
+    out = str(tmp_path_factory.mktemp("local") / "g")
+    record = index_folder(pixel_bundle[0], album, out, threads=2, progress=False)
+    return out, record
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _vectors(folder):
+    from kidrr.gallery import open_gallery
+    g = open_gallery(folder)
+    ids = g.ids()
+    locs, globs = g.gather(np.arange(len(g)))
+    return {i: (locs[r], globs[r]) for r, i in enumerate(ids)}, ids
+
+
+def _assert_same_as_local(out, local):
+    from kidrr.gallery import open_gallery, verify
+    assert verify(open_gallery(out)) == []
+    mine, ids = _vectors(out)
+    theirs, local_ids = _vectors(local)
+    assert len(ids) == len(set(ids)), "a photo is in the gallery twice"
+    assert set(ids) == set(local_ids)
+    worst = max(max(np.abs(mine[i][0] - theirs[i][0]).max(), np.abs(mine[i][1] - theirs[i][1]).max()) for i in ids)
+    assert worst <= 1e-6, worst
+    assert not os.path.exists(os.path.join(out, "staged")), "the job left its staging area behind"
+
+
+def _committed_worker(out, timeout=240):
+    """(segment folder, pid) of the first committed segment: its staging record names the writing process."""
+    from kidrr.errors import DataError
+    from kidrr.gallery.layout import read_manifest
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            segments = read_manifest(out)[0].segments if os.path.isfile(os.path.join(out, "manifest.json")) else ()
+        except DataError:
+            segments = ()
+        for seg in segments:             # named by the manifest: committed, not just renamed
+            try:
+                return seg.name, json.load(open(os.path.join(out, seg.name, "staged.json")))["pid"]
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.2)
+    raise AssertionError("no segment was committed in time")
+
+
+def test_worker_killed_mid_job_same_gallery_as_local_reader_never_broken(pixel_bundle, album, local_gallery,
+                                                                        cluster, tmp_path):
+    from kidrr.gallery import open_gallery
+    from kidrr.photos.ray_index import index_with_ray
+    from kidrr.runtime import open_bundle
+    out = str(tmp_path / "ray.gallery")
+    result, errors, seen = {}, [], []
+    done = threading.Event()
+
+    def job():
+        try:
+            result.update(index_with_ray(pixel_bundle[0], album, out, workers=2, cpus_per_worker=1,
+                                         segment_photos=SEGMENT, commit_every=1, commit_seconds=0, progress=False))
+        except BaseException as exc:    # reported by the assertion below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def reader():
+        with open_bundle(pixel_bundle[0], threads=1) as rt:
+            while not done.is_set():
+                if os.path.isfile(os.path.join(out, "manifest.json")):
+                    try:
+                        g = open_gallery(out)
+                        n = len(g)
+                        if n:
+                            hits = rt.search_text("a red circle", k=5, gallery=g)
+                            assert len({h[0] for h in hits}) == len(hits) == min(5, n)
+                        assert not seen or n >= seen[-1], "the gallery shrank"
+                        seen.append(n)
+                    except BaseException as exc:
+                        errors.append(exc)
+                        return
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=job), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    _, pid = _committed_worker(out)
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        assert b"ray::" in fh.read(), "the recorded writer is not a Ray worker process"
+    os.kill(pid, signal.SIGKILL)                 # the encoder actor that wrote the first segment
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert len(set(seen)) > 2 and 0 < max(seen) <= len(open_gallery(out)), "the reader did not see it grow"
+    _assert_same_as_local(out, local_gallery[0])
+    local = local_gallery[1]
+    assert {s["file"] for s in result["skipped"]} == {s["file"] for s in local["skipped"]}
+    assert result["indexed"] == local["indexed"] and result["nodes"] == 2
+    assert len(result["photos_per_node"]) == 2 and sum(result["photos_per_node"].values()) >= local["indexed"]
+    assert result["commits"] >= 2
+
+
+def test_driver_killed_mid_job_the_rerun_completes_nothing_doubled(pixel_bundle, album, local_gallery, cluster,
+                                                                  tmp_path):
+    from kidrr.gallery import open_gallery
+    from kidrr.photos.ray_index import index_with_ray
+    out = str(tmp_path / "ray.gallery")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "kidrr-index"), "--engine", "ray", "--address",
+           cluster.address, "--bundle", pixel_bundle[0], "--images", album, "--out", out, "--workers", "2",
+           "--segment-photos", str(SEGMENT), "--commit-every", "1", "--commit-seconds", "0"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _committed_worker(out)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)      # the driver process, by its id
+        driver.wait()
+    before = len(open_gallery(out))
+    assert 0 < before < local_gallery[1]["indexed"], "the kill did not land mid-job"
+    assert os.path.isdir(os.path.join(out, "staged"))
+    record = index_with_ray(pixel_bundle[0], album, out, workers=2, segment_photos=SEGMENT, progress=False)
+    _assert_same_as_local(out, local_gallery[0])
+    assert record["already_indexed"] == before
+    assert record["indexed"] + before == local_gallery[1]["indexed"]
+
+
+def test_probe_every_node_and_refusals(pixel_bundle, album, cluster, tmp_path):
+    import ray
+    from kidrr.errors import InputError
+    from kidrr.gallery import GalleryLocked, GalleryWriter, create_gallery
+    from kidrr.photos.ray_index import check_probe, probe_shared_storage
+    from kidrr.runtime import open_bundle
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    assert len(probe_shared_storage(ray, str(tmp_path), str(staged))) == 2
+    assert os.listdir(staged) == [], "the probe left files behind"
+    with pytest.raises(InputError, match="cannot write gallery .*filesystem every node"):
+        check_probe({"a" * 20: None, "b" * 20: "PermissionError: denied"}, str(tmp_path))
+    # a second job on a gallery being written is refused by the writer lock, before any work
+    with open_bundle(pixel_bundle[0], threads=1) as rt:
+        bid, regions, dim = rt.bundle_id, int(rt.bundle.image["regions"]), int(rt.bundle.model["embed_size"])
+    out = str(tmp_path / "g")
+    create_gallery(out, bid, regions=regions, dim=dim)
+    from kidrr.photos.ray_index import index_with_ray
+    with GalleryWriter(out), pytest.raises(GalleryLocked):
+        index_with_ray(pixel_bundle[0], album, out, append=True, progress=False)
+
+
+def test_bad_address_and_missing_extra(monkeypatch):
+    from kidrr.errors import InputError
+    from kidrr.photos.ray_index import check_address, require_ray
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="cannot reach the Ray head node"):
+        check_address("127.0.0.1:1")
+    assert time.monotonic() - t0 < 30
+    for bad in ("nohost", "ray://10.0.0.1:10001", "host:99999"):
+        with pytest.raises(InputError):
+            check_address(bad)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(InputError, match=r"kidrr\[ray\]"):
+        require_ray()
+
+
+def test_staging_is_exactly_once_by_content(tmp_path):
+    """Without Ray: a retried block lands on its key once; a double is removed at commit, a damaged staged
+    segment is removed, not adopted."""
+    from kidrr.gallery import GalleryWriter, create_gallery, open_gallery, verify
+    from kidrr.gallery.layout import read_manifest
+    from kidrr.gallery.staging import adopt_staged, content_key, make_staged_folder, stage_segment, staged_keys
+    out = str(tmp_path / "g")
+    create_gallery(out, "b" * 16, regions=3, dim=4)
+    make_staged_folder(out)
+    m = read_manifest(out)[0]
+    rng = np.random.default_rng(0)
+
+    def stage(ids):
+        g, l = rng.standard_normal((len(ids), 4)), rng.standard_normal((len(ids), 3, 4))
+        return content_key(m.bundle_id, ids), stage_segment(out, content_key(m.bundle_id, ids), m, len(ids),
+                                                            [(g, l, ids)], {"node": "n", "pid": 1})
+    k1, wrote = stage(["a", "b"])
+    assert wrote and stage(["b", "a"]) == (k1, False)          # the same block again: not written twice
+    k2, _ = stage(["c"])
+    k3, _ = stage(["d", "e"])
+    victim = os.path.join(out, "staged", k3, "globals.npy")
+    with open(victim, "r+b") as fh:
+        fh.seek(-1, 2)
+        fh.write(b"\x01")
+    with GalleryWriter(out) as w:
+        first = adopt_staged(w, [k1])
+    with GalleryWriter(out) as w:
+        # k1 again as if staged twice by a dead job's rerun: all its ids are in -> a double
+        k1b, _ = stage(["a", "b"])
+        res = adopt_staged(w, [k1b, k2, k3])
+    assert [a[0] for a in first["adopted"]] == [k1]
+    assert res["doubles"] == [k1b] and [a[0] for a in res["adopted"]] == [k2] and res["broken"][0][0] == k3
+    g = open_gallery(out)
+    assert sorted(g.ids()) == ["a", "b", "c"] and verify(g) == [] and staged_keys(out) == []
