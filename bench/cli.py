@@ -231,9 +231,14 @@ def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads,
 @click.option("--keep", is_flag=True, help="keep the galleries")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="folder for scale.json, scale.md, scale_latency.png")
 @click.option("--json", "json_path", default=None, help="also write the results JSON to this file")
+@click.option("--checkpoint", default=None,
+              help="model whose text queries are timed (default: the shipped synthetic model); with --data")
+@click.option("--data", default=None,
+              help="features folder ({split}_ims.npy + {split}_caps.txt) the items are drawn around (default: synthetic)")
+@click.option("--split", "split_name", default="test", show_default=True, help="which split of --data")
 @click.option("--quiet", is_flag=True)
 def scale_command(max_images, shortlists, queries, threads, methods, locals_dtype, precision_folds, work, keep, out,
-                  json_path, quiet):
+                  json_path, checkpoint, data, split_name, quiet):
     """Format-2 galleries of 10k / 100k (/ 1M) synthetic items at R=49, D=256: build, add, disk, open time,
     anonymous RSS, text-query latency for exact and ANN first stages, top-10 overlap, recall."""
     from .scale import run_scale
@@ -247,8 +252,11 @@ def scale_command(max_images, shortlists, queries, threads, methods, locals_dtyp
             raise InputError("--queries must be >= 16, --threads >= 1, --precision-folds in 0..5")
         if json_path and os.path.isdir(json_path):     # found now, not after the whole run
             raise InputError(f"--json {json_path} is a folder; give a file name")
+        if checkpoint and not data:
+            raise InputError("--checkpoint needs --data: the synthetic images fit only the synthetic model")
         run = run_scale(max_images, kps, queries, threads, work, out, json_path, chosen, precision_folds, keep,
-                        progress=not quiet, locals_dtype=locals_dtype)
+                        progress=not quiet, locals_dtype=locals_dtype, checkpoint=checkpoint, data=data,
+                        split_name=split_name)
     except (KidrrError, OSError) as exc:
         click.echo(f"kidrr-bench scale: error: {describe(exc)}", err=True)
         sys.exit(2)

@@ -30,11 +30,17 @@ ADD_ROWS = 10_000
 HNSW_MAX = 100_000      # HNSW builds are minutes per 100k on two cores: measured up to here
 
 
-def base_vectors(bundle: str, threads: int):
-    """The shipped model's locals/globals of the synthetic test images, and the test captions."""
+def base_vectors(bundle: str, threads: int, data: str | None = None, split_name: str = "test"):
+    """The model's locals/globals of a split's images, and its captions: the synthetic test set, or
+    `data`'s features (a model trained on kidrr-features output, e.g. the shipped photo model on
+    f8k-photos dev)."""
     from kidrr.runtime import open_bundle
     from kidrr.synthetic import make_synthetic
-    split = make_synthetic("test")
+    if data:
+        from kidrr.evaluate import resolve_split
+        split = resolve_split(data, split_name)
+    else:
+        split = make_synthetic("test")
     with open_bundle(bundle, threads=threads) as rt:
         g = rt.encode_images(split.images)
     return np.asarray(g.locals), np.asarray(g.globals), split
@@ -239,18 +245,23 @@ def precision_check(bundle: str, base, split, folds: int, threads: int, work: st
 
 def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str | None, out: str,
               json_path: str | None, methods, precision_folds: int, keep: bool, seed: int = 0,
-              progress: bool = True, locals_dtype: str = "fp16") -> dict:
+              progress: bool = True, locals_dtype: str = "fp16", checkpoint: str | None = None,
+              data: str | None = None, split_name: str = "test") -> dict:
     from . import sources
     if max_images < 1_000:
         raise InputError(f"--max-images must be >= 1000, got {max_images}")
     sizes = [n for n in DEFAULT_SIZES if n <= max_images] or [max_images]
     check_scale_outputs(work, out, json_path, work_folders(sizes, methods, precision_folds))   # before any work
     started = time.perf_counter()
-    bundles, _, _ = sources.resolve_bundles(None, None, ["fp32"])
+    bundles, _, _ = sources.resolve_bundles(checkpoint, None, ["fp32"])
     bundle = bundles["fp32"]
     from kidrr.runtime.bundle import load_bundle
-    bundle_id = load_bundle(bundle, verify=False).identity
-    base = base_vectors(bundle, threads)
+    loaded = load_bundle(bundle, verify=False)
+    bundle_id = loaded.identity
+    base = base_vectors(bundle, threads, data, split_name)
+    if base[0].shape[1] != REGIONS:
+        raise InputError(f"the scale benchmark's items have {REGIONS} regions; this model's images have "
+                         f"{base[0].shape[1]}")
     split = base[2]
     rng = np.random.default_rng(seed)
     query_caps = [split.captions[i] for i in rng.choice(len(split.captions), queries, replace=False)]

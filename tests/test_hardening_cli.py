@@ -201,3 +201,11 @@ def test_fifos_in_place_of_small_files_are_refused_without_blocking(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_scale_checkpoint_needs_its_data(tmp_path):
+    from click.testing import CliRunner
+    from kidrr.bench.cli import main
+    res = CliRunner().invoke(main, ["scale", "--checkpoint", "kidrr/shipped_photos", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--checkpoint needs --data" in res.output
+    assert not (tmp_path / "o").exists()
