@@ -135,3 +135,15 @@ def test_neighbour_batches_train(tiny_data, tmp_path):
     trainer = run(tiny_data, str(tmp_path / "run"), "small", SMALL,
                   ["batch_size=16", "warmup_epochs=0", "hardest_switch_recall=0", "neighbour_group=4"], epochs=1)
     assert trainer.history[0]["hardest"] and np.isfinite(trainer.history[0]["loss"])
+
+
+def test_compare_curves_plot(tmp_path):
+    from kidrr.curve import main as curve_main
+    row = {"epoch": 1, "dev_rsum": 100.0, "dev_rsum_globals": 101.0}
+    for name, rsum in (("a", 100.0), ("b", 150.0)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"history": [row, dict(row, epoch=2, dev_rsum=rsum)]}))
+    curve_main(["--compare", f"A={tmp_path / 'a.json'}", f"B={tmp_path / 'b.json'}", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty.json").write_text(json.dumps({"history": []}))
+    with pytest.raises(SystemExit, match="no epochs"):
+        curve_main(["--compare", f"E={tmp_path / 'empty.json'}", str(tmp_path / "d.png")])
