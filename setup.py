@@ -30,7 +30,8 @@ setup(
     },
     package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors",
                             "shipped_pixels/*.json", "shipped_pixels/*.safetensors",
-                            "shipped_photos/*.json", "shipped_photos/*.safetensors", "shipped_photos/*.png"]},
+                            "shipped_photos/*.json", "shipped_photos/*.safetensors", "shipped_photos/*.png"],
+                  "kidrr.serve": ["page/*.html", "page/*.js", "page/*.css", "page/*.svg"]},
     install_requires=[
         # Pinned to the CPU build that pip finds locally; a range would pull a multi-GB CUDA wheel.
         "torch==2.13.0",
@@ -56,7 +57,9 @@ setup(
         "tokenizers>=0.19",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "transformers>=4.40", "schemathesis>=4.30"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "transformers>=4.40", "schemathesis>=4.30",
+                 # The search page's browser tests: Playwright drives Debian's chromium (no browser download).
+                 "playwright>=1.40"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "ray[serve]>=2.40", "httpx>=0.27", "prometheus-client>=0.20"],
         "gpu": ["onnxruntime-gpu>=1.18"],
         "trt": ["tensorrt>=10"],
