@@ -275,6 +275,11 @@ function renderResults(results, run, started) {
 }
 
 // ---- searching ---------------------------------------------------------------------------------
+function parseWhere(text) {
+  if (!text) return null;
+  try { return JSON.parse(text); } catch (err) { throw new Error("The filter in this link is not valid JSON."); }
+}
+
 function currentK() {
   const k = parseInt($("k").value, 10);
   return Number.isFinite(k) && k > 0 ? k : 20;
@@ -287,7 +292,7 @@ async function run(what, push) {
   showError(null);
   busy(true);
   const k = currentK();
-  const where = filterFromInputs();
+  const where = what.where !== undefined ? what.where : filterFromInputs();
   const dedup = $("dedup").checked;
   try {
     let data;
@@ -300,11 +305,11 @@ async function run(what, push) {
                         { method: "POST", body: what.photo, headers: { "Content-Type": what.photo.type || "application/octet-stream" } });
     } else if (what.like) {
       writeURL({ like: what.like, k: String(k), where, dedup }, push);
-      data = await postJSON("/v1/search/similar", { id: what.like, k: k, where: where ? JSON.parse(where) : null,
+      data = await postJSON("/v1/search/similar", { id: what.like, k: k, where: parseWhere(where),
                                                     dedup: dedup ? 0.95 : null });
     } else {
       writeURL({ q: what.q, k: String(k), where, dedup }, push);
-      data = await postJSON("/v1/search/images", { query: what.q, k: k, where: where ? JSON.parse(where) : null,
+      data = await postJSON("/v1/search/images", { query: what.q, k: k, where: parseWhere(where),
                                                    dedup: dedup ? 0.95 : null });
     }
     if (runId !== state.run) return;          // a newer search started meanwhile
@@ -328,8 +333,10 @@ function runFromURL() {
   inputsFromFilter(s.where);
   $("dedup").checked = s.dedup;
   $("q").value = s.q;
-  if (s.like) run({ like: s.like }, false);
-  else if (s.q) run({ q: s.q }, false);
+  // A shared link's filter that the inputs cannot show (e.g. "or") is sent as it is, for the service to judge.
+  const where = s.where && filterFromInputs() !== s.where ? s.where : undefined;
+  if (s.like) run({ like: s.like, where: where }, false);
+  else if (s.q) run({ q: s.q, where: where }, false);
   else { clearResults(); setStatus(""); showError(null); }
 }
 
