@@ -340,8 +340,7 @@ def create_app(engine, settings) -> FastAPI:
     @app.get("/v1/items/{item_id:path}/thumbnail", response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}, "description": "the item's thumbnail JPEG "
                               "(longest side 256; ETag; If-None-Match gives 304)"},
-                        304: {"description": "not modified (If-None-Match matched the ETag)"},
-                        **_json_errors(*COMMON, 404, 504)},
+                        **_json_errors(*COMMON, 404, 422, 504)},
              summary="an item's thumbnail (image/jpeg); 404 unknown_item, or not_available when it has none")
     async def item_thumbnail(request: Request, item_id: str = item_path):
         found = await within_timeout(engine.find_item(item_id, thumbnail=True))
@@ -355,7 +354,7 @@ def create_app(engine, settings) -> FastAPI:
         return Response(jpeg, media_type="image/jpeg", headers=headers)
 
     @app.get("/v1/items/{item_id:path}", response_model=schemas.ItemResponse,
-             responses=_responses(*COMMON, 404, 504),
+             responses=_responses(*COMMON, 404, 422, 504),
              summary="an item of the gallery: its id, metadata, and whether it has a thumbnail")
     async def item(item_id: str = item_path):
         found = await within_timeout(engine.find_item(item_id))
