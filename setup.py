@@ -30,7 +30,8 @@ setup(
     },
     package_data={"kidrr": ["shipped/*.json", "shipped/*.safetensors",
                             "shipped_pixels/*.json", "shipped_pixels/*.safetensors",
-                            "shipped_photos/*.json", "shipped_photos/*.safetensors", "shipped_photos/*.png"]},
+                            "shipped_photos/*.json", "shipped_photos/*.safetensors", "shipped_photos/*.png"],
+                  "kidrr.serve": ["page/*.html", "page/*.js", "page/*.css", "page/*.svg"]},
     install_requires=[
         # Pinned to the CPU build that pip finds locally; a range would pull a multi-GB CUDA wheel.
         "torch==2.13.0",
@@ -57,7 +58,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "mypy>=1.10", "transformers>=4.40", "schemathesis>=4.30",
-                 "polygraphy>=0.49", "onnx-graphsurgeon>=0.5"],   # `polygraphy check lint` of int8 QDQ graphs,
+                 # `polygraphy check lint` of int8 QDQ graphs; the search page's browser tests
+                 # (Playwright drives Debian's chromium: no browser download).
+                 "polygraphy>=0.49", "onnx-graphsurgeon>=0.5", "playwright>=1.40"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "ray[serve]>=2.40", "httpx>=0.27", "prometheus-client>=0.20"],
         # kidrr-index --engine ray: Ray Data (pulls pandas and pyarrow).
         "ray": ["ray[data]>=2.40"],

@@ -136,6 +136,7 @@ def info(folder, as_json):
            "removed": m.removed, "regions": m.regions, "dim": m.dim, "locals_dtype": m.locals_dtype,
            "ann": m.ann_method, "ann_min_rows": m.ann_min_rows, "first_stage": g.describe_first_stage(),
            "fields": g.fields,
+           "thumbnails": sum(s.thumbnails["count"] for s in m.segments if s.thumbnails),
            "disk_bytes": sum(e["bytes"] for s in m.segments for e in
                              list(s.files.values()) + [x for x in (s.tombstones, s.ann) if x]),
            "segments": [{"name": s.name, "rows": s.rows, "removed": s.tombstones["count"] if s.tombstones else 0,
@@ -144,7 +145,7 @@ def info(folder, as_json):
         click.echo(json.dumps(doc, indent=1))
         return
     for key in ("folder", "bundle_id", "generation", "rows", "live", "removed", "regions", "dim", "locals_dtype",
-                "ann", "first_stage", "disk_bytes", "fields"):
+                "ann", "first_stage", "disk_bytes", "fields", "thumbnails"):
         click.echo(f"{key:>13}: {doc[key]}")
     for s in doc["segments"]:
         click.echo(f"    {s['name']}: {s['rows']} rows, {s['removed']} removed, ann {s['ann'] or '-'}")

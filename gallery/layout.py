@@ -20,6 +20,7 @@ from kidrr.fileio import open_regular
 
 from .first_stage import check_params
 from .metadata import FIELD_NAME, MAX_GALLERY_FIELDS, RESERVED, TYPES, column_files
+from .thumbnails import parse_entry as parse_thumbnails
 
 FORMAT = "kidrr-gallery/2"
 MANIFEST = "manifest.json"
@@ -107,6 +108,7 @@ class SegmentInfo:
     tombstones: dict | None   # {"file": path relative to the gallery, "count": int, "sha256": str}
     ann: dict | None          # {"file": ..., "method": "ivf"|"hnsw", "bytes": int, "sha256": str, "params": {}}
     meta: tuple | None = None  # metadata columns: ({"name", "type", "files", "distinct"?, "total"?}, ...) by name
+    thumbnails: dict | None = None   # {"count": items with one, "files": {name: {"bytes", "sha256"}}} (thumbnails.py)
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ class Manifest:
                "ann": {"method": self.ann_method, "min_rows": self.ann_min_rows},
                "next_segment": self.next_segment,
                "segments": [{"name": s.name, "rows": s.rows, "files": s.files, "tombstones": s.tombstones,
-                             "ann": s.ann, **({"meta": list(s.meta)} if s.meta else {})} for s in self.segments]}
+                             "ann": s.ann, **({"meta": list(s.meta)} if s.meta else {}),
+                             **({"thumbnails": s.thumbnails} if s.thumbnails else {})} for s in self.segments]}
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -227,7 +230,11 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
                 raise _bad(path, f"segment {name}'s ANN entry: {wrong}")
             ann_entry = {"file": file, "method": ann_entry["method"], "params": dict(params),
                          **_file_entry(ann_entry, path, f"{name} ANN index")}
-        segments.append(SegmentInfo(name, rows, files, tomb, ann_entry, _meta_entries(s.get("meta"), name, rows, path)))
+        thumbs = parse_thumbnails(s.get("thumbnails"), name, rows, lambda what: _bad(path, what))
+        if thumbs is not None:
+            thumbs["files"] = {k: _file_entry(v, path, f"{name}/{k}") for k, v in sorted(thumbs["files"].items())}
+        segments.append(SegmentInfo(name, rows, files, tomb, ann_entry, _meta_entries(s.get("meta"), name, rows, path),
+                                    thumbs))
     _check_field_types(segments, path)
     m = Manifest(bundle_id, _int(doc, "generation", path, 0), regions, dim, locals_dtype, tuple(segments),
                  method, min_rows, next_segment)

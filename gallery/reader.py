@@ -49,6 +49,7 @@ class Segment:
     ann_info: dict | None
     ann_file: object = None    # the ANN index, open since the snapshot was taken (read on first use)
     meta: dict = None          # metadata field -> Column (memory-mapped)
+    thumbs: object = None      # thumbnails.Thumbnails, or None when the segment holds none
 
 
 class DiskGallery:
@@ -240,6 +241,19 @@ class DiskGallery:
             out.append(item)
         return out
 
+    @property
+    def has_thumbnails(self) -> bool:
+        return any(seg.thumbs is not None for seg in self.segments)
+
+    def thumbnails(self, rows) -> list:
+        """The JPEG thumbnail of each given row (bytes), or None for an item without one."""
+        rows, seg_of = self._locate(rows)
+        out = []
+        for r, si in zip(rows.tolist(), seg_of.tolist()):
+            seg = self.segments[si]
+            out.append(None if seg.thumbs is None else seg.thumbs.get(r - seg.start))
+        return out
+
     def compile_filter(self, where, unknown: str = "error"):
         """A filter (JSON form: docs/gallery.md) checked against this snapshot's fields, ready for
         shortlist / nearest / tiles. unknown: "error" (InputError naming the fields) or "none" (a field
@@ -398,6 +412,10 @@ def _open_segment(folder: str, manifest: Manifest, info, start: int) -> Segment:
                     arrays[kind] = map_array(fh, path, dtype, shape, entry["bytes"])
             columns[col["name"]] = Column(col["name"], col["type"], info.rows, arrays,
                                           f"{seg_dir} metadata field {col['name']!r}")
+        thumbs = None
+        if info.thumbnails:
+            from .thumbnails import open_thumbnails
+            thumbs = open_thumbnails(seg_fd, seg_dir, info.thumbnails, info.rows, what)
         # The ANN index is opened now and read later (on first search): the open descriptor keeps
         # this snapshot's file readable after a compaction unlinks it.
         ann_fh = None
@@ -407,7 +425,7 @@ def _open_segment(folder: str, manifest: Manifest, info, start: int) -> Segment:
     finally:
         os.close(seg_fd)
     return Segment(info.name, start, info.rows, maps["globals.npy"], maps["locals.npy"], maps.get("scales.npy"),
-                   offsets, maps[ID_BYTES_FILE], maps["id_hashes.npy"], dead, info.ann, ann_fh, columns)
+                   offsets, maps[ID_BYTES_FILE], maps["id_hashes.npy"], dead, info.ann, ann_fh, columns, thumbs)
 
 
 def open_gallery(folder: str, bundle_id: str | None = None, dim: int | None = None) -> DiskGallery:
@@ -455,6 +473,8 @@ def verify(gallery: DiskGallery, progress=None) -> list:
             entries[info.ann["file"]] = info.ann
         for col in info.meta or ():
             entries.update({f"{info.name}/{k}": v for k, v in col["files"].items()})
+        if info.thumbnails:
+            entries.update({f"{info.name}/{k}": v for k, v in info.thumbnails["files"].items()})
         for rel, entry in entries.items():
             path = os.path.join(gallery.folder, rel)
             try:
@@ -480,6 +500,8 @@ def verify(gallery: DiskGallery, progress=None) -> list:
         for seg in gallery.segments:
             for col in seg.meta.values():
                 problems.extend(col.problems())
+            if seg.thumbs is not None:
+                problems.extend(seg.thumbs.problems())
         for seg in gallery.segments:
             if seg.ann_info:
                 try:

@@ -101,6 +101,9 @@ class SegmentWriter:
         self.written, self.hashes, self.id_end = 0, [], 0
         self.meta = ColumnBuilder(schema or {})     # metadata columns, written at finish
         self.meta_entries = None
+        from .thumbnails import ThumbnailWriter
+        self.thumbnails = ThumbnailWriter(folder, opener)    # written only when an item has one
+        self.thumbnail_entry = None
         os.makedirs(folder)
         self.files = {}
         try:
@@ -113,9 +116,10 @@ class SegmentWriter:
             self.abort()
             raise _write_error(folder, exc) from exc
 
-    def write(self, globals_: np.ndarray, locals_: np.ndarray, encoded_ids: list, metas: list | None = None) -> None:
-        """One batch: float32 globals (b, D), float32 locals (b, R, D), ids as UTF-8 bytes, metadata dicts
-        (all already checked)."""
+    def write(self, globals_: np.ndarray, locals_: np.ndarray, encoded_ids: list, metas: list | None = None,
+              thumbnails: list | None = None) -> None:
+        """One batch: float32 globals (b, D), float32 locals (b, R, D), ids as UTF-8 bytes, metadata dicts,
+        JPEG thumbnails or None (all already checked)."""
         b = len(globals_)
         if self.written + b > self.rows:
             raise DataError(f"segment {self.folder}: more rows than the {self.rows} declared")
@@ -136,6 +140,7 @@ class SegmentWriter:
                     self.files["locals.npy"].write(np.ascontiguousarray(part, LOCALS_DTYPES[self.locals_dtype]))
             self.files[ID_BYTES_FILE].write(b"".join(encoded_ids))
             self.files["id_offsets.npy"].write(offsets.astype("<i8"))
+            self.thumbnails.add(thumbnails if thumbnails is not None else [None] * b)
         except OSError as exc:
             self.abort()
             raise _write_error(self.folder, exc) from exc
@@ -157,6 +162,7 @@ class SegmentWriter:
             f.write(table)
             out = {name: f.close() for name, f in self.files.items()}
             self.meta_entries = write_columns(self.folder, self.meta, self._write_file)
+            self.thumbnail_entry = self.thumbnails.finish()
             fsync_dir(self.folder)
         except OSError as exc:
             self.abort()
@@ -178,6 +184,7 @@ class SegmentWriter:
     def abort(self) -> None:
         for f in self.files.values():
             f.abort()
+        self.thumbnails.abort()
 
 
 def _write_error(where: str, exc: OSError) -> DataError:

@@ -27,6 +27,7 @@ from . import first_stage
 from .layout import (ANN_METHODS, FORMAT, LOCALS_DTYPES, LOCK, MANIFEST, MAX_ID_BYTES, MAX_NEXT_SEGMENT, SEGMENT_NAME,
                      STAGING_PREFIX, TOMBSTONE_NUMBERS, Manifest, SegmentInfo, field_schema, read_manifest)
 from .metadata import check_item
+from .thumbnails import check_thumbnails
 from .reader import DEFAULT_EXACT_MAX, open_gallery
 from .reader import check_segment_ids
 from .segment_io import SegmentWriter, _write_error, fsync_dir, write_small_array
@@ -162,7 +163,7 @@ def _open_lock(path: str):
 def write_segment(folder: str, name: str, manifest: Manifest, rows: int, batches, current=None, opener=open,
                   progress: bool = False) -> SegmentInfo:
     """THE way a segment is made, by the local writer and by distributed workers alike: stream `rows`
-    items arriving as (globals, locals, ids[, metadata]) batches into the new folder `folder`, checked
+    items arriving as (globals, locals, ids[, metadata[, thumbnails]]) batches into the new folder `folder`, checked
     against the gallery's manifest (and, given `current`, against the ids it already holds), then build
     its ANN index. `name` is the segment name its manifest entries refer to. The folder is removed if
     anything fails; it is not part of any gallery until a writer commits it."""
@@ -173,12 +174,14 @@ def write_segment(folder: str, name: str, manifest: Manifest, rows: int, batches
         with tqdm(total=int(rows), desc="adding items", unit="item", unit_scale=True, leave=False,
                   disable=not progress) as bar:
             for batch in batches:
-                if not isinstance(batch, (tuple, list)) or len(batch) not in (3, 4):
-                    raise InputError("each batch must be (globals, locals, ids) or (globals, locals, ids, metadata)")
+                if not isinstance(batch, (tuple, list)) or len(batch) not in (3, 4, 5):
+                    raise InputError("each batch must be (globals, locals, ids), (globals, locals, ids, metadata) "
+                                     "or (globals, locals, ids, metadata, thumbnails)")
                 g, l, ids = batch[:3]
                 g, l = check_vectors(g, l, m.regions, m.dim, m.locals_dtype)
                 enc = check_ids(ids, len(g))
-                metas = check_metadata(batch[3] if len(batch) == 4 else None, enc)
+                metas = check_metadata(batch[3] if len(batch) >= 4 else None, enc)
+                thumbs = check_thumbnails(batch[4] if len(batch) == 5 else None, len(g), ids)
                 again = seen.intersection(enc)
                 taken = current.find([e.decode() for e in enc]) if current and current.segments else {}
                 if again or taken:
@@ -186,7 +189,7 @@ def write_segment(folder: str, name: str, manifest: Manifest, rows: int, batches
                     raise InputError(f"ids already in the gallery: {dup[:5]}{' ...' if len(dup) > 5 else ''}; "
                                      f"remove them first or give new ids")
                 seen.update(enc)
-                writer.write(g, l, enc, metas)
+                writer.write(g, l, enc, metas, thumbs)
                 bar.update(len(g))
         files = writer.finish()
         ann = _build_ann(folder, name, m.ann_method, int(rows), m.ann_min_rows, progress)
@@ -194,7 +197,8 @@ def write_segment(folder: str, name: str, manifest: Manifest, rows: int, batches
         if os.path.isdir(folder):
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    return SegmentInfo(name, int(rows), files, None, ann, tuple(writer.meta_entries or ()) or None)
+    return SegmentInfo(name, int(rows), files, None, ann, tuple(writer.meta_entries or ()) or None,
+                       writer.thumbnail_entry)
 
 
 def _build_ann(seg_dir: str, name: str, method: str, rows: int, min_rows: int, progress: bool = False):
@@ -262,6 +266,7 @@ class GalleryWriter:
             refs.add(s.name)
             refs.update(f"{s.name}/{f}" for f in s.files)
             refs.update(f"{s.name}/{f}" for col in (s.meta or ()) for f in col["files"])
+            refs.update(f"{s.name}/{f}" for f in (s.thumbnails or {}).get("files", ()))
             for extra in (s.tombstones, s.ann):
                 if extra:
                     refs.add(extra["file"])
@@ -309,15 +314,16 @@ class GalleryWriter:
         return current
 
     # ---- add ----------------------------------------------------------------------------
-    def add(self, globals_, locals_, ids, metadata=None) -> int:
+    def add(self, globals_, locals_, ids, metadata=None, thumbnails=None) -> int:
         """Append one batch as a new segment; returns the live item count afterwards. metadata: None, or
-        one dict (or None) per item: strings, numbers, booleans, lists of strings, ISO dates (docs/gallery.md)."""
+        one dict (or None) per item: strings, numbers, booleans, lists of strings, ISO dates (docs/gallery.md).
+        thumbnails: None, or one JPEG (bytes, at most 256 KiB) or None per item."""
         g = np.asarray(globals_)
-        return self.add_batches([(g, locals_, ids, metadata)], rows=len(g) if g.ndim else 0)
+        return self.add_batches([(g, locals_, ids, metadata, thumbnails)], rows=len(g) if g.ndim else 0)
 
     def add_batches(self, batches, rows: int, _check_existing: bool = True, _number: int | None = None) -> int:
-        """Append `rows` items arriving in batches of (globals, locals, ids) or (globals, locals, ids,
-        metadata) as one new segment."""
+        """Append `rows` items arriving in batches of (globals, locals, ids), (globals, locals, ids,
+        metadata) or (globals, locals, ids, metadata, thumbnails) as one new segment."""
         self._check_open()
         m = self.manifest
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
@@ -433,7 +439,7 @@ class GalleryWriter:
 
         def batches():
             for rows, locs, globs in current.tiles(BATCH_ROWS):
-                yield globs, locs, current.labels(rows), current.metadata(rows)
+                yield globs, locs, current.labels(rows), current.metadata(rows), current.thumbnails(rows)
         old = [s.name for s in m.segments]
         number = m.next_segment
         if number >= MAX_NEXT_SEGMENT:

@@ -46,10 +46,11 @@ def read_sidecar(gallery: str) -> dict | None:
 
 def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threads: int = 0,
                  strict: bool = False, append: bool = False, progress: bool = True, metadata: str | None = None,
-                 exif: bool = True) -> dict:
+                 exif: bool = True, thumbnails: bool = True) -> dict:
     """Encode every image under `images` into the gallery `out`; returns the index record. Each item
     carries what its file says (photo_meta: capture time, camera, size, folder) unless exif=False,
-    updated by its entry in the `metadata` sidecar (CSV / JSON Lines, kidrr.gallery.sidecar)."""
+    updated by its entry in the `metadata` sidecar (CSV / JSON Lines, kidrr.gallery.sidecar), and a
+    256-px JPEG thumbnail (format-2 galleries; thumbnails=False to skip)."""
     from kidrr.runtime import open_bundle
     report = SkipReport()
     files, ignored = list_image_files(images, report)
@@ -82,7 +83,7 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
                                dim=int(rt.bundle.model["embed_size"]))
                 created = True
         bar = tqdm(total=len(todo), desc="kidrr-index", unit="img", disable=not progress)
-        added, parts = 0, []
+        added, parts, thumbs_made = 0, [], 0
         try:
             for start in range(0, len(todo), SEGMENT_IMAGES):
                 names = todo[start:start + SEGMENT_IMAGES]
@@ -99,8 +100,10 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
                     from kidrr.gallery import GalleryWriter
                     names = list(gallery.names)
                     metas = _metadata(images, names, sidecar, exif)
+                    thumbs = _thumbnails(images, names) if thumbnails else None
+                    thumbs_made += sum(t is not None for t in thumbs or ())
                     with GalleryWriter(out) as writer:
-                        writer.add(gallery.globals, gallery.locals, names, metas)
+                        writer.add(gallery.globals, gallery.locals, names, metas, thumbs)
                 added += len(gallery)
         except BaseException:
             if created and added == 0:
@@ -120,14 +123,15 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
                     rt.bundle_id, tuple(n for p in parts for n in p.names)).save(out)
         record = {"bundle": os.path.abspath(bundle), "bundle_id": rt.bundle_id, "images": os.path.abspath(images),
                   "backbone": rt.bundle.image["backbone"], "indexed": added, "already_indexed": len(files) - len(todo),
-                  "files_found": len(files), "other_files_ignored": ignored, "skipped": report.to_json()}
+                  "files_found": len(files), "other_files_ignored": ignored, "thumbnails": thumbs_made,
+                  "skipped": report.to_json()}
     write_atomic(sidecar_path(out), dump_json(record).encode())
     report.print_summary(len(todo), added)
     return record
 
 
 def _index_with_ray(bundle, images, out, address, workers, cpus_per_worker, segment_photos, batch_size, strict,
-                    append, metadata, exif, commit_every=8, commit_seconds=10.0) -> dict:
+                    append, metadata, exif, commit_every=8, commit_seconds=10.0, thumbnails=True) -> dict:
     """--engine ray (kidrr.photos.ray_index), with the same index record and summary as the local engine."""
     if strict:
         raise InputError("--strict is for --engine local (a distributed job lists bad files and goes on)")
@@ -136,7 +140,7 @@ def _index_with_ray(bundle, images, out, address, workers, cpus_per_worker, segm
     record = index_with_ray(bundle, images, out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                             segment_photos=segment_photos, batch_size=batch_size, append=append, metadata=metadata,
                             exif=exif, commit_every=commit_every, commit_seconds=commit_seconds,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), thumbnails=thumbnails)
     write_atomic(sidecar_path(out), dump_json(record).encode())
     report = SkipReport([(s["file"], s["reason"], s["message"]) for s in record["skipped"]])
     report.print_summary(record["files_found"] - record["already_indexed"], record["indexed"])
@@ -157,6 +161,21 @@ def _metadata(images: str, names: list, sidecar: dict | None, exif: bool):
     from .photo_meta import photo_metadata
     given = [photo_metadata(os.path.join(images, n), n) for n in names] if exif else None
     return metadata_for(names, sidecar, given)
+
+
+def _thumbnails(images: str, names: list) -> list:
+    """A thumbnail JPEG per indexed photo. Its file decoded once already (to be encoded), so a failure
+    here means it changed meanwhile: the item is kept without a thumbnail (the page shows its id)."""
+    from kidrr.errors import ImageError
+    from kidrr.images.thumbnail import make_thumbnail
+    out = []
+    for n in names:
+        try:
+            out.append(make_thumbnail(os.path.join(images, n), name=n))
+        except ImageError as exc:
+            print(f"  no thumbnail for {n}: {exc}", file=sys.stderr)
+            out.append(None)
+    return out
 
 
 def _encode_chunk(rt, images, names, batch_size, strict, report, bar):
@@ -205,20 +224,22 @@ def _remove_empty_gallery(out: str) -> None:
               help="ray: adopt finished segments after this many ...")
 @click.option("--commit-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="ray: ... or this many seconds (a killed driver loses at most this window)")
+@click.option("--no-thumbnails", is_flag=True,
+              help="do not store a 256-px JPEG per photo in the gallery (kidrr-serve's page then shows ids)")
 def main(bundle, images, out, batch_size, threads, strict, append, metadata, no_exif, engine, address, workers,
-         cpus_per_worker, segment_photos, commit_every, commit_seconds):
+         cpus_per_worker, segment_photos, commit_every, commit_seconds, no_thumbnails):
     """Index a folder of photos for text search. Exit code 0: all indexed; 1: some skipped; 2: error."""
     from .default_bundle import resolve_bundle
     try:
         if engine == "ray":
             record = _index_with_ray(resolve_bundle(bundle), images, out, address, workers, cpus_per_worker,
                                      segment_photos, batch_size, strict, append, metadata, not no_exif,
-                                     commit_every, commit_seconds)
+                                     commit_every, commit_seconds, thumbnails=not no_thumbnails)
         else:
             if address is not None:
                 raise InputError("--address is for --engine ray")
             record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append,
-                                  metadata=metadata, exif=not no_exif)
+                                  metadata=metadata, exif=not no_exif, thumbnails=not no_thumbnails)
     except (KidrrError, OSError) as exc:
         click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)

@@ -127,12 +127,13 @@ class SegmentEncoder:
     """One Ray actor: the bundle opened once; each call encodes one batch of photo names into one staged segment."""
 
     def __init__(self, bundle: str, images: str, gallery: str, threads: int, batch_size: int, exif: bool,
-                 metadata: str | None):
+                 metadata: str | None, thumbnails: bool = True):
         import ray
         from kidrr.gallery.layout import read_manifest
         from kidrr.runtime import open_bundle
         self.rt = open_bundle(bundle, threads=threads)
         self.images, self.gallery, self.batch_size, self.exif = images, gallery, batch_size, exif
+        self.thumbnails = thumbnails
         self.manifest = read_manifest(gallery)[0]      # regions, dim, dtypes, ANN settings: fixed for a gallery
         self.sidecar = None
         if metadata is not None:
@@ -143,7 +144,7 @@ class SegmentEncoder:
     def __call__(self, batch: dict) -> dict:
         from kidrr.gallery.staging import content_key, stage_segment
         from kidrr.images.batch import SkipReport
-        from .index import _metadata
+        from .index import _metadata, _thumbnails
         names = [str(n) for n in batch["name"]]
         key = content_key(self.manifest.bundle_id, names)
         report, timings, rows, written = SkipReport(), {}, 0, False
@@ -162,9 +163,10 @@ class SegmentEncoder:
             if g is not None:
                 kept = list(g.names)
                 metas = _metadata(self.images, kept, self.sidecar, self.exif)
+                thumbs = _thumbnails(self.images, kept) if self.thumbnails else None
                 t0 = time.perf_counter()
                 written = stage_segment(self.gallery, key, self.manifest, len(kept),
-                                        [(g.globals, g.locals, kept, metas)],
+                                        [(g.globals, g.locals, kept, metas, thumbs)],
                                         {"node": self.node, "pid": self.pid, "photos": len(names)})
                 timings["write"] = time.perf_counter() - t0
                 rows = len(kept)
@@ -205,7 +207,7 @@ class Committer:
 def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = None, workers: int = 2,
                    cpus_per_worker: int = 1, segment_photos: int = DEFAULT_SEGMENT_PHOTOS, batch_size: int = 32,
                    append: bool = False, metadata: str | None = None, exif: bool = True, commit_every: int = 8,
-                   commit_seconds: float = 10.0, progress: bool = True) -> dict:
+                   commit_seconds: float = 10.0, progress: bool = True, thumbnails: bool = True) -> dict:
     """Index the photos under `images` into the format-2 gallery `out` with a Ray Data job; returns the
     index record (the local engine's, plus per-node counts, commits and stage timings)."""
     from kidrr.gallery import GalleryWriter, create_gallery, open_gallery
@@ -275,7 +277,7 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
                                 fn_constructor_kwargs=dict(bundle=os.path.abspath(bundle),
                                                            images=os.path.abspath(images),
                                                            gallery=os.path.abspath(out), threads=cpus_per_worker,
-                                                           batch_size=batch_size, exif=exif,
+                                                           batch_size=batch_size, exif=exif, thumbnails=thumbnails,
                                                            metadata=os.path.abspath(metadata) if metadata else None))
             for row in ds.iter_rows():
                 for item in json.loads(row["skipped"]):

@@ -15,10 +15,10 @@ import math
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kidrr import __version__
@@ -26,7 +26,9 @@ from kidrr.errors import BundleError, ImageError, InputError, KidrrError, Unknow
 
 from . import schemas
 from .errors import NotAvailable, Overloaded, ShardUnavailable, TooLarge
+from .items import item_answer, thumbnail_answer
 from .metrics import Metrics
+from .web import CSP, add_ui, ui_paths
 
 log = logging.getLogger("kidrr.serve")
 OPEN_PATHS = {"/v1/health"}          # liveness stays answerable without a token
@@ -169,6 +171,7 @@ def create_app(engine, settings) -> FastAPI:
     app = FastAPI(title="kidrr-serve", version=__version__, lifespan=lifespan,
                   description="Image-text retrieval with a KIDRR bundle (docs/serve.md).")
     app.state.engine, app.state.metrics = engine, metrics
+    open_paths = OPEN_PATHS | (ui_paths() if settings.ui else set())   # the page's own files hold no data
 
     def reject(status: int, kind: str, message: str, headers=None):
         metrics.errors.labels(kind).inc()
@@ -178,7 +181,7 @@ def create_app(engine, settings) -> FastAPI:
     async def guard(request: Request, call_next):
         started = time.perf_counter()
         route = request.url.path
-        if settings.token and route not in OPEN_PATHS:
+        if settings.token and route not in open_paths:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
                 response = reject(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer ...)",
@@ -330,6 +333,33 @@ def create_app(engine, settings) -> FastAPI:
         hits = await within_timeout(engine.search_like_file(data, k, parsed, dedup))
         return {"bundle": bundle, "k": k, "results": image_hits(hits)}
 
+    # Ids may hold "/" (kidrr-index ids are relative paths), so {item_id:path}; the thumbnail route is
+    # registered first, so an id that itself ends in "/thumbnail" names that item's thumbnail.
+    item_path = Path(..., min_length=1, max_length=4096, description="the item's id (URL-encoded)")
+
+    @app.get("/v1/items/{item_id:path}/thumbnail", response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}, "description": "the item's thumbnail JPEG "
+                              "(longest side 256; ETag; If-None-Match gives 304)"},
+                        **_json_errors(*COMMON, 404, 422, 504)},
+             summary="an item's thumbnail (image/jpeg); 404 unknown_item, or not_available when it has none")
+    async def item_thumbnail(request: Request, item_id: str = item_path):
+        found = await within_timeout(engine.find_item(item_id, thumbnail=True))
+        jpeg, etag = thumbnail_answer(item_id, found)
+        # Private: with a token the answer belongs to that caller. A week: ids are stable, and the ETag
+        # (a hash of the bytes) revalidates a re-added item that got another photo.
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=604800", "X-Content-Type-Options": "nosniff",
+                   "Content-Security-Policy": CSP}
+        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(status_code=304, headers=headers)
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+    @app.get("/v1/items/{item_id:path}", response_model=schemas.ItemResponse,
+             responses=_responses(*COMMON, 404, 422, 504),
+             summary="an item of the gallery: its id, metadata, and whether it has a thumbnail")
+    async def item(item_id: str = item_path):
+        found = await within_timeout(engine.find_item(item_id))
+        return dict(item_answer(item_id, found), bundle=bundle)
+
     @app.post("/v1/search/captions", response_model=schemas.ImageSearchResponse,
               responses=_responses(*COMMON, 404, 422, 504),
               summary="captions for an image given as region features (R, F)")
@@ -388,5 +418,7 @@ def create_app(engine, settings) -> FastAPI:
         return app.openapi_schema
     app.openapi = openapi
 
+    if settings.ui:
+        add_ui(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, bundle=bundle)   # outermost: before parsing
     return app

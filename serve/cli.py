@@ -101,11 +101,12 @@ def read_token(token_file: str | None) -> str | None:
               help="an uploaded image's pixels, read from its header before decoding")
 @click.option("--max-heavy", type=click.IntRange(1), default=8, show_default=True,
               help="score / encode / image requests admitted at once before 503")
+@click.option("--no-ui", is_flag=True, help="do not serve the search page at / (the API only)")
 @click.option("--reload-check-s", type=click.FloatRange(0), default=1.0, show_default=True,
               help="how often a format-2 gallery is checked for a new generation")
 def main(bundle, galleries, ids_path, captions_path, engine, shards, replicas, address, num_cpus, host, port,
          token_file, insecure, threads, workers, max_batch, batch_wait_ms, max_queue, timeout_s, max_k, max_shortlist,
-         max_body_bytes, max_regions, max_upload_bytes, max_upload_pixels, max_heavy, reload_check_s):
+         max_body_bytes, max_regions, max_upload_bytes, max_upload_pixels, max_heavy, reload_check_s, no_ui):
     """Serve a bundle and a gallery over HTTP (docs/serve.md)."""
     one_blas_thread()
     require(SERVE_DEPS + (("ray.serve",) if engine == "ray" else ()))
@@ -118,7 +119,7 @@ def main(bundle, galleries, ids_path, captions_path, engine, shards, replicas, a
                                    max_upload_pixels=max_upload_pixels),
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                             timeout_s=timeout_s, token=token, workers=workers, max_heavy=max_heavy,
-                            reload_check_s=reload_check_s)
+                            reload_check_s=reload_check_s, ui=not no_ui)
         if bundle is None:
             from kidrr.photos.search import bundle_for
             bundle = bundle_for(galleries[0], None)[0]

@@ -4,6 +4,7 @@ and on connection errors, since every call is read-only."""
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -35,7 +36,7 @@ class Client:
         self.retries, self.backoff_s = retries, backoff_s
         self.bundle: str | None = None
 
-    def _call(self, method: str, path: str, body=None, **request) -> dict:
+    def _call(self, method: str, path: str, body=None, raw: bool = False, **request):
         for attempt in range(self.retries + 1):
             try:
                 response = self.http.request(method, path, json=body, **request)
@@ -46,6 +47,8 @@ class Client:
                 if response.status_code != 503 or attempt == self.retries:
                     break
             time.sleep(self.backoff_s * (attempt + 1))
+        if raw and response.status_code == 200:
+            return response.content
         try:
             data = response.json()
         except ValueError:
@@ -96,6 +99,14 @@ class Client:
             params["dedup"] = dedup
         return self._call("POST", "/v1/search/similar/image", content=data, params=params,
                           headers={"content-type": "application/octet-stream"})["results"]
+
+    def item(self, item_id: str) -> dict:
+        """{"id", "metadata", "thumbnail": bool} of a live item; ServiceError 404 for an unknown id."""
+        return self._call("GET", "/v1/items/" + quote(str(item_id), safe=""))
+
+    def thumbnail(self, item_id: str) -> bytes:
+        """The item's thumbnail JPEG; ServiceError 404 (unknown_item, or not_available: it has none)."""
+        return self._call("GET", "/v1/items/" + quote(str(item_id), safe="") + "/thumbnail", raw=True)
 
     def search_captions(self, features, k: int = 10, shortlist: int | None = None) -> list:
         """features: (R, F) region features of one image -> [{'position', 'caption', 'score'}]."""

@@ -25,11 +25,13 @@ from kidrr.runtime.search import check_dedup, check_k, check_shortlist
 
 from .batching import MicroBatcher
 from .errors import NotAvailable, Overloaded, TooLarge
+from .items import gallery_fields, gallery_has_thumbnails, lookup_item
 from .shards import ShardSearcher, merge_top_k, queries_from_index
 
 
 class Engine:
     name = "abstract"
+    supports_similar = True     # search by example (/v1/search/similar*); the page offers it when true
 
     def __init__(self, retriever, catalog, settings):
         self.retriever = retriever
@@ -55,7 +57,23 @@ class Engine:
         return {"engine": self.name, "bundle": self.bundle_id, "gallery_items": self.gallery_size,
                 "gallery_format": "kidrr-gallery/2 folders" if self.catalog.ids is None else "kidrr-gallery/1 file",
                 "captions": len(self.catalog.captions or []), "feature_size": self.retriever.feature_size,
-                "max_caption_len": self.retriever.bundle.max_caption_len}
+                "max_caption_len": self.retriever.bundle.max_caption_len,
+                "fields": gallery_fields(self.catalog), "thumbnails": gallery_has_thumbnails(self.catalog),
+                "similar": self.supports_similar,
+                "similar_image": self.supports_similar and self.retriever.bundle.takes_pixels,
+                "captions_image": bool(self.catalog.captions) and self.retriever.bundle.takes_pixels}
+
+    def item_label(self, item: str):
+        """The shard label of a service id: a v1 gallery's position (None if unknown), else the id."""
+        if self.catalog.ids is None:
+            return item
+        if getattr(self, "_position_of", None) is None:
+            self._position_of = {str(x): i for i, x in enumerate(self.catalog.ids)}
+        return self._position_of.get(item)
+
+    async def find_item(self, item: str, thumbnail: bool = False) -> dict | None:
+        """The item's metadata / thumbnail from the shard that holds it (serve/items.py), or None."""
+        raise NotImplementedError
 
     # ---- checks that must fail per request, before a query joins a batch ----------------------
     def check_text_query(self, query: str, k: int, shortlist: int | None):
@@ -292,6 +310,15 @@ class LocalEngine(Engine):
         dedup = check_dedup(dedup)
         query = await self.encode_upload(data)
         return await self._work(lambda: self._similar(query.globals[0], k, text, dedup, unknown))
+
+    async def find_item(self, item: str, thumbnail: bool = False) -> dict | None:
+        label = self.item_label(item)
+        if label is None:
+            return None
+
+        def run():
+            return next((f for f in (lookup_item(s, label, thumbnail) for s in self.shards) if f is not None), None)
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
     def _similar(self, global_, k, where, dedup, unknown, exclude=None) -> list:
         per_shard = [s.similar(global_, k, where, dedup, unknown, exclude) for s in self.shards]

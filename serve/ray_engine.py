@@ -23,6 +23,7 @@ from kidrr.runtime.search import check_dedup
 from .api import create_app
 from .errors import NotAvailable, Overloaded, ShardUnavailable
 from .engine import Engine
+from .items import lookup_item
 from .shards import ShardSearcher, merge_top_k, queries_from_index
 
 log = logging.getLogger("kidrr.serve")
@@ -48,6 +49,9 @@ class Shard:
     async def search(self, queries: list) -> list:
         return await asyncio.get_running_loop().run_in_executor(None, self.searcher.search, queries)
 
+    def item(self, label, thumbnail: bool) -> dict | None:
+        return lookup_item(self.searcher, label, thumbnail)      # None: not held by this shard
+
     def ping(self) -> int:
         self.searcher.refresh()
         if self.searcher.stale:
@@ -57,6 +61,7 @@ class Shard:
 
 class RayEngine(Engine):
     name = "ray"
+    supports_similar = False
 
     def __init__(self, retriever, catalog, settings, shards: list, encode, replicas):
         super().__init__(retriever, catalog, settings)
@@ -90,6 +95,17 @@ class RayEngine(Engine):
         encoded = replace(encoded, where=text, dedup=check_dedup(dedup), unknown=unknown)
         per_shard = await asyncio.gather(*(self._ask(shard, encoded) for shard in self.shards))
         return merge_top_k(per_shard, k)
+
+    async def find_item(self, item: str, thumbnail: bool = False) -> dict | None:
+        """Every shard is asked (at most one holds a live id); the one that holds it answers."""
+        label = self.item_label(item)
+        if label is None:
+            return None
+        try:
+            answers = await asyncio.gather(*(s.item.remote(label, thumbnail) for s in self.shards))
+        except (RayActorError, ActorUnavailableError) as exc:
+            raise ShardUnavailable("a shard replica is unavailable; retry shortly") from exc
+        return next((a for a in answers if a is not None), None)
 
     async def ready(self) -> tuple:
         try:

@@ -82,6 +82,13 @@ class SimilarResponse(BaseModel):
     results: List[ImageHit]
 
 
+class ItemResponse(BaseModel):
+    bundle: str
+    id: str
+    metadata: Dict[str, Any]      # strings, numbers, booleans, dates (ISO strings), lists of strings
+    thumbnail: bool                                              # GET /v1/items/{id}/thumbnail has one
+
+
 class ImageSearchResponse(BaseModel):
     bundle: str
     k: int

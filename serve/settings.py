@@ -37,6 +37,7 @@ class Settings:
     max_heavy: int = 8
     reload_check_s: float = 1.0      # how often a format-2 gallery's manifest is checked for a new generation
     token: str | None = None         # bearer token; None: no auth (loopback, or --insecure)
+    ui: bool = True                  # the search page at / (serve/web); --no-ui turns it off
 
     def public(self) -> dict:
         """Settings as shown by /v1/info (never the token)."""

@@ -22,14 +22,30 @@ def item_meta(n, start=0):
             for i in range(start, start + n)]
 
 
+def item_thumbs(n, start=0):
+    """A small real JPEG per item, each of its own colour (every 5th item has none)."""
+    import io
+    from PIL import Image
+    out = []
+    for i in range(start, start + n):
+        if i % 5 == 4:
+            out.append(None)
+            continue
+        buf = io.BytesIO()
+        Image.new("RGB", (12, 8), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
 def make_gallery(folder, n=50, batches=2, locals_dtype="fp32", ann="ivf", ann_min_rows=10_000, regions=3, dim=8,
-                 bundle_id=BUNDLE_ID, seed=0, metadata=False):
+                 bundle_id=BUNDLE_ID, seed=0, metadata=False, thumbnails=False):
     from kidrr.gallery import GalleryWriter, create_gallery
     create_gallery(str(folder), bundle_id, regions, dim, locals_dtype, ann, ann_min_rows)
     g, l, ids = items(n, regions, dim, seed)
     meta = item_meta(n) if metadata else [None] * n
+    thumbs = item_thumbs(n) if thumbnails else [None] * n
     cuts = np.linspace(0, n, batches + 1).astype(int)
     with GalleryWriter(str(folder)) as w:
         for a, b in zip(cuts[:-1], cuts[1:]):
-            w.add(g[a:b], l[a:b], ids[a:b], meta[a:b] if metadata else None)
+            w.add(g[a:b], l[a:b], ids[a:b], meta[a:b] if metadata else None, thumbs[a:b] if thumbnails else None)
     return g, l, ids

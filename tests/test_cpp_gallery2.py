@@ -23,13 +23,16 @@ def built():
     return cpp.build("release")
 
 
-def _make(retriever, folder, locals_dtype, removed=("img-3", "café-7")):  # noqa: F811
-    """Two segments (9 + 7 items, ids with non-ASCII), then removals (a tombstone file)."""
+def _make(retriever, folder, locals_dtype, removed=("img-3", "café-7"), thumbnails=False):  # noqa: F811
+    """Two segments (9 + 7 items, ids with non-ASCII), then removals (a tombstone file); with
+    thumbnails, each segment also holds a JPEG per item (most of them)."""
+    import gallery_helpers as gh
     create_gallery(str(folder), retriever.bundle_id, regions=REGIONS, dim=EMBED, locals_dtype=locals_dtype)
     with GalleryWriter(str(folder)) as w:
         for seed, (lo, hi) in enumerate([(0, 9), (9, 16)]):
             g = retriever.encode_images(features(hi - lo, REGIONS, seed=20 + seed))
-            w.add(g.globals, g.locals, [("café-%d" if i % 7 == 0 else "img-%d") % i for i in range(lo, hi)])
+            w.add(g.globals, g.locals, [("café-%d" if i % 7 == 0 else "img-%d") % i for i in range(lo, hi)],
+                  thumbnails=gh.item_thumbs(hi - lo, start=lo) if thumbnails else None)
         if removed:
             w.remove(list(removed))
     return str(folder)
@@ -70,6 +73,16 @@ def test_search_on_format2_gallery_matches_python(built, bundle, retriever, tmp_
     assert not {"img-3", "café-7"} & {i for i, _ in got}  # removed items never come back
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5, rtol=0)
     assert len({s for _, s in got}) > 1  # scores differ: the comparison is not vacuous
+
+
+def test_a_gallery_with_thumbnails_searches_as_python_searches_it(built, bundle, retriever, tmp_path):  # noqa: F811
+    # The C reader ignores the segments' "thumbnails" entries (and their files) and answers the same.
+    folder = _make(retriever, tmp_path / "g", "fp16", thumbnails=True)
+    assert json.load(open(os.path.join(folder, "manifest.json")))["segments"][0]["thumbnails"]["count"] == 8
+    got = _hits(_search(built, bundle[0], folder, k=5))
+    want = _python_search(retriever, folder, 5, 0)
+    assert [i for i, _ in got] == [i for i, _ in want]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5, rtol=0)
 
 
 def test_k_beyond_the_live_items_is_refused(built, bundle, retriever, tmp_path):  # noqa: F811

@@ -52,26 +52,28 @@ CHILD = textwrap.dedent("""
 
     g, l, ids = gh.items(300, seed=7, start=1000)
     meta = gh.item_meta(300, start=1000)
+    thumbs = gh.item_thumbs(300, start=1000)
     with GalleryWriter(folder, opener=opener) as w:
-        w.add_batches(((g[i:i + 50], l[i:i + 50], ids[i:i + 50], meta[i:i + 50]) for i in range(0, 300, 50)),
-                      rows=300)
+        w.add_batches(((g[i:i + 50], l[i:i + 50], ids[i:i + 50], meta[i:i + 50], thumbs[i:i + 50])
+                       for i in range(0, 300, 50)), rows=300)
     print("DONE", flush=True)
 """)
 
 
 def _snapshot(folder):
     gal = open_gallery(folder)
-    return (gal.ids(), gal.metadata(np.arange(len(gal)))), gal.gather(np.arange(len(gal)))
+    rows = np.arange(len(gal))
+    return (gal.ids(), gal.metadata(rows), gal.thumbnails(rows)), gal.gather(rows)
 
 
 # Where the kill lands: inside the locals (3rd batch), in the ids bytes, in the sorted id table, and
-# in a metadata column, and with the segment renamed into place but the new manifest written and not
+# in a metadata column, in the thumbnails, and with the segment renamed into place but the new manifest written and not
 # yet renamed over the old.
 @pytest.mark.parametrize("point", ["locals.npy:4", "ids.utf8:2", "id_hashes.npy:2", "meta-000-codes.npy:1",
-                                   "manifest:1"])
+                                   "thumbnails.jpgs:3", "manifest:1"])
 def test_sigkill_mid_append_leaves_the_previous_gallery_whole(tmp_path, point):
     folder = str(tmp_path / "g")
-    gh.make_gallery(folder, n=40, batches=2, metadata=True)
+    gh.make_gallery(folder, n=40, batches=2, metadata=True, thumbnails=True)
     (tmp_path / "g" / "mine.txt").write_text("not kidrr's")
     ids_before, (locs_before, globs_before) = _snapshot(folder)
     script = tmp_path / "child.py"
@@ -95,9 +97,10 @@ def test_sigkill_mid_append_leaves_the_previous_gallery_whole(tmp_path, point):
     g, l, ids = gh.items(300, seed=7, start=1000)
     with GalleryWriter(folder) as w:                          # the lock died with the writer
         assert sorted(os.listdir(folder)) == ["manifest.json", "mine.txt", "seg-000000", "seg-000001", "writer.lock"]
-        assert w.add(g, l, ids, gh.item_meta(300, start=1000)) == 340     # the killed attempt took no ids
+        assert w.add(g, l, ids, gh.item_meta(300, start=1000), gh.item_thumbs(300, start=1000)) == 340
     gal = open_gallery(folder)
     assert verify(gal) == [] and gal.metadata(list(gal.find(ids[2:3]).values())) == gh.item_meta(1, start=1002)
+    assert gal.thumbnails(list(gal.find(ids[2:3]).values())) == gh.item_thumbs(1, start=1002)
 
 
 class FullDisk:
