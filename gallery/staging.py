@@ -92,7 +92,8 @@ def stage_segment(gallery: str, key: str, manifest: Manifest, rows: int, batches
 
 def _segment_doc(info: SegmentInfo) -> dict:
     return {"name": info.name, "rows": info.rows, "files": info.files, "tombstones": None, "ann": info.ann,
-            **({"meta": list(info.meta)} if info.meta else {})}
+            **({"meta": list(info.meta)} if info.meta else {}),
+            **({"thumbnails": info.thumbnails} if info.thumbnails else {})}
 
 
 def staged_keys(gallery: str) -> list:
@@ -138,6 +139,8 @@ def read_staged(gallery: str, key: str, manifest: Manifest) -> tuple[SegmentInfo
     entries = dict(info.files)
     for col in info.meta or ():
         entries.update(col["files"])
+    if info.thumbnails:
+        entries.update(info.thumbnails["files"])
     if info.ann:
         entries[os.path.basename(info.ann["file"])] = info.ann
     for rel, entry in entries.items():

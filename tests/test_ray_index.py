@@ -59,7 +59,8 @@ def _vectors(folder):
     g = open_gallery(folder)
     ids = g.ids()
     locs, globs = g.gather(np.arange(len(g)))
-    return {i: (locs[r], globs[r]) for r, i in enumerate(ids)}, ids
+    thumbs = g.thumbnails(np.arange(len(g)))
+    return {i: (locs[r], globs[r], thumbs[r]) for r, i in enumerate(ids)}, ids
 
 
 def _assert_same_as_local(out, local):
@@ -71,6 +72,9 @@ def _assert_same_as_local(out, local):
     assert set(ids) == set(local_ids)
     worst = max(max(np.abs(mine[i][0] - theirs[i][0]).max(), np.abs(mine[i][1] - theirs[i][1]).max()) for i in ids)
     assert worst <= 1e-6, worst
+    missing = [i for i in ids if mine[i][2] is None or theirs[i][2] is None]
+    assert not missing, f"no thumbnail for {missing[:3]} (ray: {[mine[i][2] is None for i in missing[:3]]})"
+    assert all(mine[i][2] == theirs[i][2] for i in ids), "thumbnails differ from local's"
     assert not os.path.exists(os.path.join(out, "staged")), "the job left its staging area behind"
 
 
