@@ -51,6 +51,8 @@ def compare_plot(runs: dict, path: str) -> None:
                         label=f"{name}: full scorer")
         ax.plot(epochs, [h["dev_rsum_globals"] for h in history], marker="s", linestyle="--",
                 color=line.get_color(), label=f"{name}: globals")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev rSum")
     ax.grid(True, alpha=0.3)
