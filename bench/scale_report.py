@@ -91,7 +91,7 @@ def plot_search(run: dict, path: str) -> str | None:
         ax.plot(xs, [pts[x][1] for x in xs], marker="x", linestyle=":", color=line.get_color(), label=f"{label} p99")
     for y, what in ((25, "target: filtered p50"), (15, "target: by id p50")):
         ax.axhline(y, color="grey", linewidth=0.8, linestyle="--")
-        ax.annotate(what, (ax.get_xlim()[0], y), fontsize=7, va="bottom", color="grey")
+        ax.text(0.01, y, what, transform=ax.get_yaxis_transform(), fontsize=7, va="bottom", color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("gallery size (items)")
