@@ -28,6 +28,7 @@ REGIONS = 49
 BATCH = 5_000
 ADD_ROWS = 10_000
 HNSW_MAX = 100_000      # HNSW builds are minutes per 100k on two cores: measured up to here
+DUPLICATES_AT = 100_000  # duplicate groups are timed over this gallery size (the issue's target)
 
 
 def base_vectors(bundle: str, threads: int, data: str | None = None, split_name: str = "test"):
@@ -93,6 +94,19 @@ def synthetic_items(base_locals, base_globals, start: int, rows: int, seed: int,
     return globs.astype(np.float32), locs, ids
 
 
+BUCKETS = 1_000     # every item carries {"bucket": 0..999}: filters of known selectivity
+# The filters the search-feature rows time: (name, filter, the buckets it keeps).
+FILTERS = (("filter 1%", {"bucket": {"lt": 10}}, list(range(10))),
+           ("filter 0.1%", {"bucket": 7}, [7]))
+
+
+def bucket_of(rows) -> np.ndarray:
+    """The metadata bucket of items `rows` (their numbers): a fixed scramble, so a bucket's items
+    are spread over the whole gallery and its IVF lists, not one contiguous run."""
+    r = np.asarray(rows, dtype=np.uint64)
+    return ((r * np.uint64(2654435761) + np.uint64(12345)) % np.uint64(1 << 32) % np.uint64(BUCKETS)).astype(np.int64)
+
+
 def build(folder, bundle_id, base, rows, method, seed, progress, locals_dtype="fp16"):
     """Create + add `rows` items as one segment; (total seconds, seconds spent generating)."""
     from kidrr.gallery import GalleryWriter, create_gallery
@@ -104,8 +118,9 @@ def build(folder, bundle_id, base, rows, method, seed, progress, locals_dtype="f
         for start in range(0, rows, BATCH):
             t = time.perf_counter()
             item = synthetic_items(*base[:2], start, min(BATCH, rows - start), seed, out=buf)
+            meta = [{"bucket": int(b)} for b in bucket_of(range(start, start + len(item[2])))]
             spent[0] += time.perf_counter() - t
-            yield item
+            yield (*item, meta)
     t = time.perf_counter()
     with GalleryWriter(folder, progress=progress) as w:
         w.add_batches(batches(), rows=rows)
@@ -118,7 +133,8 @@ def bytes_needed(sizes, dim: int, locals_dtype: str, keep: bool) -> int:
     the 10k items each gallery gets added."""
     from kidrr.gallery.layout import LOCALS_DTYPES
     per_item = (REGIONS * dim * np.dtype(LOCALS_DTYPES[locals_dtype]).itemsize
-                + (REGIONS * 4 if locals_dtype == "int8" else 0) + 2 * (dim * 4 + 8) + 12 + 8 + 16)
+                + (REGIONS * 4 if locals_dtype == "int8" else 0) + 2 * (dim * 4 + 8) + 12 + 8 + 16
+                + 8)     # the bucket: one float64 metadata value
     items = [n + ADD_ROWS for n in sizes]
     return per_item * (sum(items) if keep else max(items))
 
@@ -131,7 +147,7 @@ def check_disk(folder: str, need: int) -> None:
 
 
 FORMAT = "kidrr-bench-scale/1"
-REPORTS = ("scale.json", "scale.md", "scale_latency.png")
+REPORTS = ("scale.json", "scale.md", "scale_latency.png", "scale_search.png")
 
 
 def work_folders(sizes, methods, precision_folds: int) -> list:
@@ -291,7 +307,9 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
                 size = disk_bytes(folder)
                 say(f"  built in {total_s - gen_s:.1f} s (+{gen_s:.1f} s generating), {size / 2**30:.2f} GiB; serving")
                 res = serve({"bundle": bundle, "gallery": folder, "captions": query_caps, "shortlists": list(shortlists),
-                             "threads": threads, "exhaustive": n <= 10_000, "batch": 16}, root)
+                             "threads": threads, "exhaustive": n <= 10_000, "batch": 16,
+                             "search_features": {"shortlist": min(max(shortlists), 100), "filters": FILTERS, "seed": seed,
+                                                 "duplicates": n == DUPLICATES_AT}}, root)
                 extra = synthetic_items(*base[:2], n, ADD_ROWS, seed)
                 from kidrr.gallery import GalleryWriter
                 t = time.perf_counter()
@@ -309,8 +327,9 @@ def run_scale(max_images: int, shortlists, queries: int, threads: int, work: str
             shutil.rmtree(root, ignore_errors=True)
     run["wall_s"] = time.perf_counter() - started
     run["load_after"] = os.getloadavg()
-    from .scale_report import markdown, plot
+    from .scale_report import markdown, plot, plot_search
     run["plot"] = plot(run, os.path.join(out, "scale_latency.png"))
+    run["plot_search"] = plot_search(run, os.path.join(out, "scale_search.png"))
     blob = json.dumps(run, indent=1).encode()
     write_atomic(os.path.join(out, "scale.json"), blob)
     write_atomic(os.path.join(out, "scale.md"), markdown(run).encode())

@@ -45,7 +45,63 @@ def markdown(run: dict) -> str:
                          f"{c['single_p50_ms']:.1f} | {c['single_p99_ms']:.1f} | {f(c['batched_p50_ms_per_query'])} | "
                          f"{_parts(c)} | {f(c.get('overlap_exact'), '{:.3f}')} | "
                          f"{f(c.get('recall_vs_exhaustive'), '{:.3f}')} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + search_lines(run)) + "\n"
+
+
+def search_lines(run: dict) -> list:
+    """The search-feature rows: filtered text search, query by id, duplicate groups."""
+    rows, dups = [], []
+    for n, method, res in _rows(run):
+        found = res.get("search") if res.get("status") == "ok" else None
+        if not found:
+            continue
+        for name, r in found["rows"].items():
+            matches = "-" if r["matches"] is None else f"{r['matches']:,}"
+            rows.append(f"| {n:,} | {method} | {name} | {matches} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                        f"{r['overlap_mean']:.3f} | {100 * r['equal_fraction']:.0f}% |")
+        if "duplicates" in found:
+            d = found["duplicates"]
+            dups.append(f"Duplicate groups over {d['items']:,} items ({method}): {d['seconds']:.1f} s, {d['groups']:,} "
+                        f"groups holding {d['items_in_groups']:,} items (threshold 0.95, 8 neighbours).")
+    if not rows:
+        return []
+    kp = next(res["search"]["shortlist"] for _, _, res in _rows(run) if res.get("search"))
+    return ["", f"Search features (k=10, k'={kp} for text; {run['queries']} queries each; filtered text search against "
+                f"a brute-force filtered reference: numpy over every matching item's global, the best k' reranked; "
+                f"query by id against the exact nearest globals; 'equal': top-10 overlap >= 0.95):", "",
+            "| items | index | search | matching items | p50 ms | p99 ms | mean top-10 overlap | queries equal |",
+            "|---|---|---|---|---|---|---|---|", *rows, "", *dups]
+
+
+def plot_search(run: dict, path: str) -> str | None:
+    """p50 of filtered text search and query by id against gallery size, with the issue's targets."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = {}
+    for n, method, res in _rows(run):
+        for name, r in ((res.get("search") or {}).get("rows") or {}).items():
+            series.setdefault(f"{name} ({method})", {})[n] = (r["p50_ms"], r["p99_ms"])
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, pts in sorted(series.items()):
+        xs = sorted(pts)
+        line, = ax.plot(xs, [pts[x][0] for x in xs], marker="o", label=f"{label} p50")
+        ax.plot(xs, [pts[x][1] for x in xs], marker="x", linestyle=":", color=line.get_color(), label=f"{label} p99")
+    for y, what in ((25, "target: filtered p50"), (15, "target: by id p50")):
+        ax.axhline(y, color="grey", linewidth=0.8, linestyle="--")
+        ax.text(0.01, y, what, transform=ax.get_yaxis_transform(), fontsize=7, va="bottom", color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("gallery size (items)")
+    ax.set_ylabel("latency, ms (one query)")
+    ax.set_title("filtered text search and query by stored item")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    write_figure(fig, path)
+    plt.close(fig)
+    return path
 
 
 def plot(run: dict, path: str) -> str | None:

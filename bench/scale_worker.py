@@ -99,7 +99,82 @@ def serve(spec: dict) -> dict:
                                                          for a, b in zip(cfg["tops"][:n], truth)]))
     for cfg in configs.values():
         cfg.pop("tops")
+    if spec.get("search_features"):
+        out["search"] = search_features(rt, g, caps, spec["search_features"])
     rt.close()
+    return out
+
+
+def _overlap(got: list, want: list) -> float:
+    """Shared share of two top lists (of 10, or of every match when fewer match)."""
+    return len(set(got) & set(want)) / max(len(got), len(want), 1)
+
+
+def _top_rows(sims: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    """The `size` best rows by sims, best first, ties by the smaller row."""
+    return rows[np.lexsort((rows, -sims))[:size]]
+
+
+def _filtered_reference(rt, g, globs, keep_rows, enc, kp):
+    """Brute force, without the gallery's filter or first-stage code: the globals' dot product over
+    every matching row (numpy), the best k', reranked as two-stage search does; top-10 ids."""
+    from kidrr.runtime.search import top_k
+    rows = _top_rows(globs[keep_rows] @ enc.globals[0], keep_rows, kp)
+    rows = np.sort(rows)
+    locs, gl = g.gather(rows)
+    s = rt.runner.score(locs, gl, enc.padded_locals(), enc.globals, enc.lengths)
+    return g.labels(np.array([r for r, _ in top_k(s[:, 0], TOP, ids=rows)], dtype=np.int64))
+
+
+def search_features(rt, g, caps, spec) -> dict:
+    """Filtered text search (p50/p99, top-10 against a brute-force filtered reference), query by a
+    stored item (p50/p99, top-10 against the exact nearest globals) and, if asked, duplicate groups.
+    The gallery is one segment whose row r is item r (kidrr-bench scale builds it so), so the
+    matching rows come from bench.scale.bucket_of, not from the gallery's metadata columns."""
+    from kidrr.bench.scale import bucket_of
+    if len(g.segments) != 1 or len(g.segments[0].dead):
+        raise RuntimeError("search features are measured on a one-segment gallery without removals")
+    g.first_stage = "ann" if g.segments[0].ann_info else "exact"
+    globs = np.asarray(g.segments[0].globals, dtype=np.float32)      # read once, for the references
+    buckets = bucket_of(np.arange(len(g)))
+    kp = min(spec["shortlist"], len(g))
+    out = {"first_stage": g.describe_first_stage(), "shortlist": kp, "rows": {}}
+    encoded = [rt.encode_texts([c], on_long="truncate") for c in caps]
+    for name, where, kept in spec["filters"]:
+        keep_rows = np.flatnonzero(np.isin(buckets, kept))
+        rt.search_text(caps[0], TOP, gallery=g, shortlist=kp, where=where)           # warm-up
+        times, overlaps = [], []
+        for c, enc in zip(caps, encoded):
+            t = time.perf_counter()
+            got = rt.search_text(c, TOP, gallery=g, shortlist=kp, where=where)    # the filter compiled per query
+            times.append(time.perf_counter() - t)
+            want = _filtered_reference(rt, g, globs, keep_rows, enc, kp)
+            overlaps.append(_overlap([i for i, _ in got], want))
+        out["rows"][name] = {"matches": int(len(keep_rows)), "p50_ms": _pct(times, 50), "p99_ms": _pct(times, 99),
+                             "overlap_mean": float(np.mean(overlaps)),
+                             "equal_fraction": float(np.mean(np.asarray(overlaps) >= 0.95))}
+    rng = np.random.default_rng(spec.get("seed", 0))
+    items = rng.choice(len(g), min(len(caps), len(g)), replace=False)
+    ids = g.labels(items)
+    rt.search_like_id(ids[0], TOP, gallery=g)                                        # warm-up
+    times, overlaps = [], []
+    for row, item in zip(items.tolist(), ids):
+        t = time.perf_counter()
+        got = rt.search_like_id(item, TOP, gallery=g)
+        times.append(time.perf_counter() - t)
+        sims = globs @ globs[row]
+        sims[row] = -np.inf                                                          # the item itself is left out
+        want = g.labels(np.sort(_top_rows(sims, np.arange(len(g)), TOP)))
+        overlaps.append(_overlap([i for i, _ in got], want))
+    out["rows"]["query by id"] = {"matches": None, "p50_ms": _pct(times, 50), "p99_ms": _pct(times, 99),
+                                  "overlap_mean": float(np.mean(overlaps)),
+                                  "equal_fraction": float(np.mean(np.asarray(overlaps) >= 0.95))}
+    if spec.get("duplicates"):
+        from kidrr.gallery.duplicates import find_duplicates
+        t = time.perf_counter()
+        groups = find_duplicates(g)
+        out["duplicates"] = {"items": len(g), "seconds": time.perf_counter() - t, "groups": len(groups),
+                             "items_in_groups": int(sum(len(x) for x in groups))}
     return out
 
 

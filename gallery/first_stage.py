@@ -176,9 +176,19 @@ def search_index(index, method: str, params: dict, queries: np.ndarray, size: in
     return sims, rows
 
 
+def products(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """queries @ block.T. One query: numpy's own loop (einsum, one thread), not BLAS: OpenBLAS runs a
+    matrix-vector product of more than ~1,000 rows of D=256 on all its threads, and waking them cost
+    10-30 ms a query on the shared 2-core machine against 0.1-0.2 ms in one thread (4,000 rows;
+    measured in docs/gallery.md: the 1% filter's exact scan of its matches)."""
+    if len(queries) == 1:
+        return np.einsum("qd,nd->qn", queries, block)
+    return queries @ block.T
+
+
 def exact_block(queries: np.ndarray, block: np.ndarray, size: int, dead: np.ndarray | None = None):
     """(sims, local rows) of the `size` best rows of one block per query (dead rows excluded)."""
-    sims = queries @ np.asarray(block, dtype=np.float32).T
+    sims = products(queries, np.asarray(block, dtype=np.float32))
     if not np.isfinite(sims).all():
         raise DataError("a gallery global vector holds NaN or inf; run `kidrr-gallery verify`")
     if dead is not None and len(dead):

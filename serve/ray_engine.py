@@ -13,15 +13,17 @@ import asyncio
 import logging
 from dataclasses import replace
 
+import numpy as np
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from kidrr.errors import UnknownItem
 from kidrr.runtime import Retriever
-from kidrr.runtime.search import check_dedup
+from kidrr.runtime.search import check_dedup, check_k
 
 from .api import create_app
-from .errors import NotAvailable, Overloaded, ShardUnavailable
+from .errors import Overloaded, ShardUnavailable
 from .engine import Engine
 from .items import lookup_item
 from .shards import ShardSearcher, merge_top_k, queries_from_index
@@ -52,6 +54,20 @@ class Shard:
     def item(self, label, thumbnail: bool) -> dict | None:
         return lookup_item(self.searcher, label, thumbnail)      # None: not held by this shard
 
+    async def global_of(self, label):
+        """The stored global of the item labelled `label`, or None when this shard does not hold it."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.searcher.global_of, label)
+
+    async def similar(self, global_, k: int, where, dedup, unknown: str, exclude=None) -> list:
+        """[(label, score)] of this shard's items most like a global (search by example)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.searcher.similar, global_, k, where, dedup, unknown, exclude)
+
+    def fields(self) -> dict:
+        """This shard's metadata fields (field -> type) now; {} for a v1 gallery."""
+        self.searcher.refresh()
+        return dict(getattr(self.searcher.source, "fields", {}))
+
     def ping(self) -> int:
         self.searcher.refresh()
         if self.searcher.stale:
@@ -61,25 +77,66 @@ class Shard:
 
 class RayEngine(Engine):
     name = "ray"
-    supports_similar = False
 
     def __init__(self, retriever, catalog, settings, shards: list, encode, replicas):
         super().__init__(retriever, catalog, settings)
         self.shards, self.encode_queries, self.replicas = shards, encode, replicas
+        self._position_of = {x: i for i, x in enumerate(catalog.ids)} if catalog.ids is not None else None
 
     def info(self) -> dict:
         return dict(super().info(), shards=len(self.shards), replicas=self.replicas)
 
     async def search_like_id(self, item, k: int, where=None, dedup=None) -> list:
-        raise NotAvailable("search by example runs on the local engine; the ray engine serves text search "
-                           "(with filters and dedup) only")
+        """Items like a stored item: the shard that holds it gives its stored global (never re-encoded),
+        every shard searches with it (the item left out), the lists are merged as for text."""
+        k = check_k(k, self.gallery_size, "gallery")
+        text, unknown = self.check_where(where)
+        dedup = check_dedup(dedup)
+        await self._known_fields(text)
+        label = item
+        if self.catalog.ids is not None:      # a v1 gallery: the service's ids name positions
+            label = self._position_of.get(item)
+        found = None
+        if label is not None:
+            globals_ = await asyncio.gather(*(self._call(shard, "global_of", label) for shard in self.shards))
+            found = next((g for g in globals_ if g is not None), None)
+        if found is None:
+            raise UnknownItem(f"no item {str(item)[:200]!r} in this gallery (removed, or never added)")
+        return await self._similar(found, k, text, dedup, unknown, exclude=label)
 
-    search_like_file = search_like_id
+    async def search_like_file(self, data: bytes, k: int, where=None, dedup=None) -> list:
+        """Items like an uploaded photo: encoded once here at the ingress, its global sent to every shard."""
+        k = check_k(k, self.gallery_size, "gallery")
+        text, unknown = self.check_where(where)
+        dedup = check_dedup(dedup)
+        await self._known_fields(text)
+        query = await self.encode_upload(data)
+        return await self._similar(np.asarray(query.globals[0]), k, text, dedup, unknown)
+
+    async def _known_fields(self, where: str | None) -> None:
+        """InputError when no shard holds a field the filter names, as on the local engine (one shard
+        alone says so when it compiles the filter)."""
+        if where is None or len(self.shards) == 1:
+            return
+        fields: dict = {}
+        for part in await asyncio.gather(*(self._call(shard, "fields") for shard in self.shards)):
+            fields.update(part)
+        from kidrr.gallery.filters import check_filter
+        check_filter(fields, where)
+
+    async def _similar(self, global_, k, where, dedup, unknown, exclude=None) -> list:
+        per_shard = await asyncio.gather(*(self._call(shard, "similar", global_, k, where, dedup, unknown, exclude)
+                                           for shard in self.shards))
+        return merge_top_k(per_shard, k)
 
     async def _ask(self, shard, query):
+        return await self._call(shard, "search", query)
+
+    async def _call(self, shard, method: str, *args):
+        """One call of a shard deployment's method, retried on another replica when one dies."""
         for attempt in range(RETRIES):
             try:
-                return await shard.search.remote(query)
+                return await getattr(shard, method).remote(*args)
             except BackPressureError as exc:
                 raise Overloaded(f"a shard's queue is full; retry shortly ({exc})") from exc
             except (RayActorError, ActorUnavailableError) as exc:
@@ -91,6 +148,7 @@ class RayEngine(Engine):
     async def search_text(self, query: str, k: int, shortlist: int | None, where=None, dedup=None) -> list:
         k, kp = self.check_text_query(query, k, shortlist)
         text, unknown = self.check_where(where)
+        await self._known_fields(text)
         encoded = await self.encode_queries((query, k, kp))
         encoded = replace(encoded, where=text, dedup=check_dedup(dedup), unknown=unknown)
         per_shard = await asyncio.gather(*(self._ask(shard, encoded) for shard in self.shards))

@@ -186,3 +186,27 @@ def test_fp16_locals_round_as_numpy_rounds(built, tmp_path):
         np.save(tmp_path / "b.npy", np.float32([0.5, bad]))
         proc = cpp.run([os.path.join(built, "kidrr_tool"), "half", str(tmp_path / "b.npy"), str(tmp_path / "b.bin")])
         assert proc.returncode == 1 and proc.stdout.startswith("ERR 1 ") and "fp16's range" in proc.stdout
+
+
+def _like(built, bundle_dir, gallery, item, k):
+    return cpp.run([os.path.join(built, "kidrr_search"), bundle_dir, gallery, "--like-id", item, "-k", str(k)])
+
+
+def test_search_like_id_matches_python(built, bundle, retriever, tmp_path):  # noqa: F811
+    """kidrr_gallery_search_like_id: the stored global against the other live items, the item left out,
+    equal to Retriever.search_like_id on the same folder (items of both segments, non-ASCII ids)."""
+    folder = _make(retriever, tmp_path / "g", "fp16")   # 16 rows, 14 live
+    disk = open_gallery(folder, bundle_id=retriever.bundle_id)
+    for item in ("img-1", "café-14", "img-12"):
+        for k in (4, 14):
+            want = retriever.search_like_id(item, k, gallery=disk)
+            got = _hits(_like(built, bundle[0], folder, item, k))
+            assert len(got) == min(k, 13) and [i for i, _ in got] == [i for i, _ in want]
+            assert not {item, "img-3", "café-7"} & {i for i, _ in got}
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5, rtol=0)
+            assert len({s for _, s in got}) > 1
+    for item in ("img-3", "nope", "img-1x", ""):          # removed, never added, a prefix of none, empty
+        proc = _like(built, bundle[0], folder, item, 3)
+        assert proc.returncode == 1 and "KIDRR_ERR_UNKNOWN_ITEM" in proc.stderr and "no item" in proc.stderr, proc.stderr
+    proc = _like(built, bundle[0], folder, "img-1", 15)
+    assert proc.returncode == 1 and "KIDRR_ERR_INPUT" in proc.stderr and "1..14" in proc.stderr, proc.stderr

@@ -74,6 +74,22 @@ def test_example_has_no_leak_under_leaksanitizer(asan_build, bundle, gallery, ex
     assert "LeakSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-5000:]
 
 
+def test_search_like_id_has_no_leak_or_undefined_behaviour(asan_build, bundle, retriever, tmp_path):  # noqa: F811
+    from kidrr.gallery import GalleryWriter, create_gallery
+    folder = str(tmp_path / "g")
+    create_gallery(folder, retriever.bundle_id, regions=4, dim=retriever.planner.dim, locals_dtype="fp16")
+    g = retriever.encode_images(features(9, 4, seed=4))
+    with GalleryWriter(folder) as w:
+        w.add(g.globals, g.locals, [f"img-{i}" for i in range(9)])
+        w.remove(["img-2"])
+    for item, rc in (("img-5", 0), ("img-2", 1), ("nope", 1)):
+        proc = cpp.run([os.path.join(asan_build, "kidrr_search"), bundle[0], folder, "--like-id", item, "-k", "3"],
+                       env=_env())
+        assert proc.returncode == rc, proc.stderr[-5000:]
+        assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-5000:]
+    assert "KIDRR_ERR_UNKNOWN_ITEM" in proc.stderr
+
+
 def test_example_error_paths_have_no_leak(asan_build, bundle, tmp_path):  # noqa: F811
     np.save(tmp_path / "wrong.npy", np.zeros((2, 3, FEATURES + 1), dtype=np.float32))
     proc = cpp.run([os.path.join(asan_build, "kidrr_search"), bundle[0], str(tmp_path / "wrong.npy"), "a dog"], env=_env())

@@ -437,6 +437,29 @@ def test_scale_worker_measures_a_small_gallery(rt, tmp_path):
     assert 0 <= res["configs"]["ann@10"]["overlap_exact"] <= 1
 
 
+def test_scale_search_features_equal_their_brute_force_references(rt, tmp_path):
+    """The scale benchmark's search rows on a small gallery it builds (exact first stage: below the
+    ANN threshold): filtered text search and query by id agree with the worker's numpy references in
+    every query, the filters keep the share of items they claim, duplicates are timed."""
+    from kidrr.bench import scale
+    from kidrr.bench.scale_worker import serve
+    mem = rt.encode_images(helpers.random_features(20, seed=4))
+    folder = str(tmp_path / "g")
+    scale.build(folder, rt.bundle_id, (np.asarray(mem.locals), np.asarray(mem.globals)), 3_000, "ivf", seed=0,
+                progress=False)
+    res = serve({"bundle": rt.bundle.path, "gallery": folder, "captions": helpers.CAPTIONS * 2, "threads": 1,
+                 "shortlists": [20], "exhaustive": False, "batch": 16,
+                 "search_features": {"shortlist": 20, "filters": scale.FILTERS, "seed": 0, "duplicates": True}})
+    rows = res["search"]["rows"]
+    assert set(rows) == {"filter 1%", "filter 0.1%", "query by id"}
+    assert 15 <= rows["filter 1%"]["matches"] <= 45 and 0 < rows["filter 0.1%"]["matches"] <= 10
+    for r in rows.values():
+        assert r["equal_fraction"] == 1.0 and r["overlap_mean"] == 1.0 and r["p50_ms"] > 0
+    assert res["search"]["duplicates"]["items"] == 3_000 and res["search"]["duplicates"]["seconds"] > 0
+    share = np.isin(scale.bucket_of(np.arange(200_000)), scale.FILTERS[0][2]).mean()
+    assert 0.009 < share < 0.011
+
+
 def test_nprobe_sweep_reaches_the_exact_first_stage(rt, tmp_path):
     from kidrr.bench.nprobe_sweep import sweep
     folder = _encoded_ivf_gallery(rt, str(tmp_path / "g"), 60, seed=9)

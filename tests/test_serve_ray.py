@@ -69,6 +69,35 @@ def test_ray_refuses_bad_input_and_keeps_serving(service, rt, gallery):
     assert client.get("/metrics").status_code == 200 and "kidrr_serve_errors_total" in client.get("/metrics").text
 
 
+def similar_reference(rt, gallery, position, k):
+    """Positions most like a stored item by the globals' cosine over the whole gallery, itself left out."""
+    return rt.search_similar(gallery.globals[position], k, gallery=gallery, exclude=[position])
+
+
+def test_ray_search_by_stored_item_equals_single_process(service, rt, gallery):
+    """The shard holding the item gives its global, both shards search, the lists merge: the answer of
+    one process over the whole gallery, for an item of either shard."""
+    client, _ = service
+    for position in (3, 41):
+        r = client.post("/v1/search/similar", json={"id": f"img-{position:04d}", "k": 6})
+        assert r.status_code == 200, r.text
+        want = similar_reference(rt, gallery, position, 6)
+        sh.assert_same_hits(sh.hits_of(r.json()), want)
+        assert position not in {p for p, _ in sh.hits_of(r.json())}
+        assert {p // 30 for p, _ in want} == {0, 1}      # both shards contribute: the merge is tested
+    for body, status, kind in (({"id": "nope", "k": 3}, 404, "unknown_item"),
+                               ({"id": "img-0003", "k": 3, "dedup": 2}, 422, "invalid_input"),
+                               ({"id": "img-0003", "k": 3, "where": {"album": "x"}}, 422, "invalid_input"),
+                               ({"id": "img-0003", "k": 0}, 422, "invalid_input")):
+        r = client.post("/v1/search/similar", json=body)
+        assert (r.status_code, r.json()["error"]["kind"]) == (status, kind), r.text
+    # the features-only test bundle cannot encode a photo: the local engine's answer, not a Ray one
+    r = client.post("/v1/search/similar/image?k=2", content=b"\x89PNG\r\n\x1a\n")
+    assert r.status_code == 404 and "image graphs" in r.json()["error"]["message"], r.text
+    r = client.post("/v1/search/similar", json={"id": "img-0007", "k": 2})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2          # still serving
+
+
 def test_ray_recovers_from_a_killed_shard_replica_without_wrong_answers(service, rt, gallery):
     client, ray_engine = service
     query = "a big dog and a small cat"
@@ -123,6 +152,11 @@ def test_ray_serves_format2_shard_folders(service, built, rt, gallery, tmp_path)
     ray_engine.deploy(app, "127.0.0.1", client.base_url.port)
     assert client.get("/v1/info").json()["shards"] == SHARDS
     sh.assert_format2_answers(client, rt, gallery, ranges)
+    r = client.post("/v1/search/similar", json={"id": "img-0041", "k": 5})
+    assert r.status_code == 200, r.text
+    assert [h["id"] for h in r.json()["results"]] == [f"img-{p:04d}" for p, _ in similar_reference(rt, gallery, 41, 5)]
+    r = client.post("/v1/search/similar", json={"id": "img-0041", "k": 5, "where": {"album": "beach"}})
+    assert r.status_code == 422 and "album" in r.json()["error"]["message"], r.text   # no shard has the field
     # The shards follow their galleries: removed + compacted items are no longer served.
     from kidrr.gallery import GalleryWriter, open_gallery
     query = {"query": sh.QUERIES[0], "k": 5}
@@ -142,3 +176,54 @@ def test_ray_serves_format2_shard_folders(service, built, rt, gallery, tmp_path)
     time.sleep(0.2)
     r = client.get("/v1/ready")
     assert r.status_code == 503 and "cannot be opened" in r.json()["detail"]
+
+
+class _InProcessHandle:
+    """A shard deployment's handle without Ray: `method.remote(*args)` runs the deployment class's own
+    method (Shard.global_of / similar / fields) on a replica object made here."""
+
+    def __init__(self, searcher):
+        from kidrr.serve import ray_engine
+        self.replica = object.__new__(ray_engine.Shard.func_or_class)
+        self.replica.searcher = searcher
+
+    def __getattr__(self, name):
+        import inspect
+        from types import SimpleNamespace
+        method = getattr(self.replica, name)
+
+        async def remote(*args):
+            out = method(*args)
+            return await out if inspect.isawaitable(out) else out
+        return SimpleNamespace(remote=remote)
+
+
+def test_ray_engine_searches_by_an_uploaded_photo_across_shards(pixel_bundle, tmp_path):
+    """The ingress encodes the photo once and merges what both shards find: the runtime's answer over
+    the whole gallery. In process (the shard handles call the deployment's methods directly), so the
+    bundle with image graphs is not loaded into Ray replicas."""
+    from fastapi.testclient import TestClient
+    from image_files import scene
+    from kidrr.serve import ray_engine
+    from kidrr.serve.api import create_app
+    from kidrr.serve.catalog import open_catalog
+    from kidrr.serve.shards import ShardSearcher
+    photo = tmp_path / "photo.png"
+    scene(96, 64, 3).save(photo)
+    with Retriever(pixel_bundle[0], threads=1) as prt:
+        whole = prt.encode_images(sh.helpers.random_features(12, regions=49, feature_size=1280, seed=3))
+        whole.save(str(tmp_path / "g.npz"))
+        catalog, sources = open_catalog(prt, [str(tmp_path / "g.npz")], SHARDS, None, None)
+        handles = [_InProcessHandle(ShardSearcher(prt, src, spec.start)) for spec, src in zip(catalog.shards, sources)]
+        engine = ray_engine.RayEngine(prt, catalog, Settings(), handles, None, 1)
+        want = prt.search_similar(prt.encode_image_files([str(photo)]), 5, gallery=whole)[0]
+        with TestClient(create_app(engine, Settings())) as c:
+            r = c.post("/v1/search/similar/image?k=5", content=photo.read_bytes(), headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            sh.assert_same_hits(sh.hits_of(r.json()), want)
+            assert {p // 6 for p, _ in want} == {0, 1}      # both shards contribute
+            r = c.post("/v1/search/similar", json={"id": 7, "k": 4})
+            assert r.status_code == 200, r.text
+            sh.assert_same_hits(sh.hits_of(r.json()), prt.search_similar(whole.globals[7], 4, gallery=whole, exclude=[7]))
+            bad = c.post("/v1/search/similar/image?k=3", content=b"\x89PNG\r\n\x1a\n broken")
+            assert bad.status_code == 422 and bad.json()["error"]["kind"] == "invalid_input"

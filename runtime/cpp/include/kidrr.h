@@ -39,7 +39,8 @@ typedef enum kidrr_status {
     KIDRR_ERR_BUNDLE = 3,           /* bundle missing, unknown format, file hash mismatch, bad JSON */
     KIDRR_ERR_BACKEND = 4,          /* ONNX Runtime not found, too old, or failed while running */
     KIDRR_ERR_OUT_OF_MEMORY = 5,
-    KIDRR_ERR_INTERNAL = 6          /* a bug: please report it with the message */
+    KIDRR_ERR_INTERNAL = 6,         /* a bug: please report it with the message */
+    KIDRR_ERR_UNKNOWN_ITEM = 7      /* no live item of the gallery has the id given (removed, or never added) */
 } kidrr_status;
 
 typedef struct kidrr_bundle kidrr_bundle;     /* an opened bundle: three ONNX sessions + vocabulary */
@@ -143,6 +144,16 @@ KIDRR_API size_t kidrr_gallery_count(const kidrr_gallery* gallery); /* live item
  * search is always an exact scan of the globals (faiss indexes are not read). */
 KIDRR_API kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_gallery* gallery, const char* caption,
                                             size_t k, size_t shortlist, kidrr_hit* hits, size_t* n_hits);
+/* Items like a stored item (query by example): the live items ranked by the dot product of their
+ * globals with the stored global of the item whose id is `id` (UTF-8, NUL-terminated; the vector is
+ * read from the gallery, nothing is encoded), best first, ties by the smaller row; the item itself is
+ * left out. hits[t].score is that dot product (the cosine: globals are l2-normalised). The same
+ * answer as Python's Retriever.search_like_id on a gallery without an ANN index (an exact scan; faiss
+ * indexes are not read). k must be in 1..kidrr_gallery_count (KIDRR_ERR_INPUT otherwise, as in
+ * Python); *n_hits = min(k, count - 1). KIDRR_ERR_UNKNOWN_ITEM when no live item has the id.
+ * Finding the id scans the id table (linear in the gallery's rows). */
+KIDRR_API kidrr_status kidrr_gallery_search_like_id(const kidrr_gallery* gallery, const char* id, size_t k,
+                                                    kidrr_hit* hits, size_t* n_hits);
 /* Write encoded images as a NEW format-2 gallery folder (one segment, fp32 locals) with the given
  * ids (n = the image count; unique non-empty UTF-8, <= 1024 bytes). The folder must not exist: it
  * appears all at once, and nothing is overwritten. kidrr.gallery reads it and can append to it. */

@@ -13,6 +13,7 @@
 #include "gallery2_writer.hpp"
 #include "kidrr.h"
 #include "npy.hpp"
+#include "similar.hpp"
 
 struct kidrr_bundle {
     std::unique_ptr<kidrr::Bundle> impl;
@@ -34,6 +35,7 @@ struct kidrr_vocab {
 namespace {
 
 thread_local std::string t_last_error;
+constexpr size_t kMaxItemIdBytes = 4096;  // the reader's bound on one stored id: longer names no item
 
 kidrr_status fail(kidrr_status code, const std::string& message) {
     try {
@@ -92,6 +94,7 @@ const char* kidrr_status_name(kidrr_status status) {
         case KIDRR_ERR_BACKEND: return "KIDRR_ERR_BACKEND";
         case KIDRR_ERR_OUT_OF_MEMORY: return "KIDRR_ERR_OUT_OF_MEMORY";
         case KIDRR_ERR_INTERNAL: return "KIDRR_ERR_INTERNAL";
+        case KIDRR_ERR_UNKNOWN_ITEM: return "KIDRR_ERR_UNKNOWN_ITEM";
     }
     return "KIDRR_ERR_UNKNOWN";
 }
@@ -301,6 +304,23 @@ kidrr_status kidrr_gallery_search(const kidrr_bundle* bundle, const kidrr_galler
     return guarded("kidrr_gallery_search", [&] {
         REQUIRE(bundle && gallery && caption && hits && n_hits, "bundle, gallery, caption, hits and n_hits must not be NULL");
         auto found = bundle->impl->search(*gallery->impl, caption, k, shortlist);
+        for (size_t t = 0; t < found.size(); ++t) hits[t] = {found[t].image, found[t].score};
+        *n_hits = found.size();
+    });
+}
+
+kidrr_status kidrr_gallery_search_like_id(const kidrr_gallery* gallery, const char* id, size_t k, kidrr_hit* hits,
+                                          size_t* n_hits) {
+    return guarded("kidrr_gallery_search_like_id", [&] {
+        REQUIRE(gallery && id && hits && n_hits, "gallery, id, hits and n_hits must not be NULL");
+        const std::string_view wanted(id, ::strnlen(id, kMaxItemIdBytes + 1));
+        size_t row = 0;
+        if (wanted.size() > kMaxItemIdBytes || !gallery->impl->find(wanted, row)) {
+            const std::string shown(wanted.substr(0, 200));
+            throw kidrr::Error(KIDRR_ERR_UNKNOWN_ITEM, "no item '" + shown + "' in this gallery (removed, or never added); "
+                                                       "list its ids with `kidrr-gallery info --ids`");
+        }
+        const auto found = kidrr::nearest_to_row(*gallery->impl, row, k);
         for (size_t t = 0; t < found.size(); ++t) hits[t] = {found[t].image, found[t].score};
         *n_hits = found.size();
     });

@@ -250,4 +250,19 @@ std::string_view DiskGallery::id(size_t row) const {
     return id;
 }
 
+bool DiskGallery::find(std::string_view wanted, size_t& row) const {
+    for (const Segment& s : segments_) {
+        for (size_t i = 0; i < s.rows; ++i) {
+            const int64_t a = s.id_offsets[i], b = s.id_offsets[i + 1];
+            if (!(0 <= a && a < b && uint64_t(b) <= s.id_bytes.size()))
+                damaged(folder_, "id offsets of row " + std::to_string(s.start + i) + " are out of range");
+            if (size_t(b - a) != wanted.size() || s.id_bytes.compare(size_t(a), size_t(b - a), wanted) != 0) continue;
+            if (std::binary_search(s.dead.begin(), s.dead.end(), i)) continue;  // removed: not an item any more
+            row = s.start + i;
+            return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace kidrr

@@ -31,6 +31,8 @@ public:
     EncodedImages gather(const std::vector<size_t>& rows) const override;
     // The id of a row (UTF-8, checked); Error(KIDRR_ERR_INPUT) if the id table is damaged.
     std::string_view id(size_t row) const;
+    // The row of the live item with this id, or false (a linear scan of the id tables).
+    bool find(std::string_view id, size_t& row) const;
     const std::string& locals_dtype() const { return manifest_.locals_dtype; }
 
 private:

@@ -303,6 +303,11 @@ void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size
     nan_feats[5] = std::nanf("");
     CHECK_STATUS(kidrr_encode_images(b, nan_feats.data(), n, R, F, &imgs), KIDRR_ERR_INPUT);
     CHECK(kidrr_encode_images(b, feats.data(), n, R, F, &imgs) == KIDRR_OK && kidrr_images_count(imgs) == n);
+    // Search by a stored item checks its arguments before touching the gallery.
+    kidrr_hit like_hits[2];
+    size_t like_n = 0;
+    CHECK_STATUS(kidrr_gallery_search_like_id(nullptr, "a", 2, like_hits, &like_n), KIDRR_ERR_INVALID_ARGUMENT);
+    CHECK(std::strcmp(kidrr_status_name(KIDRR_ERR_UNKNOWN_ITEM), "KIDRR_ERR_UNKNOWN_ITEM") == 0);
     // Gallery writing refuses a locals dtype it does not write, before creating anything.
     const char* gallery_ids[] = {"a", "b", "c", "d", "e", "f", "g"};
     CHECK_STATUS(kidrr_gallery_write_dtype(b, imgs, gallery_ids, n, "/nonexistent-kidrr-test/g", "int8"), KIDRR_ERR_INPUT);
