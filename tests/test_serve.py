@@ -202,8 +202,12 @@ def test_full_queue_answers_503_then_recovers(built, rt):
         assert c.post("/v1/search/images", json={"query": "a dog", "k": 2}).status_code == 200
 
 
-def test_request_past_its_timeout_answers_504(built, rt):
-    settings = Settings(batch_wait_ms=400, timeout_s=0.05)
+def test_request_past_its_timeout_answers_504(built, rt, monkeypatch):
+    # A lone request runs at once, so the wait comes from the encoder itself: 0.4 s against a 0.05 s budget.
+    import time
+    encode = rt.encode_texts
+    monkeypatch.setattr(rt, "encode_texts", lambda *a, **kw: (time.sleep(0.4), encode(*a, **kw))[1])
+    settings = Settings(timeout_s=0.05)
     with make_client(built, rt, settings) as c:
         r = c.post("/v1/search/images", json={"query": "a dog", "k": 2})
         assert r.status_code == 504 and r.json()["error"]["kind"] == "timeout"
