@@ -11,6 +11,7 @@ setup(
     packages=[
         "kidrr",
         "kidrr.bench",
+        "kidrr.bench.studies",
         "kidrr.export",
         "kidrr.gallery",
         "kidrr.images",
@@ -23,6 +24,7 @@ setup(
         "kidrr.export": "export",
         "kidrr.runtime": "runtime",
         "kidrr.bench": "bench",
+        "kidrr.bench.studies": "bench/studies",
         "kidrr.gallery": "gallery",
         "kidrr.images": "images",
         "kidrr.photos": "photos",

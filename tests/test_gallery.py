@@ -438,7 +438,7 @@ def test_scale_worker_measures_a_small_gallery(rt, tmp_path):
 
 
 def test_nprobe_sweep_reaches_the_exact_first_stage(rt, tmp_path):
-    from kidrr.bench.nprobe_sweep import sweep
+    from kidrr.bench.studies.nprobe_sweep import sweep
     folder = _encoded_ivf_gallery(rt, str(tmp_path / "g"), 60, seed=9)
     res = sweep(folder, rt.bundle.path, helpers.CAPTIONS * 2, [1, 10_000], shortlist=20, threads=1)
     assert res["items"] == 60 and res["queries"] == 2 * len(helpers.CAPTIONS)
@@ -448,7 +448,7 @@ def test_nprobe_sweep_reaches_the_exact_first_stage(rt, tmp_path):
 
 
 def test_gather_compare_reads_cold_rows_both_ways(tmp_path):
-    from kidrr.bench.gather_compare import compare
+    from kidrr.bench.studies.gather_compare import compare
     gh.make_gallery(tmp_path / "g", n=200, batches=2, locals_dtype="fp16", regions=4, dim=32)
     res = compare(str(tmp_path / "g"), rows=20, trials=4)
     assert res["items"] == 200 and res["rows"] == 20
