@@ -363,7 +363,8 @@ def test_search_edges_through_the_retriever(rt, tmp_path):
 
 def test_convert_v1_and_cli(rt, tmp_path):
     from click.testing import CliRunner
-    from kidrr.gallery.cli import main
+    from kidrr.cli import load_verb
+    main = load_verb("gallery")
     mem = rt.encode_images(helpers.random_features(12, seed=6))
     mem.save(str(tmp_path / "old.npz"))
     assert convert_v1(str(tmp_path / "old.npz"), str(tmp_path / "conv"), locals_dtype="fp32") == 12
@@ -388,8 +389,8 @@ def test_convert_v1_and_cli(rt, tmp_path):
     assert info["live"] == 11 and info["removed"] == 1 and info["first_stage"].startswith("exact")
     r = run(main, ["search", folder, helpers.CAPTIONS[0], "--bundle", rt.bundle.path, "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
-    hits = json.loads(r.output[r.output.index("["):])[0]["results"]
-    assert len(hits) == 3 and "pic3.jpg" not in [h["id"] for h in hits]
+    hits = json.loads(r.stdout)["results"]
+    assert len(hits) == 3 and "pic3.jpg" not in [h["file"] for h in hits]
     r = run(main, ["search", folder, helpers.CAPTIONS[0], "--bundle", rt.bundle.path, "--nprobe", "0"])
     assert r.exit_code == 2 and "--nprobe" in r.output
     assert run(main, ["compact", folder]).exit_code == 0
