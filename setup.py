@@ -11,6 +11,7 @@ setup(
     packages=[
         "kidrr",
         "kidrr.bench",
+        "kidrr.bench.studies",
         "kidrr.export",
         "kidrr.gallery",
         "kidrr.images",
@@ -23,6 +24,7 @@ setup(
         "kidrr.export": "export",
         "kidrr.runtime": "runtime",
         "kidrr.bench": "bench",
+        "kidrr.bench.studies": "bench/studies",
         "kidrr.gallery": "gallery",
         "kidrr.images": "images",
         "kidrr.photos": "photos",
@@ -69,16 +71,18 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "kidrr-train=kidrr.train:main",
-            "kidrr-eval=kidrr.evaluate:main",
-            "kidrr-export=kidrr.export.cli:main",
-            "kidrr-bench=kidrr.bench.cli:main",
-            "kidrr-gallery=kidrr.gallery.cli:main",
-            "kidrr-features=kidrr.images.features:main",
-            "kidrr-index=kidrr.photos.index:main",
-            "kidrr-search=kidrr.photos.search:main",
-            "kidrr-render=kidrr.render:main",
-            "kidrr-serve=kidrr.serve.cli:main",
+            "kidrr=kidrr.cli:main",
+            # Aliases of `kidrr VERB`, kept because users and scripts type them.
+            "kidrr-train=kidrr.cli:train",
+            "kidrr-eval=kidrr.cli:eval_",
+            "kidrr-export=kidrr.cli:export",
+            "kidrr-bench=kidrr.cli:bench",
+            "kidrr-gallery=kidrr.cli:gallery",
+            "kidrr-features=kidrr.cli:features",
+            "kidrr-index=kidrr.cli:index",
+            "kidrr-search=kidrr.cli:search",
+            "kidrr-render=kidrr.cli:render",
+            "kidrr-serve=kidrr.cli:serve",
         ]
     },
 )

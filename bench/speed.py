@@ -1,4 +1,4 @@
-"""Issue-4 speed benchmark: the runtime against the published evaluation loop and the GEMM ceiling.
+"""Speed benchmark: the runtime against the published evaluation loop and the GEMM ceiling.
 
     python bench/speed.py [--work DIR] [--checkpoint CKPT] [--threads 2] [--json out.json]
 

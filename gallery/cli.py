@@ -1,21 +1,23 @@
-"""kidrr-gallery: create | add | remove | compact | info | verify | search | duplicates | convert (docs/gallery.md)."""
+"""kidrr gallery: create | add | remove | compact | info | verify | search | duplicates | convert (docs/gallery.md).
+
+`add` and `search` are registered by the front door (kidrr/cli.py): they are shortcuts of
+`kidrr index --out FOLDER --append` and `kidrr search --gallery FOLDER`, which live above this package.
+"""
 from __future__ import annotations
 
 import json
 import sys
 
 import click
-import numpy as np
 from tqdm import tqdm
 
 from kidrr.errors import KidrrError, describe
-from kidrr.fileio import read_text_lines
 
 from .convert import convert_v1
 from .layout import LOCALS_DTYPES
 from .duplicates import DEFAULT_THRESHOLD, find_duplicates
 from .reader import open_gallery, verify
-from .sidecar import check_names, metadata_for, read_sidecar
+from .npy_input import read_ids
 from .writer import GalleryWriter, create_gallery
 
 CTX = {"help_option_names": ["-h", "--help"]}
@@ -32,22 +34,10 @@ def _bundle_identity(bundle: str) -> tuple[str, dict]:
     return b.identity, b.model
 
 
-def _read_ids(path: str, what: str) -> list:
-    """One id per line, UTF-8; blank lines are an error (they would be an empty id)."""
-    return read_text_lines(path, what, max_bytes=1 << 30)
-
-
-def _load_npy(path: str, what: str):
-    from kidrr.errors import InputError
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{what} {path} is not a readable .npy array ({exc})") from exc
-
-
 @click.group(context_settings=CTX)
 def main():
-    """Galleries on disk: a folder of memory-mapped segments with ids, an ANN first stage, search."""
+    """Galleries on disk: a folder of memory-mapped segments with ids, an ANN first stage, search.
+    `add` and `search` are shortcuts of `kidrr index --out FOLDER --append` and `kidrr search --gallery FOLDER`."""
 
 
 @main.command(context_settings=CTX)
@@ -70,39 +60,12 @@ def create(folder, bundle, regions, locals_dtype, ann, ann_min_rows):
 
 @main.command(context_settings=CTX)
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--globals", "globals_path", required=True, type=click.Path(dir_okay=False), help=".npy (n, D) float")
-@click.option("--locals", "locals_path", required=True, type=click.Path(dir_okay=False), help=".npy (n, R, D) float")
-@click.option("--ids", "ids_path", required=True, type=click.Path(dir_okay=False), help="text file, one id per line")
-@click.option("--metadata", "metadata_path", default=None, type=click.Path(dir_okay=False),
-              help="item metadata: CSV with a `file` column or JSON Lines objects with a `file` key, naming ids")
-def add(folder, globals_path, locals_path, ids_path, metadata_path):
-    """Append encoded items (one new segment)."""
-    try:
-        g, l = _load_npy(globals_path, "--globals"), _load_npy(locals_path, "--locals")
-        ids = _read_ids(ids_path, "--ids file")
-        metas = None
-        if metadata_path:
-            sidecar = read_sidecar(metadata_path)
-            check_names(sidecar, set(ids), metadata_path, "in the --ids file")
-            metas = metadata_for(ids, sidecar)
-        with GalleryWriter(folder, progress=True) as w:
-            n, step = len(g), 8192
-            live = w.add_batches(((g[i:i + step], l[i:i + step], ids[i:i + step],
-                                   None if metas is None else metas[i:i + step]) for i in range(0, n, step)),
-                                 rows=n) if len(ids) == n else w.add(g, l, ids, metas)
-    except (KidrrError, OSError) as exc:
-        _fail(exc)
-    click.echo(f"added {len(g)} items; {live} live")
-
-
-@main.command(context_settings=CTX)
-@click.argument("folder", type=click.Path(file_okay=False))
 @click.argument("ids", nargs=-1)
 @click.option("--ids-file", type=click.Path(dir_okay=False), help="text file, one id per line")
 def remove(folder, ids, ids_file):
     """Mark items removed (tombstones); `compact` reclaims the space."""
     try:
-        wanted = list(ids) + (_read_ids(ids_file, "--ids-file") if ids_file else [])
+        wanted = list(ids) + (read_ids(ids_file, "--ids-file") if ids_file else [])
         with GalleryWriter(folder) as w:
             live = w.remove(wanted)
     except (KidrrError, OSError) as exc:
@@ -167,48 +130,6 @@ def verify_cmd(folder):
             click.echo(f"BAD {p}", err=True)
         sys.exit(1)
     click.echo(f"{folder}: every file matches the manifest ({g.manifest.live} live items)")
-
-
-@main.command(context_settings=CTX)
-@click.argument("folder", type=click.Path(file_okay=False))
-@click.argument("captions", nargs=-1, required=True)
-@click.option("--bundle", required=True, type=click.Path(file_okay=False))
-@click.option("-k", "k", type=int, default=10, show_default=True)
-@click.option("--shortlist", type=int, default=100, show_default=True, help="k' reranked (0: exhaustive)")
-@click.option("--first-stage", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True)
-@click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="IVF lists scanned per query (default max(16, nlist/32); docs/gallery.md)")
-@click.option("--ef", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default max(2 k', 64))")
-@click.option("--where", default=None, help='metadata filter as JSON, e.g. \'{"album": "beach"}\' (docs/gallery.md)')
-@click.option("--dedup", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="collapse near-duplicates: globals cosine threshold, e.g. 0.95")
-@click.option("--like-id", is_flag=True, help="the arguments are ids of items: find items like them (stored globals)")
-@click.option("--threads", type=int, default=0)
-@click.option("--json", "as_json", is_flag=True)
-def search(folder, captions, bundle, k, shortlist, first_stage, nprobe, ef, where, dedup, like_id, threads, as_json):
-    """Images for each caption (or like each item with --like-id): ids with scores."""
-    from kidrr.runtime import open_bundle
-    try:
-        with open_bundle(bundle, threads=threads) as rt:
-            g = open_gallery(folder, bundle_id=rt.bundle_id, dim=rt.planner.dim)
-            g.first_stage, g.nprobe, g.ef = first_stage, nprobe, ef
-            if shortlist or like_id:
-                click.echo(f"first stage: {g.describe_first_stage(first_stage)}", err=True)
-            if like_id:
-                out = [rt.search_like_id(i, k=k, gallery=g, where=where, dedup=dedup) for i in captions]
-            else:
-                out = rt.search_text(list(captions), k=k, gallery=g, shortlist=shortlist or None, where=where,
-                                     dedup=dedup)
-    except (KidrrError, OSError) as exc:
-        _fail(exc)
-    if as_json:
-        click.echo(json.dumps([{"caption": c, "results": [{"id": i, "score": s} for i, s in r]}
-                               for c, r in zip(captions, out)], indent=1))
-        return
-    for c, r in zip(captions, out):
-        click.echo(c)
-        for rank, (i, s) in enumerate(r, 1):
-            click.echo(f"  {rank:>3}. {s:.4f}  {i}")
 
 
 @main.command(context_settings=CTX)

@@ -28,7 +28,7 @@ _caster_lock = threading.Lock()
 
 def half_to_float(x: np.ndarray) -> np.ndarray:
     """float16 -> float32 by onnxruntime's Cast kernel, which is vectorised: numpy's own conversion
-    of 100 rows at R=49, D=256 took 2.4 ms against 0.4 (bench/gather_compare.py), most of a
+    of 100 rows at R=49, D=256 took 2.4 ms against 0.4 (bench/studies/gather_compare.py), most of a
     gather. The conversion is exact either way."""
     global _caster
     with _caster_lock:

@@ -86,7 +86,7 @@ class ModelConfig:
     # branch's size is about gain x sqrt(D / 2) against a unit node: the prototype's 1/16 is 0.7 at
     # D=256 and 1.4 at D=1024, which draws every local towards its item's global before training
     # starts (cosine of a local to itself across KGID at init: 0.63 at D=256, 0.35 at D=1024;
-    # 0.997 / 0.992 at 1/256). On f8k-sample (retired; docs/training_record.md), 1/256 gave 19-35 more dev rSum at every epoch.
+    # 0.997 / 0.992 at 1/256). On f8k-sample (retired; docs/training.md), 1/256 gave 19-35 more dev rSum at every epoch.
     kgid_ln_gain: float = 1.0 / 256
     # (ours) scale of the broadcast projection W_b at init. At full Xavier scale two broadcast steps
     # pull every local node towards its item's global (cosine 0.53 -> 0.90 on real features after

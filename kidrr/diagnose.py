@@ -5,7 +5,7 @@ stage) and by the local-local alignment alone (each word's cosine to the regions
 averaged over the caption's words: SCAN's text-to-image average). It also profiles the words'
 attention over the regions on matching pairs. When that attention spreads over most regions,
 each word's attended vector is close to the image's global, the local perspectives mostly repeat
-the global one and the scorer ties its globals (measured on the retired f8k-sample, docs/training_record.md): then the
+the global one and the scorer ties its globals (measured on the retired f8k-sample, docs/training.md): then the
 globals alone, or a short two-stage shortlist, rank as well at a fraction of the cost.
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""`kidrr-index`: a folder of photos -> a gallery searchable by text (torch-free: the runtime + kidrr.gallery).
+"""`kidrr index`: a folder of photos -> a gallery searchable by text (torch-free: the runtime + kidrr.gallery).
 
-The gallery is format 2 (a folder, written through kidrr.gallery's GalleryWriter, the code path of
-`kidrr-gallery add`), or a v1 .npz file when --out ends in .npz. Ids are the files' paths relative
-to the image folder. Beside it, `kidrr-index.json` records the bundle it was made with (so
+The gallery is format 2 (a folder, written through kidrr.gallery's GalleryWriter), or a v1 .npz
+file when --out ends in .npz. Ids are the files' paths relative to the image folder. Items encoded
+elsewhere come in with --globals/--locals/--ids (kidrr.gallery.npy_input); `kidrr gallery add` is
+this command with --out FOLDER --append. Beside it, `kidrr-index.json` records the bundle it was made with (so
 kidrr-search needs no --bundle), the image folder, and what was skipped and why.
 """
 from __future__ import annotations
@@ -187,31 +188,27 @@ def _encode_chunk(rt, images, names, batch_size, strict, report, bar):
 
 
 def _remove_empty_gallery(out: str) -> None:
-    """Undo create_gallery when nothing could be added (only the files it made, never anything else)."""
-    from kidrr.gallery import open_gallery
-    from kidrr.gallery.layout import LOCK, MANIFEST
-    try:
-        if len(open_gallery(out)) == 0:
-            for name in os.listdir(out):
-                if name in (MANIFEST, LOCK):
-                    os.unlink(os.path.join(out, name))
-            if not os.listdir(out):
-                os.rmdir(out)
-    except (KidrrError, OSError):
-        pass   # leave an empty gallery rather than risk deleting what is not ours
+    from kidrr.gallery.npy_input import remove_empty_gallery
+    remove_empty_gallery(out)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", default=None, help="bundle with an image backbone (default: the shipped real-photo model)")
-@click.option("--images", required=True, help="folder of photos (searched recursively; ids are relative paths)")
-@click.option("--out", required=True, help="gallery to write: a folder (format 2) or a .npz file (v1)")
+@click.option("--bundle", default=None, help="bundle with an image backbone (default: the shipped real-photo model); "
+                                             "with --globals: the bundle that encoded them (makes a new gallery)")
+@click.option("--images", default=None, help="folder of photos (searched recursively; ids are relative paths)")
+@click.option("--globals", "globals_path", default=None, type=click.Path(dir_okay=False),
+              help="instead of --images: items already encoded, .npy (n, D) float (with --locals and --ids)")
+@click.option("--locals", "locals_path", default=None, type=click.Path(dir_okay=False), help=".npy (n, R, D) float")
+@click.option("--ids", "ids_path", default=None, type=click.Path(dir_okay=False), help="text file, one id per line")
+@click.option("--out", required=True, help="gallery to write: a folder (format 2) or a .npz file (v1, photos only)")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
 @click.option("--strict", is_flag=True, help="stop at the first bad file instead of skipping it")
-@click.option("--append", is_flag=True, help="add the files not yet in an existing format-2 gallery (resume)")
+@click.option("--append", is_flag=True, help="add to an existing format-2 gallery (photos: the files not yet in it, "
+                                             "so an interrupted run resumes)")
 @click.option("--metadata", "metadata", default=None, type=click.Path(dir_okay=False),
               help="sidecar of item metadata: CSV with a `file` column, or JSON Lines objects with a `file` key "
-                   "(paths relative to --images; docs/gallery.md)")
+                   "(paths relative to --images, or the ids; docs/gallery.md)")
 @click.option("--no-exif", is_flag=True, help="do not record capture time, camera, size and folder from the files")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: a Ray Data job over a local Ray or a cluster (docs/indexing_at_scale.md)")
@@ -226,11 +223,25 @@ def _remove_empty_gallery(out: str) -> None:
               help="ray: ... or this many seconds (a killed driver loses at most this window)")
 @click.option("--no-thumbnails", is_flag=True,
               help="do not store a 256-px JPEG per photo in the gallery (kidrr-serve's page then shows ids)")
-def main(bundle, images, out, batch_size, threads, strict, append, metadata, no_exif, engine, address, workers,
-         cpus_per_worker, segment_photos, commit_every, commit_seconds, no_thumbnails):
-    """Index a folder of photos for text search. Exit code 0: all indexed; 1: some skipped; 2: error."""
+def main(bundle, images, globals_path, locals_path, ids_path, out, batch_size, threads, strict, append, metadata,
+         no_exif, engine, address, workers, cpus_per_worker, segment_photos, commit_every, commit_seconds,
+         no_thumbnails):
+    """Put items into a gallery: a folder of photos (encoded here), or vectors encoded elsewhere
+    (--globals/--locals/--ids). Exit code 0: all indexed; 1: some photos skipped; 2: error.
+    `kidrr gallery add G ...` is the same command with --out G --append."""
     from .default_bundle import resolve_bundle
+    vectors = (globals_path, locals_path, ids_path)
     try:
+        if images is None and not any(vectors):
+            raise InputError("give --images DIR (photos), or --globals, --locals and --ids (encoded items)")
+        if images is not None and any(vectors):
+            raise InputError("give either --images or --globals/--locals/--ids, not both")
+        if images is None:
+            if not all(vectors):
+                raise InputError("encoded items need all three of --globals, --locals and --ids")
+            n, live = _add_vectors(out, *vectors, metadata, append, bundle)
+            click.echo(f"added {n} items to {out}; {live} live", err=True)
+            sys.exit(0)
         if engine == "ray":
             record = _index_with_ray(resolve_bundle(bundle), images, out, address, workers, cpus_per_worker,
                                      segment_photos, batch_size, strict, append, metadata, not no_exif,
@@ -247,6 +258,30 @@ def main(bundle, images, out, batch_size, threads, strict, append, metadata, no_
                + (f" ({record['already_indexed']} were already there)" if record["already_indexed"] else ""),
                err=True)
     sys.exit(1 if record["skipped"] else 0)
+
+
+def _add_vectors(out, globals_path, locals_path, ids_path, metadata, append, bundle):
+    from kidrr.gallery.npy_input import add_npy_files
+    bundle_id = None
+    if bundle is not None:
+        from kidrr.runtime.bundle import load_bundle
+        bundle_id = load_bundle(bundle, verify=True).identity
+    return add_npy_files(out, globals_path, locals_path, ids_path, metadata, append=append, bundle_id=bundle_id)
+
+
+def gallery_add_command() -> click.Command:
+    """`kidrr gallery add FOLDER [OPTIONS]`: exactly `kidrr index --out FOLDER --append [OPTIONS]` (same options,
+    same output, same exit codes), for users who think in gallery operations."""
+    params = [click.Argument(["folder"], type=click.Path())] + [
+        p for p in main.params if p.name not in ("out", "append")]
+
+    @click.pass_context
+    def add(ctx, folder, **options):
+        return ctx.invoke(main, out=folder, append=True, **options)
+    return click.Command("add", params=params, callback=add, context_settings=main.context_settings,
+                         help="Add items to the gallery FOLDER: photos (--images) or encoded vectors "
+                              "(--globals/--locals/--ids). A shortcut of `kidrr index --out FOLDER --append`: "
+                              "same options, same output.")
 
 
 if __name__ == "__main__":

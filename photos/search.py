@@ -1,8 +1,8 @@
-"""`kidrr-search`: the photos of a gallery that best match a sentence, best first (torch-free).
+"""`kidrr search`: the photos of a gallery that best match a sentence, best first (torch-free).
 
 Without --bundle the bundle is the one the gallery was made with, read from the gallery's
 kidrr-index.json and checked against the identity the gallery itself carries; galleries made
-elsewhere (kidrr-gallery add) fall back to the shipped real-photo model, also checked.
+elsewhere (kidrr index --globals, kidrr gallery add) fall back to the shipped real-photo model, also checked.
 """
 from __future__ import annotations
 
@@ -42,11 +42,13 @@ def bundle_for(gallery: str, bundle: str | None) -> tuple[str, dict | None]:
 
 def search(gallery: str, query: str | None = None, k: int = 10, bundle: str | None = None,
            shortlist: int | None = None, threads: int = 0, like: str | None = None, like_id: str | None = None,
-           where=None, dedup: float | None = None) -> list:
+           where=None, dedup: float | None = None, first_stage: str = "auto", nprobe: int | None = None,
+           ef: int | None = None) -> list:
     """[{"rank", "file", "score", "path", "metadata"}] best first. One of: query (a sentence), like (a
     photo file: photos that look like it, by the globals' cosine), like_id (an item of the gallery,
     by its stored global; the item itself is left out). where: a metadata filter (JSON text or object),
-    dedup: collapse near-duplicates above this globals cosine."""
+    dedup: collapse near-duplicates above this globals cosine. first_stage / nprobe / ef: how a format-2
+    gallery finds its shortlist (docs/gallery.md)."""
     from kidrr.runtime import open_bundle
     given = [x for x in (query, like, like_id) if x is not None]
     if len(given) != 1:
@@ -60,6 +62,11 @@ def search(gallery: str, query: str | None = None, k: int = 10, bundle: str | No
                               f"(identity {rt.bundle_id[:12]}..., recorded {str(record['bundle_id'])[:12]}...); "
                               f"re-index the photos or pass the original --bundle")
         items = _open_gallery(rt, gallery)
+        if hasattr(items, "first_stage"):
+            items.first_stage, items.nprobe, items.ef = first_stage, nprobe, ef
+        elif (first_stage, nprobe, ef) != ("auto", None, None):
+            raise InputError("--first-stage, --nprobe and --ef choose a format-2 gallery's first stage; a .npz "
+                             "gallery is always searched exactly (convert it: kidrr gallery convert)")
         k = min(k, len(items)) if len(items) else k
         extra = {"where": where, "dedup": dedup}
         if query is not None:
@@ -91,7 +98,8 @@ def _metadata(items, names: list) -> list:
 @click.option("--gallery", default=None, help="gallery made by kidrr-index (folder, or .npz file)")
 @click.option("--bundle", default=None, help="bundle (default: the one the gallery was made with)")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="number of photos to list")
-@click.option("--shortlist", type=int, default=None, help="two-stage search: rerank this many by the globals")
+@click.option("--shortlist", type=click.IntRange(min=0), default=None,
+              help="two-stage search: rerank this many shortlisted by the globals (not given, or 0: score every item)")
 @click.option("--like", "like", default=None, type=click.Path(dir_okay=False),
               help="search by example: photos that look like this photo file (instead of QUERY)")
 @click.option("--like-id", "like_id", default=None, help="search by example: photos like this item of the gallery "
@@ -102,20 +110,29 @@ def _metadata(items, names: list) -> list:
 @click.option("--dedup", is_flag=True, help="collapse near-duplicate photos to the best of each group")
 @click.option("--dedup-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="globals cosine above which two photos are near-duplicates (default 0.95; implies --dedup)")
+@click.option("--first-stage", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True,
+              help="how a format-2 gallery finds the shortlist (auto: ann above 50,000 items)")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists scanned per query (default max(16, nlist/32); docs/gallery.md)")
+@click.option("--ef", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default max(2 k', 64))")
 @click.option("--threads", type=int, default=0)
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.option("--demo", is_flag=True, help="search a rendered demo folder with the shipped pixel model (rendered, "
                                            "exported and indexed into the cache on first use), e.g. "
                                            "kidrr-search --demo \"a big red circle left of a small blue square\"")
-def main(query, gallery, bundle, k, shortlist, like, like_id, where, dedup, dedup_threshold, threads, as_json, demo):
-    """Photos of GALLERY ranked by how well they match QUERY (or look like --like / --like-id)."""
+def main(query, gallery, bundle, k, shortlist, like, like_id, where, dedup, dedup_threshold, first_stage, nprobe, ef,
+         threads, as_json, demo):
+    """Items of GALLERY ranked by how well they match QUERY (or look like --like / --like-id).
+    `kidrr gallery search FOLDER QUERY` is the same command with --gallery FOLDER."""
     from kidrr.gallery.duplicates import DEFAULT_THRESHOLD
     try:
         threshold = dedup_threshold if dedup_threshold is not None else (DEFAULT_THRESHOLD if dedup else None)
         if demo:
-            if gallery or bundle or shortlist or like or like_id or where or threshold:
+            if gallery or bundle or shortlist or like or like_id or where or threshold or nprobe or ef \
+                    or first_stage != "auto":
                 raise InputError("--demo searches its own folder with the shipped pixel model; drop --gallery, "
-                                 "--bundle, --shortlist, --like, --like-id, --where and --dedup")
+                                 "--bundle, --shortlist, --like, --like-id, --where, --dedup and the first-stage "
+                                 "options")
             if not query:
                 raise InputError("give a sentence to search the demo folder for")
             from .demo import demo_search
@@ -123,8 +140,8 @@ def main(query, gallery, bundle, k, shortlist, like, like_id, where, dedup, dedu
         elif not gallery:
             raise InputError("give --gallery (made by kidrr-index), or --demo to try the shipped pixel model")
         else:
-            hits = search(gallery, query, k, bundle, shortlist, threads, like=like, like_id=like_id, where=where,
-                          dedup=threshold)
+            hits = search(gallery, query, k, bundle, shortlist or None, threads, like=like, like_id=like_id, where=where,
+                          dedup=threshold, first_stage=first_stage, nprobe=nprobe, ef=ef)
     except (KidrrError, OSError) as exc:
         click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)
@@ -134,6 +151,20 @@ def main(query, gallery, bundle, k, shortlist, like, like_id, where, dedup, dedu
         return
     for hit in hits:
         click.echo(f"{hit['rank']:3d}  {hit['score']:.4f}  {hit['file']}")
+
+
+def gallery_search_command() -> click.Command:
+    """`kidrr gallery search FOLDER [QUERY] [OPTIONS]`: exactly `kidrr search --gallery FOLDER [QUERY] [OPTIONS]`
+    (same options, same output, same exit codes)."""
+    params = [click.Argument(["folder"], type=click.Path())] + [
+        p for p in main.params if p.name not in ("gallery", "demo")]
+
+    @click.pass_context
+    def search_gallery(ctx, folder, **options):
+        return ctx.invoke(main, gallery=folder, **options)
+    return click.Command("search", params=params, callback=search_gallery, context_settings=main.context_settings,
+                         help="Items of the gallery FOLDER ranked for QUERY (or like --like / --like-id). A shortcut "
+                              "of `kidrr search --gallery FOLDER`: same options, same output.")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Builds them with clang fetched from Debian (scripts/fetch_clang.sh; cached in build/cpp/fuzz) under
 ASan + UBSan and runs each for a few seconds from its seed corpus, which holds the crafted files of
-issue 14 (an overflowing .npy header, a CRC-damaged and a NaN gallery). A sanitizer report, an
+the hostile-file fixes (an overflowing .npy header, a CRC-damaged and a NaN gallery). A sanitizer report, an
 exception other than kidrr::Error, a timeout or a memory blow-up fails the test. The long runs are
 runtime/cpp/scripts/fuzz.sh (docs/cpp.md reports them).
 """

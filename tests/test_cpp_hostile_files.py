@@ -1,4 +1,4 @@
-"""Issue 14 on the C side: gallery and feature files treated as hostile, and finite input that
+"""On the C side: gallery and feature files treated as hostile, and finite input that
 overflows inside the encoder. Each test feeds the C ABI (through the kidrr_search example and
 kidrr_tool) a file the Python side wrote and then damaged, and checks for a clean refusal with a
 message; before the fixes each of these loaded (KIDRR_OK) and crashed or returned wrong scores.
@@ -54,7 +54,7 @@ def _saved_gallery(retriever, tmp_path, n=6):  # noqa: F811
 
 
 def test_gallery_whose_header_overflows_size_is_refused(built, bundle, retriever, tmp_path):  # noqa: F811
-    """Item 2: locals declared (2^62 + 1, 1, D) with D floats of data: the element count times 4
+    """Locals declared (2^62 + 1, 1, D) with D floats of data: the element count times 4
     wraps to the real size, so the old reader accepted it and kidrr_score ran out of bounds."""
     g, _ = _saved_gallery(retriever, tmp_path)
     d = g.globals.shape[1]
@@ -86,7 +86,7 @@ def test_truncated_features_npy_is_refused(built, bundle, tmp_path, cut):  # noq
 
 
 def test_gallery_with_one_flipped_byte_is_refused_like_python(built, bundle, retriever, tmp_path):  # noqa: F811
-    """Item 3: one flipped byte in the locals changed scores silently; the zip CRC-32 catches it,
+    """One flipped byte in the locals changed scores silently; the zip CRC-32 catches it,
     as Python's zipfile does (the reference: np.load must fail on the same file)."""
     g, path = _saved_gallery(retriever, tmp_path)
     data = bytearray(path.read_bytes())
@@ -102,7 +102,7 @@ def test_gallery_with_one_flipped_byte_is_refused_like_python(built, bundle, ret
 
 @pytest.mark.parametrize("array,value", [("locals", np.nan), ("globals", np.inf), ("locals", -np.inf)])
 def test_gallery_with_non_finite_row_is_refused(built, bundle, retriever, tmp_path, array, value):  # noqa: F811
-    """Item 3: a NaN image was ranked second; now the file is refused naming the image."""
+    """A NaN image was ranked second; now the file is refused naming the image."""
     g, _ = _saved_gallery(retriever, tmp_path)
     arrays = {"locals": np.array(g.locals), "globals": np.array(g.globals)}
     arrays[array][2].flat[1] = value
@@ -125,7 +125,7 @@ def test_gallery_with_wrong_dtype_or_shape_is_refused(built, bundle, retriever, 
 
 
 def test_huge_finite_features_give_an_error_not_nan_scores(built, bundle, tmp_path):  # noqa: F811
-    """Item 10 (C side): features of 3e38 overflow inside the image encoder; NaN scores used to
+    """Features of 3e38 overflow inside the image encoder; NaN scores used to
     come back from search. The reference that this input really overflows in the graph: ONNX
     Runtime itself, run on the bundle's image encoder directly."""
     import onnxruntime as ort

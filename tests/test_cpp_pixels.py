@@ -1,9 +1,9 @@
-"""Photos in through the C ABI (issue 11 item 5, C side): RGB8 pixels (height, width, stride)
+"""Photos in through the C ABI (C side): RGB8 pixels (height, width, stride)
 through the bundle's preprocess.onnx + backbone.onnx, JPEGs decoded in C++ with libjpeg-turbo.
 
 The reference is the Python side on the same files: kidrr.images.decode (Pillow) for the pixels,
 then the bundle's preprocessing graph (kidrr.images.preprocess) and backbone.onnx through ONNX
-Runtime. Pixels must be identical; features equal within 1e-5 (stated by the issue).
+Runtime. Pixels must be identical; features equal within 1e-5 (the bound kidrr holds).
 """
 import os
 

@@ -220,7 +220,7 @@ def shipped_bundle(tmp_path_factory):
 
 
 def test_cpp_unit_tests_pass_on_the_shipped_models_bundle(built, shipped_bundle, tmp_path):
-    """Issue 14 item 13: kidrr_tests captions come from the bundle's own vocabulary (the shipped
+    """Kidrr_tests captions come from the bundle's own vocabulary (the shipped
     vocabulary has no "two" or "cats", and the hard-coded "two cats" failed there), so the
     documented command passes on any bundle, as check_memory.sh runs it."""
     import json

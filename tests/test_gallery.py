@@ -363,7 +363,8 @@ def test_search_edges_through_the_retriever(rt, tmp_path):
 
 def test_convert_v1_and_cli(rt, tmp_path):
     from click.testing import CliRunner
-    from kidrr.gallery.cli import main
+    from kidrr.cli import load_verb
+    main = load_verb("gallery")
     mem = rt.encode_images(helpers.random_features(12, seed=6))
     mem.save(str(tmp_path / "old.npz"))
     assert convert_v1(str(tmp_path / "old.npz"), str(tmp_path / "conv"), locals_dtype="fp32") == 12
@@ -388,8 +389,8 @@ def test_convert_v1_and_cli(rt, tmp_path):
     assert info["live"] == 11 and info["removed"] == 1 and info["first_stage"].startswith("exact")
     r = run(main, ["search", folder, helpers.CAPTIONS[0], "--bundle", rt.bundle.path, "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
-    hits = json.loads(r.output[r.output.index("["):])[0]["results"]
-    assert len(hits) == 3 and "pic3.jpg" not in [h["id"] for h in hits]
+    hits = json.loads(r.stdout)["results"]
+    assert len(hits) == 3 and "pic3.jpg" not in [h["file"] for h in hits]
     r = run(main, ["search", folder, helpers.CAPTIONS[0], "--bundle", rt.bundle.path, "--nprobe", "0"])
     assert r.exit_code == 2 and "--nprobe" in r.output
     assert run(main, ["compact", folder]).exit_code == 0
@@ -461,7 +462,7 @@ def test_scale_search_features_equal_their_brute_force_references(rt, tmp_path):
 
 
 def test_nprobe_sweep_reaches_the_exact_first_stage(rt, tmp_path):
-    from kidrr.bench.nprobe_sweep import sweep
+    from kidrr.bench.studies.nprobe_sweep import sweep
     folder = _encoded_ivf_gallery(rt, str(tmp_path / "g"), 60, seed=9)
     res = sweep(folder, rt.bundle.path, helpers.CAPTIONS * 2, [1, 10_000], shortlist=20, threads=1)
     assert res["items"] == 60 and res["queries"] == 2 * len(helpers.CAPTIONS)
@@ -471,7 +472,7 @@ def test_nprobe_sweep_reaches_the_exact_first_stage(rt, tmp_path):
 
 
 def test_gather_compare_reads_cold_rows_both_ways(tmp_path):
-    from kidrr.bench.gather_compare import compare
+    from kidrr.bench.studies.gather_compare import compare
     gh.make_gallery(tmp_path / "g", n=200, batches=2, locals_dtype="fp16", regions=4, dim=32)
     res = compare(str(tmp_path / "g"), rows=20, trials=4)
     assert res["items"] == 200 and res["rows"] == 20

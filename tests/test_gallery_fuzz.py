@@ -35,7 +35,7 @@ def _v1_bytes(locals_=None, globals_=None, fmt="kidrr-gallery/1"):
     return buf.getvalue(), l, g
 
 
-# ---- v1 .npz: each defect of issue 14 item 8 ----------------------------------------------------
+# ---- v1 .npz: each defect a loader must refuse ----------------------------------------------------
 def test_v1_loader_refuses_damaged_and_odd_files(tmp_path):
     raw, l, g = _v1_bytes()
     path = tmp_path / "g.npz"

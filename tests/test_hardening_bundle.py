@@ -1,4 +1,4 @@
-"""Issue 14 items 6 and 8 (bundle side): identity from what changes the numbers; every manifest
+"""Identity from what changes the numbers; every manifest
 field typed and ranged by the one bundle loader, which lint and the runtime share; the manifest
 cross-checked against the graphs' real inputs."""
 import json
@@ -22,7 +22,7 @@ def made(tmp_path_factory):
     return tiny_checkpoint_and_bundle(tmp_path_factory.mktemp("hb"))
 
 
-# ---- item 6 --------------------------------------------------------------------------------
+# ---- identity --------------------------------------------------------------------------------
 def test_reexport_keeps_the_identity_and_saved_galleries(made, tmp_path):
     ck, bundle, _ = made
     feats = np.random.default_rng(0).normal(size=(3, 4, 12)).astype(np.float32)
@@ -64,7 +64,7 @@ def test_manifest_holds_nothing_a_reexport_changes(made, tmp_path):
                                                                             "rb").read()
 
 
-# ---- item 8: manifest fields --------------------------------------------------------------
+# ---- manifest fields --------------------------------------------------------------
 def _set(path, value):
     def edit(m):
         *head, last = path

@@ -10,10 +10,12 @@ from click.testing import CliRunner
 
 import gallery_helpers as gh
 from kidrr.errors import DataError
-from kidrr.gallery.cli import main as gallery_cli
+from kidrr.cli import load_verb
 from kidrr.gallery.layout import read_manifest
 from kidrr.images.features import check_replaceable_features, extract_features, main as features_cli
 from kidrr.runtime import Gallery
+
+gallery_cli = load_verb("gallery")    # with its add / search shortcuts
 
 
 def clean_failure(result, *words):

@@ -1,4 +1,4 @@
-"""Issue 14 item 9: every config field's type and range is checked in the config classes, which
+"""Every config field's type and range is checked in the config classes, which
 the CLI overrides, checkpoints, training states and bundle manifests all go through."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Issue 14 items 5 (protocols exact or refused), 8 (kidrr-eval options), 14 (small: -h, the torch
+"""Protocols exact or refused, kidrr-eval options, and the small things (-h, the torch
 warning on read-only data, a bar during training's dev evaluation, export messages above the bar)."""
 import os
 

@@ -1,5 +1,5 @@
-"""Issue 14, files: no flag destroys data kidrr did not write (item 1), modes follow the umask (7),
-stale staging folders of dead writers are cleaned and live ones kept (11), export I/O errors are typed (8)."""
+"""Files: no flag destroys data kidrr did not write, modes follow the umask,
+stale staging folders of dead writers are cleaned and live ones kept, export I/O errors are typed."""
 import errno
 import json
 import os
@@ -59,7 +59,7 @@ def _project(folder):
     return str(folder)
 
 
-# ---- item 1: --force replaces a bundle and nothing else -------------------------------------------
+# ---- --force replaces a bundle and nothing else -------------------------------------------
 def test_force_refuses_a_folder_that_is_not_a_bundle(ckpt, tmp_path):
     project = _project(tmp_path / "project")
     with pytest.raises(BundleError, match="not a kidrr bundle"):
@@ -151,7 +151,7 @@ def test_bench_cli_json_dir_fails_before_running(tmp_path):
     assert not (tmp_path / "o" / "results.json").exists()
 
 
-# ---- item 7: modes follow the umask -------------------------------------------------------------
+# ---- modes follow the umask -------------------------------------------------------------
 def _modes(folder):
     return {os.path.relpath(os.path.join(d, n), folder): stat.S_IMODE(os.stat(os.path.join(d, n)).st_mode)
             for d, dirs, files in os.walk(folder) for n in dirs + files} | {".": stat.S_IMODE(os.stat(folder).st_mode)}
@@ -174,7 +174,7 @@ def test_bundle_and_checkpoint_modes_follow_the_umask(tmp_path, monkeypatch):
         assert all(mode == 0o644 for name, mode in modes.items() if name != "."), modes
 
 
-# ---- item 11: staging folders of dead writers -------------------------------------------------
+# ---- staging folders of dead writers -------------------------------------------------
 def test_stale_staging_of_a_killed_export_is_cleaned_and_a_live_one_kept(ckpt, tmp_path):
     parent = tmp_path / "out"
     parent.mkdir()
@@ -219,7 +219,7 @@ def test_staging_removed_on_error_and_lock_released(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-# ---- item 8: export I/O errors are typed ------------------------------------------------------
+# ---- export I/O errors are typed ------------------------------------------------------
 def test_export_to_proc_is_a_typed_error(ckpt):
     with pytest.raises(BundleError, match="could not write the bundle|not writable|cannot create"):
         export_bundle(ckpt, "/proc/kidrr-bundle", **QUIET)

@@ -1,4 +1,4 @@
-"""Issue 14 items 4 and 6: checkpoints pair with bundles and caches by weights + config + vocabulary;
+"""Checkpoints pair with bundles and caches by weights + config + vocabulary;
 a bundle's identity depends only on what changes its numbers."""
 import json
 import os

@@ -1,5 +1,5 @@
-"""Issue 14 items 8 (runtime misuse), 10 (NaN from finite input, every backend, through the runner
-interface) and 12 (the bench handles data exactly as kidrr-eval does)."""
+"""Runtime misuse, NaN from finite input (every backend, through the runner interface), and the
+bench handling data exactly as kidrr-eval does."""
 import numpy as np
 import pytest
 
@@ -22,7 +22,7 @@ def rt(made):
         yield r
 
 
-# ---- item 8: misuse ----------------------------------------------------------------------------
+# ---- misuse ----------------------------------------------------------------------------
 def test_score_and_search_refuse_what_is_not_a_gallery(rt):
     captions = rt.encode_texts(["a dog runs"])
     gallery = rt.encode_images(helpers.random_features(2))
@@ -70,7 +70,7 @@ def test_ragged_or_missing_features(rt, features, match):
         rt.encode_images(features)
 
 
-# ---- item 10: finite input, non-finite output ------------------------------------------------
+# ---- finite input, non-finite output ------------------------------------------------
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_overflowing_features_raise_instead_of_nan_scores(made, backend):
     options = {"checkpoint": made[1]} if backend == "torch" else {}
@@ -111,7 +111,7 @@ def test_every_backend_gets_the_check(made):
         b.encode_images(np.ones((2, 5, 24), np.float32))
 
 
-# ---- item 12: the bench scores data exactly as kidrr-eval --------------------------------------
+# ---- the bench scores data exactly as kidrr-eval --------------------------------------
 def _split_with_odd_captions():
     from kidrr.data import Split
     rng = np.random.default_rng(3)

@@ -1,4 +1,4 @@
-"""Photos in (issue 11, items 1-3): decoding, the preprocessing graph, the backbone, kidrr-features."""
+"""Photos in: decoding, the preprocessing graph, the backbone, kidrr-features."""
 import io
 import json
 import os

@@ -1,4 +1,4 @@
-"""Photos through a bundle (issue 11, items 1, 4, 5): the image graphs in the bundle, encode_image_files,
+"""Photos through a bundle: the image graphs in the bundle, encode_image_files,
 search by text answering with file names; against the PyTorch chain as the reference."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""kidrr-index / kidrr-search (issue 11, item 6): a photo folder with bad files in, ranked file names out."""
+"""Kidrr-index / kidrr-search: a photo folder with bad files in, ranked file names out."""
 import json
 import os
 import shutil

@@ -11,9 +11,11 @@ from PIL import Image
 
 from image_files import photo_folder, scene
 from kidrr.gallery import open_gallery
-from kidrr.gallery.cli import main as gallery_main
+from kidrr.cli import load_verb
 from kidrr.photos.index import main as index_main
 from kidrr.photos.search import main as search_main
+
+gallery_main = load_verb("gallery")    # with its add / search shortcuts
 
 
 @pytest.fixture(scope="module")

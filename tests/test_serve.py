@@ -357,7 +357,7 @@ def test_load_test_is_bounded_and_checks_every_answer(built, tmp_path):
 
 
 def test_captions_for_an_uploaded_image_file(pixel_bundle, built, rt, tmp_path):
-    """Bundles with image graphs (issue 11): the raw file in, the same answer as the runtime's own
+    """Bundles with image graphs: the raw file in, the same answer as the runtime's own
     encode_image_files + search_image; a features-only bundle says where to send features."""
     from image_files import scene
     bundle = pixel_bundle[0]

@@ -1,4 +1,4 @@
-"""The TensorRT code checked without TensorRT (issue 14): mypy checks every TensorRT attribute and call
+"""The TensorRT code checked without TensorRT: mypy checks every TensorRT attribute and call
 signature used by export/trt_engines.py and runtime/trt_runner.py against tensorrt-stubs 10.13
 (the whole TensorRT 10 Python API), so a typo or a removed API fails CI here. A planted typo, a
 removed API and a wrong arity must fail the same check, so it is known to bite.

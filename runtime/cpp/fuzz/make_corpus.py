@@ -1,5 +1,5 @@
 """Write the fuzzers' seed corpus (fuzz/corpus/<harness>/): tiny valid files and the crafted
-ones issue 14 found. Rerun after changing a file format: python runtime/cpp/fuzz/make_corpus.py
+ones found by reading the code. Rerun after changing a file format: python runtime/cpp/fuzz/make_corpus.py
 """
 import io
 import json
@@ -77,7 +77,7 @@ def main():
     write("npy", "f4.npy", npy(rng.normal(size=(2, 3, 2)).astype(np.float32)))
     write("npy", "u.npy", npy(np.array("kidrr-gallery/1")))
     write("npy", "empty.npy", npy(np.zeros((0, 4), np.float32)))
-    write("npy", "overflow.npy", npy_with_shape("(4611686018427387905, 1, 256)", b"\0" * 1024))  # issue 14 item 2
+    write("npy", "overflow.npy", npy_with_shape("(4611686018427387905, 1, 256)", b"\0" * 1024))
     locs = rng.normal(size=(3, 2, D)).astype(np.float32)
     globs = rng.normal(size=(3, D)).astype(np.float32)
     good = npz(gallery(locs, globs))

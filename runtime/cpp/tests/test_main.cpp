@@ -106,7 +106,7 @@ void test_npy() {
     CHECK(a.shape == (std::vector<size_t>{2, 2}) && a.data.size() == 16);
     CHECK(parse_npy(npy_bytes("<f4", "()", std::string(4, '\0')), "t").shape.empty());
     CHECK(parse_npy(npy_bytes("<f4", "(4,)", four_floats), "t").count() == 4);
-    // Issue 14 item 2: a product that wraps around to the real byte count must be refused.
+    // a product that wraps around to the real byte count must be refused.
     CHECK(error_code_of([&] { parse_npy(npy_bytes("<f4", "(4611686018427387905, 1, 256)", std::string(1024, '\0')), "t"); }) ==
           KIDRR_ERR_INPUT);
     CHECK(error_code_of([&] { parse_npy(npy_bytes("<f4", "(18446744073709551617,)", four_floats), "t"); }) == KIDRR_ERR_INPUT);
@@ -314,7 +314,7 @@ void test_abi_with_bundle(const char* bundle_dir, const char* tampered_dir, size
     CHECK(std::strstr(kidrr_last_error(), "fp32 or fp16") != nullptr);
     CHECK_STATUS(kidrr_gallery_write_dtype(b, imgs, gallery_ids, n, "/nonexistent-kidrr-test/g", nullptr),
                  KIDRR_ERR_INVALID_ARGUMENT);
-    // Issue 14 item 10: finite input that overflows inside the encoder is an error, not NaN scores.
+    // finite input that overflows inside the encoder is an error, not NaN scores.
     kidrr_images* huge_imgs = nullptr;
     std::vector<float> huge(n * R * F, 3e38f);
     CHECK_STATUS(kidrr_encode_images(b, huge.data(), n, R, F, &huge_imgs), KIDRR_ERR_INPUT);

@@ -2,7 +2,7 @@
 side by side: single text-query latency on a gallery, bulk scoring, and a two-stage sweep (a loop
 of small runs of one graph).
 
-    python -m kidrr.bench.spin_compare [--gallery FOLDER] [--queries 60] [--rounds 3] [--json FILE]
+    python -m kidrr.bench.studies.spin_compare [--gallery FOLDER] [--queries 60] [--rounds 3] [--json FILE]
 
 Each round runs one fresh process per setting, in turn (a spinning runner's threads would
 disturb the other's measurement inside one process). The query part searches FOLDER (a format-2
@@ -70,7 +70,7 @@ def compare(gallery: str | None, queries: int, rounds: int, threads: int) -> dic
                 result = os.path.join(work, f"{name}-{r}.json")
                 write_atomic(spec, json.dumps({"bundle": bundles["fp32"], "gallery": gallery, "spin": spin,
                                                "queries": queries, "threads": threads}).encode())
-                subprocess.run([sys.executable, "-m", "kidrr.bench.spin_compare", "--worker", spec, result],
+                subprocess.run([sys.executable, "-m", "kidrr.bench.studies.spin_compare", "--worker", spec, result],
                                check=True)
                 with open(result) as fh:
                     one = json.load(fh)

@@ -1,7 +1,7 @@
 """IVF-Flat against HNSW-Flat on one gallery's globals, side by side: build time, search latency,
 recall@k' against the exact first stage, index size. The measurement behind the default ANN method.
 
-    python -m kidrr.bench.ann_compare GALLERY [--queries 50] [--shortlist 100] [--threads 1] [--json FILE]
+    python -m kidrr.bench.studies.ann_compare GALLERY [--queries 50] [--shortlist 100] [--threads 1] [--json FILE]
 
 Queries are gallery items plus a little noise (their neighbours exist); every index is written,
 then read back memory-mapped as a search would read it, in a temporary folder.

@@ -6,7 +6,7 @@ segment_io.half_to_float. Before each trial the locals file's pages are dropped 
 whatever the gallery's size and the machine's memory; other processes reading the same gallery
 lose those cached pages too.
 
-    python -m kidrr.bench.gather_compare GALLERY [--rows 100] [--trials 40] [--json FILE]
+    python -m kidrr.bench.studies.gather_compare GALLERY [--rows 100] [--trials 40] [--json FILE]
 
 """
 from __future__ import annotations
