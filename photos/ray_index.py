@@ -126,18 +126,13 @@ def check_probe(answers: dict, gallery: str) -> list:
 class SegmentEncoder:
     """One Ray actor: the bundle opened once; each call encodes one batch of photo names into one staged segment."""
 
-    def __init__(self, bundle: str, images: str, gallery: str, threads: int, batch_size: int, exif: bool,
-                 metadata: str | None):
+    def __init__(self, bundle: str, images: str, gallery: str, threads: int, batch_size: int, exif: bool):
         import ray
         from kidrr.gallery.layout import read_manifest
         from kidrr.runtime import open_bundle
         self.rt = open_bundle(bundle, threads=threads)
         self.images, self.gallery, self.batch_size, self.exif = images, gallery, batch_size, exif
         self.manifest = read_manifest(gallery)[0]      # regions, dim, dtypes, ANN settings: fixed for a gallery
-        self.sidecar = None
-        if metadata is not None:
-            from kidrr.gallery.sidecar import read_sidecar
-            self.sidecar = read_sidecar(metadata)
         self.node, self.pid = ray.get_runtime_context().get_node_id(), os.getpid()
 
     def __call__(self, batch: dict) -> dict:
@@ -145,6 +140,8 @@ class SegmentEncoder:
         from kidrr.images.batch import SkipReport
         from .index import _metadata
         names = [str(n) for n in batch["name"]]
+        # metadata travels with the rows (checked by the driver): a sidecar's or a --list's columns
+        sidecar = {n: json.loads(str(m)) for n, m in zip(names, batch["meta"]) if m} or None
         key = content_key(self.manifest.bundle_id, names)
         report, timings, rows, written = SkipReport(), {}, 0, False
         staged = os.path.join(self.gallery, "staged", key, "staged.json")
@@ -161,7 +158,7 @@ class SegmentEncoder:
                 g = None                          # every photo of this batch was skipped (each is in report)
             if g is not None:
                 kept = list(g.names)
-                metas = _metadata(self.images, kept, self.sidecar, self.exif)
+                metas = _metadata(self.images, kept, sidecar, self.exif)
                 t0 = time.perf_counter()
                 written = stage_segment(self.gallery, key, self.manifest, len(kept),
                                         [(g.globals, g.locals, kept, metas)],
@@ -205,14 +202,15 @@ class Committer:
 def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = None, workers: int = 2,
                    cpus_per_worker: int = 1, segment_photos: int = DEFAULT_SEGMENT_PHOTOS, batch_size: int = 32,
                    append: bool = False, metadata: str | None = None, exif: bool = True, commit_every: int = 8,
-                   commit_seconds: float = 10.0, progress: bool = True) -> dict:
-    """Index the photos under `images` into the format-2 gallery `out` with a Ray Data job; returns the
-    index record (the local engine's, plus per-node counts, commits and stage timings)."""
+                   commit_seconds: float = 10.0, progress: bool = True, list_file: str | None = None) -> dict:
+    """Index the photos under `images` (or named by `list_file`, kidrr.photos.input_list) into the format-2
+    gallery `out` with a Ray Data job; returns the index record (the local engine's, plus per-node
+    counts, commits and stage timings)."""
     from kidrr.gallery import GalleryWriter, create_gallery, open_gallery
     from kidrr.gallery.layout import MANIFEST
     from kidrr.gallery.staging import (drop_staging, make_staged_folder, remove_orphans, staged_folder,
                                        staged_keys)
-    from kidrr.images.batch import SkipReport, list_image_files
+    from kidrr.images.batch import SkipReport
     from kidrr.runtime import open_bundle
     for name, value, low in (("--workers", workers, 1), ("--cpus-per-worker", cpus_per_worker, 1),
                              ("--segment-photos", segment_photos, 1), ("--batch-size", batch_size, 1)):
@@ -221,14 +219,9 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
     if out.endswith(".npz"):
         raise InputError("--engine ray writes format-2 gallery folders, not .npz files; choose a folder for --out")
     ray = require_ray()
+    from .index import list_inputs
     report = SkipReport()
-    files, ignored = list_image_files(images, report)
-    sidecar = None
-    if metadata is not None:
-        from kidrr.gallery.sidecar import check_names, read_sidecar
-        from .index import _files_in
-        sidecar = read_sidecar(metadata)
-        check_names(sidecar, _files_in(images, sidecar), metadata, f"files in {images}")
+    images, files, ignored, sidecar = list_inputs(images, list_file, metadata, report)
     with open_bundle(bundle, threads=1) as rt:
         if not rt.bundle.takes_pixels:
             raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
@@ -268,15 +261,15 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
             ctx = DataContext.get_current()
             ctx.enable_progress_bars = progress
             ctx.execution_options.preserve_order = False
-            ds = ray.data.from_items([{"name": n} for n in todo],
+            ds = ray.data.from_items([{"name": n, "meta": json.dumps(sidecar[n]) if sidecar and n in sidecar else ""}
+                                      for n in todo],
                                      override_num_blocks=max(1, -(-len(todo) // segment_photos)))
             ds = ds.map_batches(SegmentEncoder, batch_size=segment_photos, compute=ActorPoolStrategy(size=workers),
                                 num_cpus=cpus_per_worker, batch_format="numpy",
                                 fn_constructor_kwargs=dict(bundle=os.path.abspath(bundle),
                                                            images=os.path.abspath(images),
                                                            gallery=os.path.abspath(out), threads=cpus_per_worker,
-                                                           batch_size=batch_size, exif=exif,
-                                                           metadata=os.path.abspath(metadata) if metadata else None))
+                                                           batch_size=batch_size, exif=exif))
             for row in ds.iter_rows():
                 for item in json.loads(row["skipped"]):
                     report.add(item["file"], item["reason"], item["message"])
@@ -312,6 +305,7 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
                          + "; ".join(m for _, _, m in report.skipped[:3]))
     photos = max(1, sum(per_node.values()))
     return {"bundle": os.path.abspath(bundle), "bundle_id": bundle_id, "images": os.path.abspath(images),
+            **({"list": os.path.abspath(list_file)} if list_file else {}),
             "backbone": backbone, "indexed": added + resumed_rows, "already_indexed": len(files) - len(todo) - resumed_rows,
             "files_found": len(files), "other_files_ignored": ignored, "skipped": report.to_json(),
             "engine": "ray", "nodes": len(nodes), "photos_per_node": per_node, "photos_per_worker": per_worker,

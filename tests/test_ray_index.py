@@ -241,3 +241,45 @@ def test_staging_is_exactly_once_by_content(tmp_path):
     assert res["doubles"] == [k1b] and [a[0] for a in res["adopted"]] == [k2] and res["broken"][0][0] == k3
     g = open_gallery(out)
     assert sorted(g.ids()) == ["a", "b", "c"] and verify(g) == [] and staged_keys(out) == []
+
+
+def test_kidrr_features_engine_ray_equals_local_and_resumes_a_local_job(cluster, tmp_path, in_backbone_cache):
+    """kidrr-features --engine ray on both nodes finishes a local job interrupted after its first batch:
+    the same files as one local run (features within 1e-6, same ids, captions and skips)."""
+    from image_files import write_tsv
+    from kidrr.images.features import extract_features
+    folder = str(tmp_path / "photos")
+    names = photo_folder(folder, 20, seed=7)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    tsv = str(tmp_path / "caps.tsv")
+    write_tsv(tsv, names[:6] + ["broken.jpg", "ghost.jpg"] + names[6:])
+
+    def files(out):
+        ims = np.load(os.path.join(out, "train_ims.npy"))
+        record = json.load(open(os.path.join(out, "train_features.json")))
+        text = [open(os.path.join(out, f"train_{k}.txt")).read() for k in ("ids", "caps")]
+        return ims, text, {(s["file"], s["reason"]) for s in record["skipped"]}, record
+
+    local = str(tmp_path / "local")
+    extract_features(folder, tsv, local, batch_size=4, threads=1, progress=False)
+    out = str(tmp_path / "ray")
+    partial = extract_features(folder, tsv, out, batch_size=4, threads=1, progress=False, stop_after=1)
+    assert partial["interrupted"] and partial["done"] == 4
+    record = extract_features(folder, tsv, out, batch_size=4, engine="ray", workers=2, block_photos=4,
+                              progress=False)
+    want, got = files(local), files(out)
+    assert got[0].shape == want[0].shape == (20, 49, 1280)
+    assert np.abs(got[0].astype(np.float32) - want[0].astype(np.float32)).max() <= 1e-6
+    assert got[1] == want[1] and got[2] == want[2] == {("broken.jpg", "not-an-image"), ("ghost.jpg", "missing")}
+    assert record["engine"] == "ray" and len(record["photos_per_node"]) == 2, record.get("photos_per_node")
+    assert sum(record["photos_per_node"].values()) == 16 and record["images"] == 20     # 4 came from the local run
+    assert sorted(os.listdir(out)) == sorted(os.listdir(local))      # no partial files left
+
+
+def test_kidrr_features_engine_ray_refusals(tmp_path):
+    from kidrr.errors import DataError
+    from kidrr.images.features import extract_features
+    with pytest.raises(DataError, match="--strict is for the local engines"):
+        extract_features(str(tmp_path), str(tmp_path / "caps.tsv"), str(tmp_path / "o"), engine="ray", strict=True)
+    with pytest.raises(DataError, match="--address is for --engine ray"):
+        extract_features(str(tmp_path), str(tmp_path / "caps.tsv"), str(tmp_path / "o"), address="h:1")
