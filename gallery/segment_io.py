@@ -101,7 +101,7 @@ class SegmentWriter:
         self.written, self.hashes, self.id_end = 0, [], 0
         self.meta = ColumnBuilder(schema or {})     # metadata columns, written at finish
         self.meta_entries = None
-        os.makedirs(folder)
+        os.mkdir(folder)      # not makedirs: a staging area its job removed must stay removed
         self.files = {}
         try:
             for name in segment_files(locals_dtype):

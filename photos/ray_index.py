@@ -18,6 +18,7 @@ filesystem). A probe task on every node checks this before any work (docs/indexi
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -170,6 +171,38 @@ class SegmentEncoder:
                 **{f"{s}_s": [float(timings.get(s, 0.0))] for s in ("decode", "backbone", "graphs", "write")}}
 
 
+STOP_WAIT_S = 30
+
+
+def _drop_staging_when_workers_stop(gallery: str) -> None:
+    """After a failed job, actors Ray Data has not yet killed may still finish a block and stage it. Once
+    `staged/` is gone no worker can make it again (a segment folder is made with mkdir, not makedirs), so
+    remove it until it stays gone for a second (at most STOP_WAIT_S)."""
+    from kidrr.gallery.staging import drop_staging, staged_folder
+    deadline, gone_since = time.monotonic() + STOP_WAIT_S, None
+    while time.monotonic() < deadline:
+        drop_staging(gallery)
+        if os.path.isdir(staged_folder(gallery)):
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= 1.0:
+            return
+        time.sleep(0.2)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether an error is ENOSPC: here, or in a worker (a Ray task error carries the worker's traceback as
+    text; the exception chain itself does not survive the trip)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(exc):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return False
+
+
 class Committer:
     """The driver's side: adopts staged segments every `every` segments or `seconds` seconds."""
 
@@ -202,10 +235,11 @@ class Committer:
 def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = None, workers: int = 2,
                    cpus_per_worker: int = 1, segment_photos: int = DEFAULT_SEGMENT_PHOTOS, batch_size: int = 32,
                    append: bool = False, metadata: str | None = None, exif: bool = True, commit_every: int = 8,
-                   commit_seconds: float = 10.0, progress: bool = True, list_file: str | None = None) -> dict:
+                   commit_seconds: float = 10.0, progress: bool = True, list_file: str | None = None,
+                   encoder=None) -> dict:
     """Index the photos under `images` (or named by `list_file`, kidrr.photos.input_list) into the format-2
     gallery `out` with a Ray Data job; returns the index record (the local engine's, plus per-node
-    counts, commits and stage timings)."""
+    counts, commits and stage timings). `encoder`: the actor class (default SegmentEncoder)."""
     from kidrr.gallery import GalleryWriter, create_gallery, open_gallery
     from kidrr.gallery.layout import MANIFEST
     from kidrr.gallery.staging import (drop_staging, make_staged_folder, remove_orphans, staged_folder,
@@ -264,7 +298,7 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
             ds = ray.data.from_items([{"name": n, "meta": json.dumps(sidecar[n]) if sidecar and n in sidecar else ""}
                                       for n in todo],
                                      override_num_blocks=max(1, -(-len(todo) // segment_photos)))
-            ds = ds.map_batches(SegmentEncoder, batch_size=segment_photos, compute=ActorPoolStrategy(size=workers),
+            ds = ds.map_batches(encoder or SegmentEncoder, batch_size=segment_photos, compute=ActorPoolStrategy(size=workers),
                                 num_cpus=cpus_per_worker, batch_format="numpy",
                                 fn_constructor_kwargs=dict(bundle=os.path.abspath(bundle),
                                                            images=os.path.abspath(images),
@@ -285,7 +319,16 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
         committer.commit()    # only this job's keys: anything else still staged is dropped below
         wall = time.perf_counter() - t_start
         failed = False
+    except Exception as exc:
+        if _disk_full(exc):
+            raise DataError(f"a worker ran out of disk space writing a segment into {out} (No space left on "
+                            f"device); the gallery is as it was at its last commit ({len(writer.manifest.segments)} "
+                            f"segment(s)) and the staging area is removed. Free space there, then run the same "
+                            f"command again with --append: committed photos are skipped") from exc
+        raise
     finally:
+        if failed:
+            _drop_staging_when_workers_stop(out)
         if failed and created and not writer.manifest.segments:
             drop_staging(out)
             writer.close()

@@ -20,8 +20,8 @@ from image_files import photo_folder
 pytestmark = pytest.mark.ray_cluster
 pytest.importorskip("ray.data", reason="the `ray` extra (ray[data]) is not installed")
 
-PHOTOS = 120
-SEGMENT = 6
+PHOTOS = 60
+SEGMENT = 4
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +241,69 @@ def test_staging_is_exactly_once_by_content(tmp_path):
     assert res["doubles"] == [k1b] and [a[0] for a in res["adopted"]] == [k2] and res["broken"][0][0] == k3
     g = open_gallery(out)
     assert sorted(g.ids()) == ["a", "b", "c"] and verify(g) == [] and staged_keys(out) == []
+
+
+def test_disk_full_simulated_in_a_workers_segment_write_fails_cleanly(pixel_bundle, album, cluster, tmp_path):
+    """ENOSPC simulated in the worker: the actor class is wrapped so that, in the Ray worker process, the
+    segment writer's file opener raises OSError(ENOSPC) on the third file of the segment holding photo10
+    (a real full disk is not made here). The job fails with a message saying so; the gallery is as at
+    its last commit (verify passes, no uncommitted segment folder) and no staging is left behind."""
+    from kidrr.errors import DataError
+    from kidrr.gallery import open_gallery, verify
+    from kidrr.gallery.layout import read_manifest
+    from kidrr.photos.ray_index import SegmentEncoder, index_with_ray
+
+    class DiskFullOnPhoto10(SegmentEncoder):       # defined here: Ray ships it by value to the workers
+        def __call__(self, batch):
+            import errno
+            import kidrr.gallery.writer as writer
+            real = getattr(writer.write_segment, "real", writer.write_segment)
+            full = any(str(n).startswith("photo10.") for n in batch["name"])
+
+            def write_segment(*args, **kwargs):
+                opened = []
+
+                def opener(path, mode):
+                    opened.append(path)
+                    if full and len(opened) >= 3:
+                        raise OSError(errno.ENOSPC, "No space left on device", path)
+                    return open(path, mode)
+                return real(*args, **dict(kwargs, opener=opener))
+            write_segment.real = real
+            writer.write_segment = write_segment
+            return super().__call__(batch)
+
+    out = str(tmp_path / "g")
+    with pytest.raises(DataError, match="ran out of disk space") as info:
+        index_with_ray(pixel_bundle[0], album, out, workers=2, segment_photos=SEGMENT, commit_every=1,
+                       commit_seconds=0, progress=False, encoder=DiskFullOnPhoto10)
+    assert "No space left" in str(info.value)
+    if os.path.isdir(out):           # some segments may have been committed before the failing one
+        manifest = read_manifest(out)[0]
+        g = open_gallery(out)
+        assert verify(g) == [] and len(g) == manifest.rows and "photo10.png" not in g.ids()
+        committed = {seg.name for seg in manifest.segments}
+        assert {n for n in os.listdir(out) if n.startswith("seg-")} == committed
+        assert not os.path.exists(os.path.join(out, "staged")), "the failed job left its staging area behind"
+
+
+def test_list_with_metadata_columns_ray_equals_local(pixel_bundle, album, cluster, tmp_path):
+    from kidrr.gallery import open_gallery
+    from kidrr.photos.index import index_folder
+    from kidrr.photos.ray_index import index_with_ray
+    lst = tmp_path / "photos.csv"
+    chosen = [f"photo{i:02d}.{'jpg' if i % 2 else 'png'}" for i in range(0, 16, 2)]
+    lst.write_text("path,album,n\n" + "".join(f"{album}/{n},a{i % 3},{i}\n" for i, n in enumerate(chosen))
+                   + f"{album}/corrupt.jpg,bad,99\n")
+    local = index_folder(pixel_bundle[0], album, str(tmp_path / "local"), threads=1, progress=False,
+                         list_file=str(lst), exif=False)
+    record = index_with_ray(pixel_bundle[0], album, str(tmp_path / "ray"), workers=2, segment_photos=3,
+                            progress=False, list_file=str(lst), exif=False)
+    _assert_same_as_local(str(tmp_path / "ray"), str(tmp_path / "local"))
+    meta = [dict(zip(g.ids(), g.metadata(np.arange(len(g)))))
+            for g in (open_gallery(str(tmp_path / "ray")), open_gallery(str(tmp_path / "local")))]
+    assert meta[0] == meta[1] and meta[0][chosen[4]] == {"album": "a1", "n": 4} and len(meta[0]) == 8
+    assert [s["file"] for s in record["skipped"]] == [s["file"] for s in local["skipped"]] == ["corrupt.jpg"]
 
 
 def test_kidrr_features_engine_ray_equals_local_and_resumes_a_local_job(cluster, tmp_path, in_backbone_cache):
