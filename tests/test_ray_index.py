@@ -1,6 +1,8 @@
 """kidrr-index --engine ray on a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per
 node): the same gallery as the local engine, a worker killed mid-job, a driver killed mid-job and the
-rerun, a reader searching throughout, the shared-storage probe, the staging area's exactly-once rules.
+rerun, a reader searching throughout, the shared-storage probe, the staging area's exactly-once rules, a
+(simulated) full disk on a worker, a --list with metadata columns; and kidrr-features --engine ray.
+One cluster serves the whole module.
 Select with `-m ray_cluster`; deselect with `-m "not ray_cluster"`."""
 from __future__ import annotations
 
