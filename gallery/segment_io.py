@@ -104,7 +104,7 @@ class SegmentWriter:
         from .thumbnails import ThumbnailWriter
         self.thumbnails = ThumbnailWriter(folder, opener)    # written only when an item has one
         self.thumbnail_entry = None
-        os.makedirs(folder)
+        os.mkdir(folder)      # not makedirs: a staging area its job removed must stay removed
         self.files = {}
         try:
             for name in segment_files(locals_dtype):

@@ -47,9 +47,9 @@ def read_sidecar(path: str) -> dict:
     raise InputError(f"metadata file {path}: name it .csv (a `file` column) or .jsonl (objects with a `file` key)")
 
 
-def _add(out: dict, name, meta, where: str) -> None:
+def _add(out: dict, name, meta, where: str, key: str = "file") -> None:
     if not isinstance(name, str) or not name:
-        raise InputError(f"{where}: `file` must be a non-empty string (the photo's path in the folder)")
+        raise InputError(f"{where}: `{key}` must be a non-empty string (the photo's path in the folder)")
     if name in out:
         raise InputError(f"{where}: {name!r} is listed twice")
     out[name] = check_item(meta, where)
@@ -72,14 +72,14 @@ def _jsonl(text: str, path: str) -> dict:
     return out
 
 
-def _csv(text: str, path: str) -> dict:
+def _csv(text: str, path: str, key: str = "file") -> dict:
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as exc:
         raise InputError(f"{path}: not a readable CSV file ({exc})") from None
     rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows or "file" not in rows[0]:
-        raise InputError(f"{path}: the first line must name the columns, one of them `file`")
+    if not rows or key not in [h.strip() for h in rows[0]]:
+        raise InputError(f"{path}: the first line must name the columns, one of them `{key}`")
     header = [h.strip() for h in rows[0]]
     if len(set(header)) != len(header):
         raise InputError(f"{path}: a column is named twice in the header")
@@ -96,12 +96,12 @@ def _csv(text: str, path: str) -> dict:
             convert[name] = lambda x: x.lower() == "true"
         else:
             convert[name] = lambda x: x
-    file_col = header.index("file")
+    file_col = header.index(key)
     out: dict = {}
     for number, row in enumerate(body, 2):
         meta = {name: convert[name](cell.strip()) for c, (name, cell) in enumerate(zip(header, row))
                 if c != file_col and cell.strip()}
-        _add(out, row[file_col].strip(), meta, f"{path} line {number}")
+        _add(out, row[file_col].strip(), meta, f"{path} line {number}", key)
     return out
 
 

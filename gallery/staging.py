@@ -71,8 +71,8 @@ def stage_segment(gallery: str, key: str, manifest: Manifest, rows: int, batches
     if os.path.isfile(os.path.join(final, RECORD)):
         return False
     tmp = os.path.join(folder, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
-    info = write_segment(tmp, "seg-000000", manifest, rows, batches)
     try:
+        info = write_segment(tmp, "seg-000000", manifest, rows, batches)   # a full disk: no half segment left
         doc = dict(record, key=key, bundle_id=manifest.bundle_id, segment=_segment_doc(info))
         write_atomic(os.path.join(tmp, RECORD), json.dumps(doc, sort_keys=True).encode())
         fsync_dir(tmp)

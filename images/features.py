@@ -96,15 +96,22 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
                      backbone: str = DEFAULT_BACKBONE, ids: str | None = None, batch_size: int = 32,
                      threads: int = 0, strict: bool = False, restart: bool = False, force: bool = False,
                      max_pixels: int = MAX_PIXELS, progress: bool = True, stop_after: int | None = None,
-                     engine: str = "ort") -> dict:
+                     engine: str = "ort", address: str | None = None, workers: int = 2, cpus_per_worker: int = 1,
+                     block_photos: int = 1024) -> dict:
     """Run the job; returns the record written to {split}_features.json.
 
+    engine "ray" runs the `ort` backbone in a pool of `workers` Ray actors of `cpus_per_worker` CPUs
+    (kidrr.images.ray_features), on a local Ray or the cluster at `address`; the driver writes the output.
     stop_after (tests: an interrupt) stops after that many batches, leaving a resumable job.
     """
     from kidrr.backbone import features_record
 
     if engine not in ENGINES:
         raise DataError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "ray" and strict:
+        raise DataError("--strict is for the local engines (a distributed job lists bad files and goes on)")
+    if engine != "ray" and address is not None:
+        raise DataError("--address is for --engine ray")
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
     if not isinstance(split, str) or not re.fullmatch(SPLIT_NAME, split):
@@ -145,34 +152,41 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
                             f"pass --restart")
         print(f"resuming: {state['done']} of {len(plan)} images done, {state['rows']} rows kept", file=sys.stderr)
     resumed_skips = SkipReport([tuple(s) for s in state["skipped"]])
-    extract = backbone_runner(backbone, engine, threads)
-    pre = Preprocessor(preprocessing_graph(backbone), threads=threads)
+    per_node: dict = {}
+    if engine == "ray":
+        from .ray_features import ray_feature_blocks
+        blocks = ray_feature_blocks(plan[state["done"]:], backbone, batch_size=batch_size, max_pixels=max_pixels,
+                                    address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                                    block_photos=block_photos, progress=progress, per_node=per_node)
+    else:
+        blocks = _local_blocks(plan[state["done"]:], backbone_runner(backbone, engine, threads),
+                               Preprocessor(preprocessing_graph(backbone), threads=threads), batch_size, strict,
+                               max_pixels)
     start_time, start_done = time.perf_counter(), state["done"]
     bar = tqdm(total=len(plan), initial=state["done"], desc=f"kidrr-features {split}", unit="img",
                disable=not progress)
     batches = 0
     try:
-        while state["done"] < len(plan):
-            chunk = plan[state["done"]:state["done"] + batch_size]
-            batch, kept = decode_batch([p for _, p, _ in chunk], [n for n, _, _ in chunk], pre, resumed_skips,
-                                       strict=strict, max_pixels=max_pixels)
-            if batch is not None:
-                feats = extract(batch)
+        for count, kept, feats, skipped in blocks:
+            if feats is not None:
                 r = state["rows"]
                 rows[r:r + len(kept)] = feats.astype(np.float16)
                 rows.flush()   # rows on disk before the progress record says so
                 state["rows"] = r + len(kept)
                 state["kept"].extend(kept)
-            state["done"] += len(chunk)
+            for item in skipped:
+                resumed_skips.add(*item)
+            state["done"] += count
             state["skipped"] = [list(s) for s in resumed_skips.skipped]
             write_atomic(paths["progress"], json.dumps(state).encode())
-            bar.update(len(chunk))   # tqdm shows the rate in images/s
+            bar.update(count)   # tqdm shows the rate in images/s
             batches += 1
             if stop_after is not None and batches >= stop_after and state["done"] < len(plan):
                 bar.close()
                 return {"interrupted": True, **state}
     finally:
         bar.close()
+        blocks.close()     # a Ray job stops (and a Ray it started shuts down) with the loop
     del rows
     elapsed = time.perf_counter() - start_time
     report.skipped.extend(resumed_skips.skipped)
@@ -193,6 +207,8 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
              os.path.basename(paths["caps"]): {"bytes": len(caps_text), "sha256": hashlib.sha256(caps_text).hexdigest()}}
     record.update(split=split, engine=engine, images=state["rows"], source_images=total, skipped=report.to_json(),
                   images_per_s=round((state["done"] - start_done) / max(elapsed, 1e-9), 2), files=files)
+    if engine == "ray":
+        record.update(workers=workers, cpus_per_worker=cpus_per_worker, photos_per_node=per_node)
     write_atomic(paths["record"], dump_json(record).encode())
     if len(report):
         write_atomic(paths["skipped"], report.tsv().encode())
@@ -205,7 +221,17 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
     return record
 
 
-ENGINES = ("ort", "torch")
+def _local_blocks(plan: list, extract, pre, batch_size: int, strict: bool, max_pixels: int):
+    """The local engines: yields (photos done, names kept, features or None, skipped) per batch of `plan`."""
+    for start in range(0, len(plan), batch_size):
+        chunk = plan[start:start + batch_size]
+        report = SkipReport()
+        batch, kept = decode_batch([p for _, p, _ in chunk], [n for n, _, _ in chunk], pre, report,
+                                   strict=strict, max_pixels=max_pixels)
+        yield len(chunk), kept, (extract(batch) if batch is not None else None), report.skipped
+
+
+ENGINES = ("ort", "torch", "ray")
 SPLIT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 FINISHED = ("ims", "caps", "ids")
 
@@ -322,13 +348,19 @@ def read_features_record(folder: str, split: str) -> dict | None:
 @click.option("--force", is_flag=True, help="replace this split's finished features in --out")
 @click.option("--max-pixels", type=int, default=MAX_PIXELS, show_default=True, help="refuse larger images")
 @click.option("--engine", type=click.Choice(ENGINES), default="ort", show_default=True,
-              help="ort: the bundle's backbone graph (traced once, cached); torch: the package network")
+              help="ort: the bundle's backbone graph (traced once, cached); torch: the package network; "
+                   "ray: the ort graph in a pool of Ray actors (docs/indexing_at_scale.md)")
+@click.option("--address", default=None, help="ray: the cluster's HEAD:PORT (default: start a local Ray)")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="ray: backbone actors")
+@click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+              help="ray: CPUs (ONNX Runtime threads) per actor")
 def main(images_dir, captions, ids, out, split, backbone, batch_size, threads, strict, restart, force, max_pixels,
-         engine):
+         engine, address, workers, cpus_per_worker):
     """Extract region features for a folder of photos. Exit code 0: all used; 1: some skipped; 2: error."""
     try:
         record = extract_features(images_dir, captions, out, split, backbone, ids, batch_size, threads, strict,
-                                  restart, force, max_pixels, engine=engine)
+                                  restart, force, max_pixels, engine=engine, address=address, workers=workers,
+                                  cpus_per_worker=cpus_per_worker)
     except ImageError as exc:
         click.echo(f"error (--strict): {exc}", err=True)
         sys.exit(2)

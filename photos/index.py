@@ -45,24 +45,47 @@ def read_sidecar(gallery: str) -> dict | None:
     return record
 
 
-def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threads: int = 0,
+def list_inputs(images: str | None, list_file: str | None, metadata: str | None, report: SkipReport):
+    """(root, ids, other files ignored, {id: metadata} or None): the photos under the folder `images`, or
+    the ones `list_file` names (kidrr.photos.input_list; root: `images`, else the list's folder), with
+    the metadata of the `metadata` sidecar or of the list's own columns (one source, not both)."""
+    listed = None
+    if list_file is None:
+        if images is None:
+            raise InputError("give --images (a folder of photos) or --list (a file naming them)")
+        files, ignored = list_image_files(images, report)
+    else:
+        from .input_list import read_input_list
+        images, files, listed = read_input_list(list_file, images, report)
+        ignored = 0
+    if metadata is None:
+        return images, files, ignored, listed
+    if listed is not None:
+        raise InputError(f"--metadata {metadata} and the metadata columns of --list {list_file}: give the metadata "
+                         f"in one of them")
+    from kidrr.gallery.sidecar import check_names, read_sidecar
+    sidecar = read_sidecar(metadata)
+    if list_file is None:
+        check_names(sidecar, _files_in(images, sidecar), metadata, f"files in {images}")
+    else:
+        check_names(sidecar, set(files), metadata, f"photos named by --list {list_file}")
+    return images, files, ignored, sidecar
+
+
+def index_folder(bundle: str, images: str | None, out: str, batch_size: int = 32, threads: int = 0,
                  strict: bool = False, append: bool = False, progress: bool = True, metadata: str | None = None,
-                 exif: bool = True, thumbnails: bool = True) -> dict:
-    """Encode every image under `images` into the gallery `out`; returns the index record. Each item
-    carries what its file says (photo_meta: capture time, camera, size, folder) unless exif=False,
-    updated by its entry in the `metadata` sidecar (CSV / JSON Lines, kidrr.gallery.sidecar), and a
-    256-px JPEG thumbnail (format-2 galleries; thumbnails=False to skip)."""
+                 exif: bool = True, thumbnails: bool = True, list_file: str | None = None) -> dict:
+    """Encode every image under `images` (or named by `list_file`) into the gallery `out`; returns the
+    index record. Each item carries what its file says (photo_meta: capture time, camera, size, folder)
+    unless exif=False, updated by its entry in the `metadata` sidecar (CSV / JSON Lines,
+    kidrr.gallery.sidecar) or the list's metadata columns, and a 256-px JPEG thumbnail (format-2
+    galleries; thumbnails=False to skip)."""
     from kidrr.runtime import open_bundle
     report = SkipReport()
-    files, ignored = list_image_files(images, report)
     v1 = out.endswith(".npz")
-    sidecar = None
-    if metadata is not None:
-        if v1:
-            raise InputError("--metadata needs a format-2 gallery folder (a .npz gallery holds no metadata)")
-        from kidrr.gallery.sidecar import check_names, read_sidecar
-        sidecar = read_sidecar(metadata)
-        check_names(sidecar, _files_in(images, sidecar), metadata, f"files in {images}")
+    if v1 and (metadata is not None or list_file is not None):
+        raise InputError("--metadata and --list need a format-2 gallery folder (a .npz gallery holds no metadata)")
+    images, files, ignored, sidecar = list_inputs(images, list_file, metadata, report)
     with open_bundle(bundle, threads=threads) as rt:
         if not rt.bundle.takes_pixels:
             raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
@@ -123,6 +146,7 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
             Gallery(np.concatenate([p.locals for p in parts]), np.concatenate([p.globals for p in parts]),
                     rt.bundle_id, tuple(n for p in parts for n in p.names)).save(out)
         record = {"bundle": os.path.abspath(bundle), "bundle_id": rt.bundle_id, "images": os.path.abspath(images),
+                  **({"list": os.path.abspath(list_file)} if list_file else {}),
                   "backbone": rt.bundle.image["backbone"], "indexed": added, "already_indexed": len(files) - len(todo),
                   "files_found": len(files), "other_files_ignored": ignored, "thumbnails": thumbs_made,
                   "skipped": report.to_json()}
@@ -132,7 +156,8 @@ def index_folder(bundle: str, images: str, out: str, batch_size: int = 32, threa
 
 
 def _index_with_ray(bundle, images, out, address, workers, cpus_per_worker, segment_photos, batch_size, strict,
-                    append, metadata, exif, commit_every=8, commit_seconds=10.0, thumbnails=True) -> dict:
+                    append, metadata, exif, commit_every=8, commit_seconds=10.0, thumbnails=True,
+                    list_file=None) -> dict:
     """--engine ray (kidrr.photos.ray_index), with the same index record and summary as the local engine."""
     if strict:
         raise InputError("--strict is for --engine local (a distributed job lists bad files and goes on)")
@@ -141,7 +166,7 @@ def _index_with_ray(bundle, images, out, address, workers, cpus_per_worker, segm
     record = index_with_ray(bundle, images, out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                             segment_photos=segment_photos, batch_size=batch_size, append=append, metadata=metadata,
                             exif=exif, commit_every=commit_every, commit_seconds=commit_seconds,
-                            progress=sys.stderr.isatty(), thumbnails=thumbnails)
+                            progress=sys.stderr.isatty(), thumbnails=thumbnails, list_file=list_file)
     write_atomic(sidecar_path(out), dump_json(record).encode())
     report = SkipReport([(s["file"], s["reason"], s["message"]) for s in record["skipped"]])
     report.print_summary(record["files_found"] - record["already_indexed"], record["indexed"])
@@ -195,7 +220,12 @@ def _remove_empty_gallery(out: str) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle", default=None, help="bundle with an image backbone (default: the shipped real-photo model); "
                                              "with --globals: the bundle that encoded them (makes a new gallery)")
-@click.option("--images", default=None, help="folder of photos (searched recursively; ids are relative paths)")
+@click.option("--images", default=None,
+              help="folder of photos (searched recursively; ids are relative paths); with --list: the root the "
+                   "ids are relative to (default: the list's folder)")
+@click.option("--list", "list_file", default=None, type=click.Path(dir_okay=False),
+              help="index the photos this file names: paths one a line, or a .csv / .parquet file with a `path` "
+                   "column and metadata columns (docs/indexing_at_scale.md)")
 @click.option("--globals", "globals_path", default=None, type=click.Path(dir_okay=False),
               help="instead of --images: items already encoded, .npy (n, D) float (with --locals and --ids)")
 @click.option("--locals", "locals_path", default=None, type=click.Path(dir_okay=False), help=".npy (n, R, D) float")
@@ -223,20 +253,22 @@ def _remove_empty_gallery(out: str) -> None:
               help="ray: ... or this many seconds (a killed driver loses at most this window)")
 @click.option("--no-thumbnails", is_flag=True,
               help="do not store a 256-px JPEG per photo in the gallery (kidrr-serve's page then shows ids)")
-def main(bundle, images, globals_path, locals_path, ids_path, out, batch_size, threads, strict, append, metadata,
-         no_exif, engine, address, workers, cpus_per_worker, segment_photos, commit_every, commit_seconds,
+def main(bundle, images, list_file, globals_path, locals_path, ids_path, out, batch_size, threads, strict, append,
+         metadata, no_exif, engine, address, workers, cpus_per_worker, segment_photos, commit_every, commit_seconds,
          no_thumbnails):
-    """Put items into a gallery: a folder of photos (encoded here), or vectors encoded elsewhere
-    (--globals/--locals/--ids). Exit code 0: all indexed; 1: some photos skipped; 2: error.
+    """Put items into a gallery: a folder of photos (encoded here, or named by --list), or vectors encoded
+    elsewhere (--globals/--locals/--ids). Exit code 0: all indexed; 1: some photos skipped; 2: error.
     `kidrr gallery add G ...` is the same command with --out G --append."""
     from .default_bundle import resolve_bundle
     vectors = (globals_path, locals_path, ids_path)
     try:
-        if images is None and not any(vectors):
-            raise InputError("give --images DIR (photos), or --globals, --locals and --ids (encoded items)")
-        if images is not None and any(vectors):
-            raise InputError("give either --images or --globals/--locals/--ids, not both")
-        if images is None:
+        photos = images is not None or list_file is not None
+        if not photos and not any(vectors):
+            raise InputError("give --images DIR or --list FILE (photos), or --globals, --locals and --ids "
+                             "(encoded items)")
+        if photos and any(vectors):
+            raise InputError("give either --images/--list or --globals/--locals/--ids, not both")
+        if not photos:
             if not all(vectors):
                 raise InputError("encoded items need all three of --globals, --locals and --ids")
             n, live = _add_vectors(out, *vectors, metadata, append, bundle)
@@ -245,12 +277,14 @@ def main(bundle, images, globals_path, locals_path, ids_path, out, batch_size, t
         if engine == "ray":
             record = _index_with_ray(resolve_bundle(bundle), images, out, address, workers, cpus_per_worker,
                                      segment_photos, batch_size, strict, append, metadata, not no_exif,
-                                     commit_every, commit_seconds, thumbnails=not no_thumbnails)
+                                     commit_every, commit_seconds, thumbnails=not no_thumbnails,
+                                     list_file=list_file)
         else:
             if address is not None:
                 raise InputError("--address is for --engine ray")
             record = index_folder(resolve_bundle(bundle), images, out, batch_size, threads, strict, append,
-                                  metadata=metadata, exif=not no_exif, thumbnails=not no_thumbnails)
+                                  metadata=metadata, exif=not no_exif, thumbnails=not no_thumbnails,
+                                  list_file=list_file)
     except (KidrrError, OSError) as exc:
         click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(2)

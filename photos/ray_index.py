@@ -18,6 +18,7 @@ filesystem). A probe task on every node checks this before any work (docs/indexi
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -127,7 +128,7 @@ class SegmentEncoder:
     """One Ray actor: the bundle opened once; each call encodes one batch of photo names into one staged segment."""
 
     def __init__(self, bundle: str, images: str, gallery: str, threads: int, batch_size: int, exif: bool,
-                 metadata: str | None, thumbnails: bool = True):
+                 thumbnails: bool = True):
         import ray
         from kidrr.gallery.layout import read_manifest
         from kidrr.runtime import open_bundle
@@ -135,10 +136,6 @@ class SegmentEncoder:
         self.images, self.gallery, self.batch_size, self.exif = images, gallery, batch_size, exif
         self.thumbnails = thumbnails
         self.manifest = read_manifest(gallery)[0]      # regions, dim, dtypes, ANN settings: fixed for a gallery
-        self.sidecar = None
-        if metadata is not None:
-            from kidrr.gallery.sidecar import read_sidecar
-            self.sidecar = read_sidecar(metadata)
         self.node, self.pid = ray.get_runtime_context().get_node_id(), os.getpid()
 
     def __call__(self, batch: dict) -> dict:
@@ -146,6 +143,8 @@ class SegmentEncoder:
         from kidrr.images.batch import SkipReport
         from .index import _metadata, _thumbnails
         names = [str(n) for n in batch["name"]]
+        # metadata travels with the rows (checked by the driver): a sidecar's or a --list's columns
+        sidecar = {n: json.loads(str(m)) for n, m in zip(names, batch["meta"]) if m} or None
         key = content_key(self.manifest.bundle_id, names)
         report, timings, rows, written = SkipReport(), {}, 0, False
         staged = os.path.join(self.gallery, "staged", key, "staged.json")
@@ -162,7 +161,7 @@ class SegmentEncoder:
                 g = None                          # every photo of this batch was skipped (each is in report)
             if g is not None:
                 kept = list(g.names)
-                metas = _metadata(self.images, kept, self.sidecar, self.exif)
+                metas = _metadata(self.images, kept, sidecar, self.exif)
                 thumbs = _thumbnails(self.images, kept) if self.thumbnails else None
                 t0 = time.perf_counter()
                 written = stage_segment(self.gallery, key, self.manifest, len(kept),
@@ -173,6 +172,38 @@ class SegmentEncoder:
         return {"key": [key], "rows": [rows], "written": [written], "node": [node], "pid": [pid],
                 "photos": [len(names)], "skipped": [json.dumps(report.to_json())],
                 **{f"{s}_s": [float(timings.get(s, 0.0))] for s in ("decode", "backbone", "graphs", "write")}}
+
+
+STOP_WAIT_S = 30
+
+
+def _drop_staging_when_workers_stop(gallery: str) -> None:
+    """After a failed job, actors Ray Data has not yet killed may still finish a block and stage it. Once
+    `staged/` is gone no worker can make it again (a segment folder is made with mkdir, not makedirs), so
+    remove it until it stays gone for a second (at most STOP_WAIT_S)."""
+    from kidrr.gallery.staging import drop_staging, staged_folder
+    deadline, gone_since = time.monotonic() + STOP_WAIT_S, None
+    while time.monotonic() < deadline:
+        drop_staging(gallery)
+        if os.path.isdir(staged_folder(gallery)):
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= 1.0:
+            return
+        time.sleep(0.2)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether an error is ENOSPC: here, or in a worker (a Ray task error carries the worker's traceback as
+    text; the exception chain itself does not survive the trip)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(exc):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 class Committer:
@@ -207,14 +238,16 @@ class Committer:
 def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = None, workers: int = 2,
                    cpus_per_worker: int = 1, segment_photos: int = DEFAULT_SEGMENT_PHOTOS, batch_size: int = 32,
                    append: bool = False, metadata: str | None = None, exif: bool = True, commit_every: int = 8,
-                   commit_seconds: float = 10.0, progress: bool = True, thumbnails: bool = True) -> dict:
-    """Index the photos under `images` into the format-2 gallery `out` with a Ray Data job; returns the
-    index record (the local engine's, plus per-node counts, commits and stage timings)."""
+                   commit_seconds: float = 10.0, progress: bool = True, list_file: str | None = None,
+                   encoder=None, thumbnails: bool = True) -> dict:
+    """Index the photos under `images` (or named by `list_file`, kidrr.photos.input_list) into the format-2
+    gallery `out` with a Ray Data job; returns the index record (the local engine's, plus per-node
+    counts, commits and stage timings). `encoder`: the actor class (default SegmentEncoder)."""
     from kidrr.gallery import GalleryWriter, create_gallery, open_gallery
     from kidrr.gallery.layout import MANIFEST
     from kidrr.gallery.staging import (drop_staging, make_staged_folder, remove_orphans, staged_folder,
                                        staged_keys)
-    from kidrr.images.batch import SkipReport, list_image_files
+    from kidrr.images.batch import SkipReport
     from kidrr.runtime import open_bundle
     for name, value, low in (("--workers", workers, 1), ("--cpus-per-worker", cpus_per_worker, 1),
                              ("--segment-photos", segment_photos, 1), ("--batch-size", batch_size, 1)):
@@ -223,14 +256,9 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
     if out.endswith(".npz"):
         raise InputError("--engine ray writes format-2 gallery folders, not .npz files; choose a folder for --out")
     ray = require_ray()
+    from .index import list_inputs
     report = SkipReport()
-    files, ignored = list_image_files(images, report)
-    sidecar = None
-    if metadata is not None:
-        from kidrr.gallery.sidecar import check_names, read_sidecar
-        from .index import _files_in
-        sidecar = read_sidecar(metadata)
-        check_names(sidecar, _files_in(images, sidecar), metadata, f"files in {images}")
+    images, files, ignored, sidecar = list_inputs(images, list_file, metadata, report)
     with open_bundle(bundle, threads=1) as rt:
         if not rt.bundle.takes_pixels:
             raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
@@ -270,15 +298,15 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
             ctx = DataContext.get_current()
             ctx.enable_progress_bars = progress
             ctx.execution_options.preserve_order = False
-            ds = ray.data.from_items([{"name": n} for n in todo],
+            ds = ray.data.from_items([{"name": n, "meta": json.dumps(sidecar[n]) if sidecar and n in sidecar else ""}
+                                      for n in todo],
                                      override_num_blocks=max(1, -(-len(todo) // segment_photos)))
-            ds = ds.map_batches(SegmentEncoder, batch_size=segment_photos, compute=ActorPoolStrategy(size=workers),
+            ds = ds.map_batches(encoder or SegmentEncoder, batch_size=segment_photos, compute=ActorPoolStrategy(size=workers),
                                 num_cpus=cpus_per_worker, batch_format="numpy",
                                 fn_constructor_kwargs=dict(bundle=os.path.abspath(bundle),
                                                            images=os.path.abspath(images),
                                                            gallery=os.path.abspath(out), threads=cpus_per_worker,
-                                                           batch_size=batch_size, exif=exif, thumbnails=thumbnails,
-                                                           metadata=os.path.abspath(metadata) if metadata else None))
+                                                           batch_size=batch_size, exif=exif, thumbnails=thumbnails))
             for row in ds.iter_rows():
                 for item in json.loads(row["skipped"]):
                     report.add(item["file"], item["reason"], item["message"])
@@ -294,7 +322,16 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
         committer.commit()    # only this job's keys: anything else still staged is dropped below
         wall = time.perf_counter() - t_start
         failed = False
+    except Exception as exc:
+        if _disk_full(exc):
+            raise DataError(f"a worker ran out of disk space writing a segment into {out} (No space left on "
+                            f"device); the gallery is as it was at its last commit ({len(writer.manifest.segments)} "
+                            f"segment(s)) and the staging area is removed. Free space there, then run the same "
+                            f"command again with --append: committed photos are skipped") from exc
+        raise
     finally:
+        if failed:
+            _drop_staging_when_workers_stop(out)
         if failed and created and not writer.manifest.segments:
             drop_staging(out)
             writer.close()
@@ -314,6 +351,7 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
                          + "; ".join(m for _, _, m in report.skipped[:3]))
     photos = max(1, sum(per_node.values()))
     return {"bundle": os.path.abspath(bundle), "bundle_id": bundle_id, "images": os.path.abspath(images),
+            **({"list": os.path.abspath(list_file)} if list_file else {}),
             "backbone": backbone, "indexed": added + resumed_rows, "already_indexed": len(files) - len(todo) - resumed_rows,
             "files_found": len(files), "other_files_ignored": ignored, "skipped": report.to_json(),
             "engine": "ray", "nodes": len(nodes), "photos_per_node": per_node, "photos_per_worker": per_worker,

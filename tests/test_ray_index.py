@@ -1,6 +1,8 @@
 """kidrr-index --engine ray on a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per
 node): the same gallery as the local engine, a worker killed mid-job, a driver killed mid-job and the
-rerun, a reader searching throughout, the shared-storage probe, the staging area's exactly-once rules.
+rerun, a reader searching throughout, the shared-storage probe, the staging area's exactly-once rules, a
+(simulated) full disk on a worker, a --list with metadata columns; and kidrr-features --engine ray.
+One cluster serves the whole module.
 Select with `-m ray_cluster`; deselect with `-m "not ray_cluster"`."""
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from image_files import photo_folder
 pytestmark = pytest.mark.ray_cluster
 pytest.importorskip("ray.data", reason="the `ray` extra (ray[data]) is not installed")
 
-PHOTOS = 120
-SEGMENT = 6
+PHOTOS = 60
+SEGMENT = 4
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +247,108 @@ def test_staging_is_exactly_once_by_content(tmp_path):
     assert res["doubles"] == [k1b] and [a[0] for a in res["adopted"]] == [k2] and res["broken"][0][0] == k3
     g = open_gallery(out)
     assert sorted(g.ids()) == ["a", "b", "c"] and verify(g) == [] and staged_keys(out) == []
+
+
+def test_disk_full_simulated_in_a_workers_segment_write_fails_cleanly(pixel_bundle, album, cluster, tmp_path):
+    """ENOSPC simulated in the worker: the actor class is wrapped so that, in the Ray worker process, the
+    segment writer's file opener raises OSError(ENOSPC) on the third file of the segment holding photo10
+    (a real full disk is not made here). The job fails with a message saying so; the gallery is as at
+    its last commit (verify passes, no uncommitted segment folder) and no staging is left behind."""
+    from kidrr.errors import DataError
+    from kidrr.gallery import open_gallery, verify
+    from kidrr.gallery.layout import read_manifest
+    from kidrr.photos.ray_index import SegmentEncoder, index_with_ray
+
+    class DiskFullOnPhoto10(SegmentEncoder):       # defined here: Ray ships it by value to the workers
+        def __call__(self, batch):
+            import errno
+            import kidrr.gallery.writer as writer
+            real = getattr(writer.write_segment, "real", writer.write_segment)
+            full = any(str(n).startswith("photo10.") for n in batch["name"])
+
+            def write_segment(*args, **kwargs):
+                opened = []
+
+                def opener(path, mode):
+                    opened.append(path)
+                    if full and len(opened) >= 3:
+                        raise OSError(errno.ENOSPC, "No space left on device", path)
+                    return open(path, mode)
+                return real(*args, **dict(kwargs, opener=opener))
+            write_segment.real = real
+            writer.write_segment = write_segment
+            return super().__call__(batch)
+
+    out = str(tmp_path / "g")
+    with pytest.raises(DataError, match="ran out of disk space") as info:
+        index_with_ray(pixel_bundle[0], album, out, workers=2, segment_photos=SEGMENT, commit_every=1,
+                       commit_seconds=0, progress=False, encoder=DiskFullOnPhoto10)
+    assert "No space left" in str(info.value)
+    if os.path.isdir(out):           # some segments may have been committed before the failing one
+        manifest = read_manifest(out)[0]
+        g = open_gallery(out)
+        assert verify(g) == [] and len(g) == manifest.rows and "photo10.png" not in g.ids()
+        committed = {seg.name for seg in manifest.segments}
+        assert {n for n in os.listdir(out) if n.startswith("seg-")} == committed
+        assert not os.path.exists(os.path.join(out, "staged")), "the failed job left its staging area behind"
+
+
+def test_list_with_metadata_columns_ray_equals_local(pixel_bundle, album, cluster, tmp_path):
+    from kidrr.gallery import open_gallery
+    from kidrr.photos.index import index_folder
+    from kidrr.photos.ray_index import index_with_ray
+    lst = tmp_path / "photos.csv"
+    chosen = [f"photo{i:02d}.{'jpg' if i % 2 else 'png'}" for i in range(0, 16, 2)]
+    lst.write_text("path,album,n\n" + "".join(f"{album}/{n},a{i % 3},{i}\n" for i, n in enumerate(chosen))
+                   + f"{album}/corrupt.jpg,bad,99\n")
+    local = index_folder(pixel_bundle[0], album, str(tmp_path / "local"), threads=1, progress=False,
+                         list_file=str(lst), exif=False)
+    record = index_with_ray(pixel_bundle[0], album, str(tmp_path / "ray"), workers=2, segment_photos=3,
+                            progress=False, list_file=str(lst), exif=False)
+    _assert_same_as_local(str(tmp_path / "ray"), str(tmp_path / "local"))
+    meta = [dict(zip(g.ids(), g.metadata(np.arange(len(g)))))
+            for g in (open_gallery(str(tmp_path / "ray")), open_gallery(str(tmp_path / "local")))]
+    assert meta[0] == meta[1] and meta[0][chosen[4]] == {"album": "a1", "n": 4} and len(meta[0]) == 8
+    assert [s["file"] for s in record["skipped"]] == [s["file"] for s in local["skipped"]] == ["corrupt.jpg"]
+
+
+def test_kidrr_features_engine_ray_equals_local_and_resumes_a_local_job(cluster, tmp_path, in_backbone_cache):
+    """kidrr-features --engine ray on both nodes finishes a local job interrupted after its first batch:
+    the same files as one local run (features within 1e-6, same ids, captions and skips)."""
+    from image_files import write_tsv
+    from kidrr.images.features import extract_features
+    folder = str(tmp_path / "photos")
+    names = photo_folder(folder, 20, seed=7)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    tsv = str(tmp_path / "caps.tsv")
+    write_tsv(tsv, names[:6] + ["broken.jpg", "ghost.jpg"] + names[6:])
+
+    def files(out):
+        ims = np.load(os.path.join(out, "train_ims.npy"))
+        record = json.load(open(os.path.join(out, "train_features.json")))
+        text = [open(os.path.join(out, f"train_{k}.txt")).read() for k in ("ids", "caps")]
+        return ims, text, {(s["file"], s["reason"]) for s in record["skipped"]}, record
+
+    local = str(tmp_path / "local")
+    extract_features(folder, tsv, local, batch_size=4, threads=1, progress=False)
+    out = str(tmp_path / "ray")
+    partial = extract_features(folder, tsv, out, batch_size=4, threads=1, progress=False, stop_after=1)
+    assert partial["interrupted"] and partial["done"] == 4
+    record = extract_features(folder, tsv, out, batch_size=4, engine="ray", workers=2, block_photos=4,
+                              progress=False)
+    want, got = files(local), files(out)
+    assert got[0].shape == want[0].shape == (20, 49, 1280)
+    assert np.abs(got[0].astype(np.float32) - want[0].astype(np.float32)).max() <= 1e-6
+    assert got[1] == want[1] and got[2] == want[2] == {("broken.jpg", "not-an-image"), ("ghost.jpg", "missing")}
+    assert record["engine"] == "ray" and len(record["photos_per_node"]) == 2, record.get("photos_per_node")
+    assert sum(record["photos_per_node"].values()) == 16 and record["images"] == 20     # 4 came from the local run
+    assert sorted(os.listdir(out)) == sorted(os.listdir(local))      # no partial files left
+
+
+def test_kidrr_features_engine_ray_refusals(tmp_path):
+    from kidrr.errors import DataError
+    from kidrr.images.features import extract_features
+    with pytest.raises(DataError, match="--strict is for the local engines"):
+        extract_features(str(tmp_path), str(tmp_path / "caps.tsv"), str(tmp_path / "o"), engine="ray", strict=True)
+    with pytest.raises(DataError, match="--address is for --engine ray"):
+        extract_features(str(tmp_path), str(tmp_path / "caps.tsv"), str(tmp_path / "o"), address="h:1")
