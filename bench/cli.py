@@ -1,4 +1,4 @@
-"""kidrr-bench: latency, Recall@K and parity per backend and precision, side by side (docs/bench.md).
+"""kidrr bench: latency, Recall@K and parity per backend and precision, side by side (docs/bench.md).
 
 The parent process only plans, prepares bundles (exports run in a child process) and writes the
 reports; each target (backend x precision) runs in its own worker process, one after another.
@@ -28,6 +28,13 @@ from .targets import BACKENDS, PRECISIONS, REFERENCE, parse_list, plan_targets
 
 DEFAULT_OUT = "kidrr-bench-out"
 FORMAT = "kidrr-bench/1"
+
+
+def _command_line() -> str:
+    """The command as typed (kidrr bench ..., kidrr-bench ... or python -m kidrr.bench.cli ...), for the report."""
+    program = os.path.basename(sys.argv[0])
+    prefix = ["python", "-m", "kidrr.bench.cli"] if program.endswith(".py") else [program]
+    return shlex.join(prefix + sys.argv[1:])
 
 
 def _ints(text: str, what: str) -> list:
@@ -60,14 +67,14 @@ def _version(package: str):
 def check_outputs(out: str, json_path: str | None) -> None:
     """Refuse unusable or foreign outputs before the run, so no report is lost and nothing else overwritten.
 
-    --out may be new, empty, or a previous bench's folder (its results.json says so): kidrr-bench
+    --out may be new, empty, or a previous bench's folder (its results.json says so): kidrr bench
     overwrites its own reports there and nothing else. --json must be a file path, not a folder,
     and may replace only a previous bench JSON.
     """
     if os.path.lexists(out) and not os.path.isdir(out):
         raise InputError(f"--out {out} exists and is not a folder; give a folder for the reports")
     if os.path.isdir(out) and os.listdir(out) and fileio.report_format(os.path.join(out, "results.json")) != FORMAT:
-        raise InputError(f"--out {out} is not empty and holds no kidrr-bench results.json; the reports would "
+        raise InputError(f"--out {out} is not empty and holds no kidrr bench results.json; the reports would "
                          f"overwrite files there. Choose a new or empty folder")
     check_writable_folder(out, "--out")
     if json_path:
@@ -118,7 +125,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     wanted = sorted({t.precision for t in targets})
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if progress else None
     if progress:
-        print("kidrr-bench: preparing bundles (exports are cached)", file=sys.stderr, flush=True)
+        print("kidrr bench: preparing bundles (exports are cached)", file=sys.stderr, flush=True)
     bundles, ck_dir, missing = sources.resolve_bundles(checkpoint, bundle, wanted, log)
     for precision, reason in missing:
         skipped += [(t.label, f"no {precision} bundle: {reason}") for t in targets if t.precision == precision]
@@ -137,7 +144,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
     results = {}
     with tempfile.TemporaryDirectory(prefix="kidrr-bench-") as work:
         data_dir = os.path.abspath(data) if data else dataset.materialise(split, work)
-        with tqdm(total=len(targets), desc="kidrr-bench", unit="target", disable=not progress, file=sys.stderr) as bar:
+        with tqdm(total=len(targets), desc="kidrr bench", unit="target", disable=not progress, file=sys.stderr) as bar:
             for t in targets:
                 spec = {"name": t.name, "precision": t.precision, "backend": t.backend, "providers": t.providers,
                         "bundle": any_bundle if t.is_reference else bundles[t.precision],
@@ -153,7 +160,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
                 r["parity"] = parity.compare(r, reference, work)
     run = {"format": FORMAT, "wall_s": time.perf_counter() - started, "results": results,
            "skipped": skipped,
-           "setup": {"command": shlex.join(["kidrr-bench"] + sys.argv[1:]), "kidrr": __version__,
+           "setup": {"command": _command_line(), "kidrr": __version__,
                      "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
                      "torch": _version("torch"), "host": _host(), "checkpoint": ck_dir, "bundles": bundles,
                      "data": data or "synthetic test set", "images": len(split.images),
@@ -197,7 +204,7 @@ def bench(checkpoint, bundle, data, protocol, backends, precisions, threads, bat
 def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads, batch_sizes, duration, shortlists,
          parity_images, out, json_path, quiet):
     """Latency, Recall@K and parity per backend and precision; no arguments: the shipped model on the
-    synthetic test set, every backend available here. `kidrr-bench scale`: galleries on disk."""
+    synthetic test set, every backend available here. `kidrr bench scale`: galleries on disk."""
     if ctx.invoked_subcommand:
         return
     if parity_images < 0:
@@ -206,13 +213,13 @@ def main(ctx, checkpoint, bundle, data, protocol, backends, precisions, threads,
         run = bench(checkpoint, bundle, data, protocol, backends, precisions, threads, batch_sizes, duration,
                     shortlists, parity_images, out, json_path, progress=not quiet)
     except (KidrrError, OSError) as exc:
-        click.echo(f"kidrr-bench: error: {describe(exc)}", err=True)
+        click.echo(f"kidrr bench: error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(report.terminal(run))
     click.echo(f"\nwall time {run['wall_s']:.1f} s; wrote " + ", ".join(run["files"]))
     failed = [label for label, r in run["results"].items() if r.get("status") == "failed"]
     if failed:
-        click.echo(f"kidrr-bench: {len(failed)} target(s) failed: {', '.join(failed)}", err=True)
+        click.echo(f"kidrr bench: {len(failed)} target(s) failed: {', '.join(failed)}", err=True)
         sys.exit(1)
 
 
@@ -258,7 +265,7 @@ def scale_command(max_images, shortlists, queries, threads, methods, locals_dtyp
                         progress=not quiet, locals_dtype=locals_dtype, checkpoint=checkpoint, data=data,
                         split_name=split_name)
     except (KidrrError, OSError) as exc:
-        click.echo(f"kidrr-bench scale: error: {describe(exc)}", err=True)
+        click.echo(f"kidrr bench scale: error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(markdown(run))
     click.echo(f"wall time {run['wall_s']:.0f} s; wrote {out}/scale.json, scale.md, scale_latency.png")
@@ -273,7 +280,7 @@ def scale_command(max_images, shortlists, queries, threads, methods, locals_dtyp
 @click.option("--work", default=None, help="folder for the photos and galleries (default: a temporary one, deleted)")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="folder for indexing.json and indexing.md")
 def indexing_command(photos, bundle, threads, segment_photos, work, out):
-    """kidrr-index throughput: local vs Ray 1 node x N CPUs vs Ray N nodes x 1 CPU, time per photo by stage."""
+    """kidrr index throughput: local vs Ray 1 node x N CPUs vs Ray N nodes x 1 CPU, time per photo by stage."""
     from kidrr.photos.default_bundle import resolve_bundle
     from kidrr.photos.ray_index import require_ray
     from .indexing import markdown, run_indexing
@@ -282,7 +289,7 @@ def indexing_command(photos, bundle, threads, segment_photos, work, out):
         run = run_indexing(photos, resolve_bundle(bundle), threads, segment_photos, work, out,
                            log=lambda m: click.echo(m, err=True))
     except (KidrrError, OSError) as exc:
-        click.echo(f"kidrr-bench indexing: error: {describe(exc)}", err=True)
+        click.echo(f"kidrr bench indexing: error: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(markdown(run))
 

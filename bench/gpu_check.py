@@ -341,7 +341,7 @@ def _runtime_paths(torch, model, device, report, feats, ids, lengths, clock, ref
 
 
 def _build_trt(bundle: str) -> dict:
-    """Build the engine set with kidrr-export's builder (one engines/<key>/ folder, three plans)."""
+    """Build the engine set with kidrr export's builder (one engines/<key>/ folder, three plans)."""
     from kidrr.export.trt_engines import build_engines
     plans = build_engines(bundle, precision=None, log=lambda msg: None)
     return {"engines": sorted(plans), "engine_set": os.path.basename(os.path.dirname(next(iter(plans.values()))))}

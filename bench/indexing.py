@@ -1,4 +1,4 @@
-"""`kidrr-bench indexing`: kidrr-index throughput, local engine vs Ray Data on one node vs two nodes.
+"""`kidrr bench indexing`: kidrr index throughput, local engine vs Ray Data on one node vs two nodes.
 
 Side by side in one run, on the same generated photos and bundle: the local engine (one process,
 `threads` ONNX Runtime threads), Ray 1 node x `threads` CPUs, and Ray `threads` nodes x 1 CPU

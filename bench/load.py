@@ -1,4 +1,4 @@
-"""Load test of kidrr-serve on loopback: throughput and latency against concurrency, and a replica kill.
+"""Load test of kidrr serve on loopback: throughput and latency against concurrency, and a replica kill.
 
     python bench/load.py                 # 10k synthetic items, k'=100, local + ray 1 shard + ray 2 shards
     python bench/load.py --items 100000 --configs ray2 --concurrency 8
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 if __name__ == "__main__":
-    # Before numpy loads: the in-process reference timing runs with one BLAS thread, as kidrr-serve
+    # Before numpy loads: the in-process reference timing runs with one BLAS thread, as kidrr serve
     # does (kidrr.serve.cli.one_blas_thread); the services it starts inherit it.
     for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, "1")
@@ -362,7 +362,7 @@ def _ints(text):
 @click.option("--out", default="kidrr-load-out", show_default=True)
 def main(bundle, items, regions, queries, k, shortlist, configs, concurrency, requests, seconds, kill, kill_seconds,
          threads, workers, max_batch, work, out):
-    """Load-test kidrr-serve on 127.0.0.1 (bounded; stops by itself). See docs/serve.md."""
+    """Load-test kidrr serve on 127.0.0.1 (bounded; stops by itself). See docs/serve.md."""
     from kidrr.runtime import Retriever
     from kidrr.serve.settings import Settings
     from kidrr.serve.shards import split_rows

@@ -107,13 +107,13 @@ def terminal(run: dict) -> str:
 
 def _summary_line(run: dict) -> str:
     s = run["setup"]
-    return (f"kidrr-bench: {s['data']} ({s['images']} images x {s['captions']} captions), protocol {s['protocol']}, "
+    return (f"kidrr bench: {s['data']} ({s['images']} images x {s['captions']} captions), protocol {s['protocol']}, "
             f"{s['threads']} threads, checkpoint {s['checkpoint'] or '(none)'}")
 
 
 def markdown(run: dict, plots: dict) -> str:
     s = run["setup"]
-    lines = ["# kidrr-bench report", "", _summary_line(run), "",
+    lines = ["# kidrr bench report", "", _summary_line(run), "",
              f"- command: `{s['command']}`", f"- wall time of the whole run: {run['wall_s']:.1f} s",
              f"- host: {s['host']}", f"- kidrr {s['kidrr']}, onnxruntime {s.get('onnxruntime') or 'absent'}",
              f"- parity block: the first {s['parity_images']} images and their captions, scored by every target "

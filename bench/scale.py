@@ -1,4 +1,4 @@
-"""kidrr-bench scale: format-2 galleries of 10k / 100k (/ 1M) synthetic items, built, opened and searched.
+"""kidrr bench scale: format-2 galleries of 10k / 100k (/ 1M) synthetic items, built, opened and searched.
 
 Items are drawn around the shipped model's own encodings of the synthetic test set, so caption
 queries have real neighbours: each item mixes the globals of two test images (weights 0.6-1 and
@@ -33,7 +33,7 @@ DUPLICATES_AT = 100_000  # duplicate groups are timed over this gallery size (th
 
 def base_vectors(bundle: str, threads: int, data: str | None = None, split_name: str = "test"):
     """The model's locals/globals of a split's images, and its captions: the synthetic test set, or
-    `data`'s features (a model trained on kidrr-features output, e.g. the shipped photo model on
+    `data`'s features (a model trained on kidrr features output, e.g. the shipped photo model on
     f8k-photos dev)."""
     from kidrr.runtime import open_bundle
     from kidrr.synthetic import make_synthetic
@@ -186,13 +186,13 @@ def check_replaceable_gallery(folder: str) -> None:
         if foreign:
             why = f"holds files a gallery does not ({', '.join(sorted(foreign)[:5])})"
     if why:
-        raise InputError(f"--work: {folder} {why}; kidrr-bench scale replaces only galleries it made, so nothing "
+        raise InputError(f"--work: {folder} {why}; kidrr bench scale replaces only galleries it made, so nothing "
                          f"was deleted. Move it away or choose another --work")
 
 
 def check_scale_outputs(work: str | None, out: str, json_path: str | None, folders) -> None:
     """Before the run: every folder it would replace in --work, the reports in --out and --json are
-    kidrr-bench scale's own (or absent), and --out is writable."""
+    kidrr bench scale's own (or absent), and --out is writable."""
     from kidrr.fileio import check_report_path, check_writable_folder, report_format
     if work:
         if os.path.exists(work) and not os.path.isdir(work):
@@ -203,7 +203,7 @@ def check_scale_outputs(work: str | None, out: str, json_path: str | None, folde
         raise InputError(f"--out {out} is not a folder")
     if any(os.path.lexists(os.path.join(out, r)) for r in REPORTS) \
             and report_format(os.path.join(out, "scale.json")) != FORMAT:
-        raise InputError(f"--out {out} holds scale reports that no kidrr-bench scale run wrote (its scale.json is not "
+        raise InputError(f"--out {out} holds scale reports that no kidrr bench scale run wrote (its scale.json is not "
                          f"a {FORMAT} report); they were not overwritten. Choose another --out")
     check_writable_folder(os.path.abspath(out), "--out")
     if json_path:

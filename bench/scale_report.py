@@ -1,4 +1,4 @@
-"""kidrr-bench scale reports: a Markdown table and a log-log plot of latency against gallery size."""
+"""kidrr bench scale reports: a Markdown table and a log-log plot of latency against gallery size."""
 from __future__ import annotations
 
 import os
@@ -20,7 +20,7 @@ def _parts(c: dict) -> str:
 
 
 def markdown(run: dict) -> str:
-    lines = [f"# kidrr-bench scale (R={run['regions']}, D={run['dim']}, {run['locals_dtype']} locals, "
+    lines = [f"# kidrr bench scale (R={run['regions']}, D={run['dim']}, {run['locals_dtype']} locals, "
              f"{run['queries']} text queries, {run['threads']} threads)", "",
              f"Load average before/after: {run['load_before'][0]:.1f} / {run['load_after'][0]:.1f} "
              f"on {os.cpu_count()} cores.", ""]

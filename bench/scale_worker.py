@@ -1,6 +1,6 @@
 """One gallery served in a fresh process: open time, anonymous RSS, text-query latency and top-10 overlap.
 
-Run by kidrr-bench scale: python -m kidrr.bench.scale_worker SPEC.json RESULT.json
+Run by kidrr bench scale: python -m kidrr.bench.scale_worker SPEC.json RESULT.json
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def _filtered_reference(rt, g, globs, keep_rows, enc, kp):
 def search_features(rt, g, caps, spec) -> dict:
     """Filtered text search (p50/p99, top-10 against a brute-force filtered reference), query by a
     stored item (p50/p99, top-10 against the exact nearest globals) and, if asked, duplicate groups.
-    The gallery is one segment whose row r is item r (kidrr-bench scale builds it so), so the
+    The gallery is one segment whose row r is item r (kidrr bench scale builds it so), so the
     matching rows come from bench.scale.bucket_of, not from the gallery's metadata columns."""
     from kidrr.bench.scale import bucket_of
     if len(g.segments) != 1 or len(g.segments[0].dead):

@@ -48,7 +48,7 @@ def resolve_checkpoint(path: str | None) -> tuple[str, str]:
             raise CheckpointError(f"the shipped checkpoint is missing ({folder} lacks {absent}): this kidrr "
                                   f"install has no trained model; pass --checkpoint DIR (model.safetensors, "
                                   f"config.json, vocab.json) or --bundle DIR")
-        raise CheckpointError(f"--checkpoint {folder} has no {absent}; give a folder written by kidrr-train "
+        raise CheckpointError(f"--checkpoint {folder} has no {absent}; give a folder written by kidrr train "
                               f"(model.safetensors, config.json, vocab.json)")
     return folder, checkpoint_id(folder)
 
@@ -57,7 +57,7 @@ def bundle_manifest(folder: str) -> dict:
     path = os.path.join(folder, "manifest.json")
     if not os.path.isfile(path):
         raise BundleError(f"--bundle {folder} is not a kidrr bundle ({path} is missing); export one with "
-                          f"`kidrr-export onnx`")
+                          f"`kidrr export onnx`")
     try:
         with open(path) as fh:
             return json.load(fh)

@@ -1,11 +1,11 @@
-"""Training throughput: scored pairs per second of kidrr-train's optimisation step, per config.
+"""Training throughput: scored pairs per second of kidrr train's optimisation step, per config.
 
     python bench/train_speed.py   (or python -m kidrr.bench.train_speed) [--threads 2] [--steps 5] [--configs small,published] [--json out.json]
 
 Times `Trainer.step` (encode a batch, score its batch x batch matrix in tiles, both losses, backward,
 clip, Adam) on random features and captions with the shapes of each config, all in one run so the
 numbers compare side by side. Reports the median over --steps timed steps after one warm-up step.
-Pairs per step = batch^2, the same count kidrr-train's progress bar uses.
+Pairs per step = batch^2, the same count kidrr train's progress bar uses.
 """
 from __future__ import annotations
 

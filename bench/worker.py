@@ -30,7 +30,7 @@ def _open(spec: dict):
     if spec.get("providers"):
         options["providers"] = list(spec["providers"])
     # Evaluation's caption policy (kidrr.evaluate.tokenize_split): over-long captions are cut and
-    # all-unknown ones kept, so the bench scores exactly the captions kidrr-eval scores.
+    # all-unknown ones kept, so the bench scores exactly the captions kidrr eval scores.
     return open_bundle(spec["bundle"], backend=spec["backend"], threads=spec["threads"], on_long="truncate",
                        on_unknown="keep", **options)
 

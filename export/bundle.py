@@ -38,7 +38,7 @@ def check_opset(opset: int | None) -> int:
 
 
 STAGING_PREFIX = ".tmp-bundle-"
-ENGINES = "engines"   # kidrr-export trt writes its engine sets here; they belong to the bundle
+ENGINES = "engines"   # kidrr export trt writes its engine sets here; they belong to the bundle
 EXPORT_REPORT = "export_report.json"   # export timings and the verification report (not part of the identity)
 
 
@@ -114,20 +114,20 @@ def check_image_backbone(cfg, backbone: str | None) -> str | None:
     record = cfg.image_backbone
     if record is None:
         if backbone is not None:
-            raise BundleError(f"the checkpoint was trained on features not made by kidrr-features (its config "
+            raise BundleError(f"the checkpoint was trained on features not made by kidrr features (its config "
                               f"has no image_backbone record), so --backbone {backbone} cannot be paired with it; "
-                              f"extract features with `kidrr-features --backbone {backbone}` and train on them")
+                              f"extract features with `kidrr features --backbone {backbone}` and train on them")
         return None
     if backbone is not None and backbone != record["backbone"]:
         raise BundleError(f"the checkpoint was trained on {record['backbone']} features; a bundle with {backbone} "
                           f"would feed it features it never saw. Export without --backbone, or retrain on "
-                          f"`kidrr-features --backbone {backbone}` features")
+                          f"`kidrr features --backbone {backbone}` features")
     from ..backbone import weights_sha256
     installed = weights_sha256(record["backbone"])
     if installed != record.get("weights_sha256"):
         raise BundleError(f"the installed {record['backbone']} weights (sha256 {installed[:12]}...) are not the ones "
                           f"that made the training features ({str(record.get('weights_sha256'))[:12]}...); install "
-                          f"the weights package version used for kidrr-features")
+                          f"the weights package version used for kidrr features")
     from ..images.spec import preprocessing_record
     if record.get("preprocessing") != preprocessing_record(record["backbone"]):
         raise BundleError(f"the checkpoint's features were made with preprocessing {record.get('preprocessing')}, "
@@ -172,7 +172,7 @@ def export_bundle(checkpoint: str | None, out_dir: str, precision: str = "fp32",
     opset = check_opset(opset)
     out_dir = _check_out_dir(out_dir, force)
     stages = ["load checkpoint", "write graphs", "verify", "manifest"]
-    bar = tqdm(stages, desc="kidrr-export", disable=not progress, leave=False)
+    bar = tqdm(stages, desc="kidrr export", disable=not progress, leave=False)
     try:
         bar.set_postfix_str("load checkpoint")
         model, vocab, ckpt_sha = load_checkpoint(checkpoint)

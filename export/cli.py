@@ -1,4 +1,4 @@
-"""kidrr-export: `onnx` (bundle), `lint` (TensorRT parser check, no TensorRT needed), `trt` (engines)."""
+"""kidrr export: `onnx` (bundle), `lint` (TensorRT parser check, no TensorRT needed), `trt` (engines)."""
 from __future__ import annotations
 
 import sys
@@ -37,7 +37,7 @@ def main():
 def onnx_cmd(checkpoint, out_dir, opset, precision, calibration, accept_recall_loss, force, no_verify, recall_images,
              backbone):
     """Write the bundle (manifest.json, vocab.json, three ONNX graphs; plus preprocess.onnx and
-    backbone.onnx when the checkpoint was trained on kidrr-features output) and verify it."""
+    backbone.onnx when the checkpoint was trained on kidrr features output) and verify it."""
     from .bundle import export_bundle
     try:
         export_bundle(checkpoint, out_dir, precision=precision, opset=opset, force=force, verify=not no_verify,

@@ -1,5 +1,5 @@
 """The image graphs of a bundle: preprocess.onnx (kidrr.images.preprocess) and backbone.onnx
-(kidrr.backbone.backbone_onnx, the same graph kidrr-features runs)."""
+(kidrr.backbone.backbone_onnx, the same graph kidrr features runs)."""
 from __future__ import annotations
 
 from ..backbone import backbone_onnx

@@ -1,4 +1,4 @@
-"""`kidrr-export lint`: will TensorRT's ONNX parser take this bundle? Runs without TensorRT."""
+"""`kidrr export lint`: will TensorRT's ONNX parser take this bundle? Runs without TensorRT."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""`kidrr-export trt`: TensorRT engines for a bundle, cached under bundle/engines/<key>/.
+"""`kidrr export trt`: TensorRT engines for a bundle, cached under bundle/engines/<key>/.
 
 Everything except `build_engines`'s TensorRT calls is pure Python and tested without TensorRT:
 profile parsing, profile shapes per graph input, cache keys. TensorRT 10 and 11 are handled:
@@ -97,14 +97,14 @@ def plan_precision(bundle_precision: str, requested: str | None, major: int, qua
         return "int8", False
     if requested == "int8" or bundle_precision == "int8":
         raise InputError("int8 TensorRT engines need a QDQ-quantized graph; this bundle's int8 uses ONNX Runtime's "
-                         "dynamic quantization. Export with `kidrr-export onnx --precision int8` (static QDQ), "
+                         "dynamic quantization. Export with `kidrr export onnx --precision int8` (static QDQ), "
                          "or build from an fp32 or fp16 bundle")
     if requested == bundle_precision:
         return requested, False
     if requested == "fp16" and bundle_precision == "fp32" and major < 11:
         return "fp16", True
     raise InputError(f"TensorRT {major} takes precision from the ONNX (strongly typed): export a {requested} bundle "
-                     f"(`kidrr-export onnx --precision {requested}`) instead of asking for --precision {requested} "
+                     f"(`kidrr export onnx --precision {requested}`) instead of asking for --precision {requested} "
                      f"on a {bundle_precision} bundle")
 
 
@@ -114,7 +114,7 @@ def build_engines(bundle: str, precision: str | None = None, shapes: str | None 
     manifest = check_bundle(bundle)
     problems = [p for ps in lint_bundle(bundle).values() for p in ps]
     if problems:
-        raise BundleError("the bundle does not pass `kidrr-export lint`: " + "; ".join(problems))
+        raise BundleError("the bundle does not pass `kidrr export lint`: " + "; ".join(problems))
     import_tensorrt()
     import tensorrt as trt
     major = trt_major(trt)

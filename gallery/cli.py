@@ -24,7 +24,7 @@ CTX = {"help_option_names": ["-h", "--help"]}
 
 
 def _fail(exc):
-    click.echo(f"kidrr-gallery: error: {describe(exc)}", err=True)
+    click.echo(f"kidrr gallery: error: {describe(exc)}", err=True)
     sys.exit(2)
 
 

@@ -26,7 +26,7 @@ def ivf_nlist(rows: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    # 1/32 of the lists, at least 16 (1/32 of the items scanned: ~1 ms at 1M); `kidrr-bench scale`
+    # 1/32 of the lists, at least 16 (1/32 of the items scanned: ~1 ms at 1M); `kidrr bench scale`
     # measures the final top-10 overlap with the exact first stage it gives (docs/gallery.md).
     return int(min(nlist, max(16, nlist // 32)))
 
@@ -73,7 +73,7 @@ def read_index(path: str, shown: str | None = None):
         return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as exc:
         raise DataError(f"faiss cannot read {shown or path} ({str(exc).splitlines()[0][:200]}); rebuild it with "
-                        f"`kidrr-gallery compact`") from exc
+                        f"`kidrr gallery compact`") from exc
 
 
 INDEX_CLASSES = {"ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
@@ -89,7 +89,7 @@ def check_index(index, method: str, params: dict, globals_: np.ndarray, path: st
 
     def bad(what):
         return DataError(f"{path}: {what}; the index does not belong to this segment. Rebuild it with "
-                         f"`kidrr-gallery compact`, or search with --first-stage exact")
+                         f"`kidrr gallery compact`, or search with --first-stage exact")
     if type(index).__name__ != INDEX_CLASSES[method]:
         raise bad(f"a faiss {type(index).__name__}, the manifest says {method} ({INDEX_CLASSES[method]})")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
@@ -190,7 +190,7 @@ def exact_block(queries: np.ndarray, block: np.ndarray, size: int, dead: np.ndar
     """(sims, local rows) of the `size` best rows of one block per query (dead rows excluded)."""
     sims = products(queries, np.asarray(block, dtype=np.float32))
     if not np.isfinite(sims).all():
-        raise DataError("a gallery global vector holds NaN or inf; run `kidrr-gallery verify`")
+        raise DataError("a gallery global vector holds NaN or inf; run `kidrr gallery verify`")
     if dead is not None and len(dead):
         sims[:, dead] = -np.inf
     size = min(size, sims.shape[1])

@@ -86,7 +86,7 @@ def read_npy_header(fh, path: str) -> tuple[np.dtype, tuple]:
     if len(head) < NPY_HEADER_BYTES or head[:8] != b"\x93NUMPY\x01\x00" \
             or int.from_bytes(head[8:10], "little") != NPY_HEADER_BYTES - 10:
         raise DataError(f"{path} does not start with a kidrr .npy header (v1.0, {NPY_HEADER_BYTES} bytes); "
-                        f"the segment is damaged, run `kidrr-gallery verify`")
+                        f"the segment is damaged, run `kidrr gallery verify`")
     try:
         meta = ast.literal_eval(head[10:].decode("latin1").strip())
         dtype = np.dtype(meta["descr"])
@@ -297,15 +297,15 @@ def read_manifest(folder: str) -> tuple[Manifest, bytes]:
     path = os.path.join(folder, MANIFEST)
     if os.path.isfile(folder):
         raise DataError(f"{folder} is a file, not a gallery folder; a v1 .npz gallery loads with Gallery.load "
-                        f"or converts with `kidrr-gallery convert`")
+                        f"or converts with `kidrr gallery convert`")
     if not os.path.isdir(folder):
-        raise DataError(f"gallery folder {folder} does not exist; create one with `kidrr-gallery create`")
+        raise DataError(f"gallery folder {folder} does not exist; create one with `kidrr gallery create`")
     try:
         with open_regular(path, what=f"gallery {folder}") as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"{folder} is not a kidrr gallery ({MANIFEST} is missing); create one with "
-                        f"`kidrr-gallery create`") from None
+                        f"`kidrr gallery create`") from None
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc.strerror})") from exc
     if len(raw) > MAX_MANIFEST_BYTES:

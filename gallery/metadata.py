@@ -228,17 +228,17 @@ class Column:
         if self._dict is None:
             blob, offs = bytes(self.arrays["dict"]), np.asarray(self.arrays["dict_offsets"])
             if len(offs) == 0 or offs[0] != 0 or offs[-1] != len(blob) or (np.diff(offs) < 0).any():
-                raise DataError(f"{self.label}: dictionary offsets are damaged; run `kidrr-gallery verify`")
+                raise DataError(f"{self.label}: dictionary offsets are damaged; run `kidrr gallery verify`")
             bounds = offs.tolist()
             words = {blob[a:b]: i for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))}
             codes = np.asarray(self.arrays["codes"])
             if len(words) != len(bounds) - 1 or (len(codes) and (codes.min() < -1 or codes.max() >= len(words)
                                                                   or (self.type == "strings" and codes.min() < 0))):
-                raise DataError(f"{self.label}: dictionary or codes are damaged; run `kidrr-gallery verify`")
+                raise DataError(f"{self.label}: dictionary or codes are damaged; run `kidrr gallery verify`")
             if self.type == "strings":
                 o = np.asarray(self.arrays["offsets"])
                 if o[0] != 0 or o[-1] != len(codes) or (np.diff(o) < 0).any():
-                    raise DataError(f"{self.label}: list offsets are damaged; run `kidrr-gallery verify`")
+                    raise DataError(f"{self.label}: list offsets are damaged; run `kidrr gallery verify`")
             self._dict = words
         return self._dict
 
@@ -248,7 +248,7 @@ class Column:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise DataError(f"{self.label}: a dictionary entry is not UTF-8; run `kidrr-gallery verify`") from None
+            raise DataError(f"{self.label}: a dictionary entry is not UTF-8; run `kidrr gallery verify`") from None
 
     def value(self, row: int):
         """The field's value at a segment row, or None when absent."""

@@ -189,7 +189,7 @@ class DiskGallery:
                 locs[at] *= seg.scales[local][..., None]
             globs[at] = seg.globals[local]
         if not (np.isfinite(locs).all() and np.isfinite(globs).all()):
-            raise DataError(f"gallery {self.folder}: a stored vector holds NaN or inf; run `kidrr-gallery verify`")
+            raise DataError(f"gallery {self.folder}: a stored vector holds NaN or inf; run `kidrr gallery verify`")
         return locs, globs
 
     def labels(self, rows) -> list:
@@ -201,14 +201,14 @@ class DiskGallery:
             i = r - seg.start
             a, b = int(seg.id_offsets[i]), int(seg.id_offsets[i + 1])
             if not 0 <= a < b <= len(seg.id_bytes) or b - a > 4096:
-                raise DataError(f"{self.folder}/{seg.name}: id offsets are damaged; run `kidrr-gallery verify`")
+                raise DataError(f"{self.folder}/{seg.name}: id offsets are damaged; run `kidrr gallery verify`")
             try:
                 out.append(bytes(seg.id_bytes[a:b]).decode("utf-8"))
             except UnicodeDecodeError:
-                raise DataError(f"{self.folder}/{seg.name}: id {i} is not UTF-8; run `kidrr-gallery verify`") from None
+                raise DataError(f"{self.folder}/{seg.name}: id {i} is not UTF-8; run `kidrr gallery verify`") from None
         if len(set(out)) != len(set(rows.tolist())):
             raise DataError(f"gallery {self.folder}: an id is live on two rows (an answer would name it twice); "
-                            f"run `kidrr-gallery verify`")
+                            f"run `kidrr gallery verify`")
         return out
 
     def tiles(self, rows_per_tile: int, where=None):
@@ -273,13 +273,13 @@ class DiskGallery:
                 lo, hi = int(np.searchsorted(keys, h, "left")), int(np.searchsorted(keys, h, "right"))
                 for row in seg.id_hashes[lo:hi, 1].tolist():
                     if row >= seg.rows:
-                        raise DataError(f"{self.folder}/{seg.name}: id table is damaged; run `kidrr-gallery verify`")
+                        raise DataError(f"{self.folder}/{seg.name}: id table is damaged; run `kidrr gallery verify`")
                     at = int(np.searchsorted(seg.dead, row))
                     dead = at < len(seg.dead) and seg.dead[at] == row
                     if not dead and self.labels([seg.start + row])[0] == item:
                         if item in found:     # ids are unique among live items: refuse, never pick one
                             raise DataError(f"gallery {self.folder}: id {item!r} is live twice (rows {found[item]} "
-                                            f"and {seg.start + row}); run `kidrr-gallery verify`")
+                                            f"and {seg.start + row}); run `kidrr gallery verify`")
                         found[item] = seg.start + row
         return found
 
@@ -298,7 +298,7 @@ class DiskGallery:
                         yield seg.start + i, blob[offsets[i]:offsets[i + 1]].decode("utf-8")
                     except UnicodeDecodeError:
                         raise DataError(f"{self.folder}/{seg.name}: id {i} is not UTF-8; run "
-                                        f"`kidrr-gallery verify`") from None
+                                        f"`kidrr gallery verify`") from None
 
     # ---- ANN ----------------------------------------------------------------------------
     def _index(self, seg: Segment):
@@ -310,7 +310,7 @@ class DiskGallery:
                 # faiss parses the file in C++: only a file that matches the manifest's sha256 gets there.
                 if os.fstat(fh.fileno()).st_size != seg.ann_info["bytes"] or sha256_file(fh) != seg.ann_info["sha256"]:
                     raise DataError(f"{path} does not match its sha256 (or size) in the manifest; rebuild "
-                                    f"the index with `kidrr-gallery compact`, or search with --first-stage exact")
+                                    f"the index with `kidrr gallery compact`, or search with --first-stage exact")
                 # Through the descriptor opened with the snapshot: the file may be unlinked by now.
                 index = first_stage.read_index(f"/proc/self/fd/{fh.fileno()}", shown=path)
                 first_stage.check_index(index, seg.ann_info["method"], seg.ann_info["params"], seg.globals, path)

@@ -211,7 +211,7 @@ def map_array(fh, path: str, dtype: np.dtype, shape: tuple, expect_bytes: int | 
     got_dtype, got_shape = read_npy_header(fh, path)
     if got_dtype != dtype or got_shape != tuple(shape):
         raise DataError(f"{path} holds {got_dtype} {got_shape}, the manifest says {dtype} {tuple(shape)}; "
-                        f"the segment is damaged, run `kidrr-gallery verify`")
+                        f"the segment is damaged, run `kidrr gallery verify`")
     need = NPY_HEADER_BYTES + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     size = os.fstat(fh.fileno()).st_size
     if size != need or (expect_bytes is not None and size != expect_bytes):

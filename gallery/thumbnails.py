@@ -90,10 +90,10 @@ class Thumbnails:
         if a == b:
             return None
         if not 0 <= a < b <= len(self.blob) or b - a > MAX_BYTES:
-            raise DataError(f"{self.label}: thumbnail offsets are damaged; run `kidrr-gallery verify`")
+            raise DataError(f"{self.label}: thumbnail offsets are damaged; run `kidrr gallery verify`")
         data = bytes(self.blob[a:b])
         if not data.startswith(JPEG_START):
-            raise DataError(f"{self.label}: a thumbnail is not a JPEG; run `kidrr-gallery verify`")
+            raise DataError(f"{self.label}: a thumbnail is not a JPEG; run `kidrr gallery verify`")
         return data
 
     def problems(self) -> list:

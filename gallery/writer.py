@@ -122,7 +122,7 @@ def create_gallery(folder: str, bundle_id: str, regions: int, dim: int, locals_d
             or not all(0x21 <= ord(c) <= 0x7e for c in bundle_id):
         raise InputError("bundle_id must be 1-128 printable ASCII characters (the bundle's identity)")
     if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-        hint = (" (it is a kidrr gallery: add to it, e.g. `kidrr-index --append`)"
+        hint = (" (it is a kidrr gallery: add to it, e.g. `kidrr index --append`)"
                 if os.path.isfile(os.path.join(folder, MANIFEST)) else "")
         raise InputError(f"{folder} exists and is not an empty folder{hint}; choose a new path for the gallery")
     try:
@@ -309,7 +309,7 @@ class GalleryWriter:
         for seg in current.segments:
             problems = check_segment_ids(seg)
             if problems:
-                raise DataError(f"gallery {self.folder}: {problems[0]}; nothing was changed. Run `kidrr-gallery "
+                raise DataError(f"gallery {self.folder}: {problems[0]}; nothing was changed. Run `kidrr gallery "
                                 f"verify`, and restore the segment or rebuild the gallery")
         return current
 
@@ -330,7 +330,7 @@ class GalleryWriter:
             raise InputError(f"nothing to add: give at least one item (rows={rows!r})")
         number = m.next_segment if _number is None else _number
         if number >= MAX_NEXT_SEGMENT:    # the manifest could not name the next one: refuse before writing
-            raise DataError(f"gallery {self.folder} has used every segment number; `kidrr-gallery compact` it "
+            raise DataError(f"gallery {self.folder} has used every segment number; `kidrr gallery compact` it "
                             f"(compaction numbers its one segment afresh), then add again")
         current = self._open_checked() if _check_existing else None
         name = f"seg-{number:06d}"
@@ -360,7 +360,7 @@ class GalleryWriter:
         number = m.next_segment
         if number + len(staged) > MAX_NEXT_SEGMENT:
             raise DataError(f"gallery {self.folder} has too few segment numbers left for {len(staged)} more "
-                            f"segments; `kidrr-gallery compact` it, then index again")
+                            f"segments; `kidrr gallery compact` it, then index again")
         infos, moved = [], []
         try:
             for path, info in staged:

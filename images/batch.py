@@ -1,6 +1,6 @@
 """Many image files at once (torch-free): finding them, decoding a batch, and the skip report.
 
-Batch indexing (kidrr-features, kidrr-index, Retriever.encode_image_files) never stops at a bad file
+Batch indexing (kidrr features, kidrr index, Retriever.encode_image_files) never stops at a bad file
 unless asked to (strict): the file is left out, with its reason, and no row is written for it.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Caption files for kidrr-features: which image has which five captions (torch-free).
+"""Caption files for kidrr features: which image has which five captions (torch-free).
 
 Two layouts are read:
 - the published one: `{split}_caps.txt` with 5 captions per image in image order, and the image

@@ -1,11 +1,11 @@
-"""`kidrr-features`: a folder of photos + a caption file -> the published precomputed layout.
+"""`kidrr features`: a folder of photos + a caption file -> the published precomputed layout.
 
 Writes, in --out: `{split}_ims.npy` (N, R, F) float16, `{split}_caps.txt` (5 per image, image order),
 `{split}_ids.txt` (the image file names) and `{split}_features.json` (which backbone and
 preprocessing made them, and what was skipped and why). Resumable: rows go into a memory-mapped
 `.{split}_ims.partial.npy` and `.{split}_progress.json` records, after each flushed batch, how far
 it got; the final files appear only at the end (the captions file last), so nothing half-written
-looks complete. `kidrr-train --data OUT` trains on the folder unchanged.
+looks complete. `kidrr train --data OUT` trains on the folder unchanged.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
         raise DataError(f"split name {split!r} must be letters, digits, '_', '-' or '.' (not starting with '.'); "
                         f"it names files inside --out")
     if os.path.exists(out) and not os.path.isdir(out):
-        raise DataError(f"--out {out} is a file; give a folder (new, or one holding earlier kidrr-features output)")
+        raise DataError(f"--out {out} is a file; give a folder (new, or one holding earlier kidrr features output)")
     spec = backbone_spec(backbone)
     paths = _paths(out, split)
     existing = _finished_files(paths)
@@ -163,7 +163,7 @@ def extract_features(images_dir: str, captions: str, out: str, split: str = "tra
                                Preprocessor(preprocessing_graph(backbone), threads=threads), batch_size, strict,
                                max_pixels)
     start_time, start_done = time.perf_counter(), state["done"]
-    bar = tqdm(total=len(plan), initial=state["done"], desc=f"kidrr-features {split}", unit="img",
+    bar = tqdm(total=len(plan), initial=state["done"], desc=f"kidrr features {split}", unit="img",
                disable=not progress)
     batches = 0
     try:
@@ -241,7 +241,7 @@ def _finished_files(paths: dict) -> list:
 
 
 def check_replaceable_features(out: str, split: str) -> None:
-    """DataError unless every finished file of this split in out is one kidrr-features wrote: a regular
+    """DataError unless every finished file of this split in out is one kidrr features wrote: a regular
     file that the split's record lists with this size (and sha256 for the text files). Records of
     older kidrr list no files: then {split}_ims.npy must have the row count and shape they record."""
     paths = _paths(out, split)
@@ -250,12 +250,12 @@ def check_replaceable_features(out: str, split: str) -> None:
         return
 
     def refuse(why):
-        return DataError(f"{out}: {why}; --force replaces only what kidrr-features wrote, so nothing was replaced. "
+        return DataError(f"{out}: {why}; --force replaces only what kidrr features wrote, so nothing was replaced. "
                          f"Move those files away, or choose another --out or --split")
     try:
         record = read_features_record(out, split)
     except DataError as exc:
-        raise refuse(f"{split}_features.json is not a kidrr-features record ({exc})") from None
+        raise refuse(f"{split}_features.json is not a kidrr features record ({exc})") from None
     if record is None:
         raise refuse(f"{', '.join(map(os.path.basename, existing))} have no {split}_features.json record")
     files = record.get("files")
@@ -267,7 +267,7 @@ def check_replaceable_features(out: str, split: str) -> None:
             entry = files.get(name)
             if not isinstance(entry, dict) or entry.get("bytes") != os.path.getsize(path) \
                     or ("sha256" in entry and sha256_file(path) != entry["sha256"]):
-                raise refuse(f"{name} is not the file its record says kidrr-features wrote")
+                raise refuse(f"{name} is not the file its record says kidrr features wrote")
         elif path == paths["ims"]:
             try:
                 ims = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -327,9 +327,9 @@ def read_features_record(folder: str, split: str) -> dict | None:
         with open_regular(path, what=f"data folder {folder}", follow_symlinks=True) as fh:
             record = json.loads(fh.read(1 << 26).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); rerun kidrr-features") from exc
+        raise DataError(f"{path} is not valid JSON ({exc}); rerun kidrr features") from exc
     if not isinstance(record, dict) or record.get("backbone") not in BACKBONES:
-        raise DataError(f"{path} does not name a known backbone ({sorted(BACKBONES)}); rerun kidrr-features")
+        raise DataError(f"{path} does not name a known backbone ({sorted(BACKBONES)}); rerun kidrr features")
     return record
 
 

@@ -1,4 +1,4 @@
-"""`kidrr-features --engine ray`: the backbone run over blocks of photos by a pool of Ray actors.
+"""`kidrr features --engine ray`: the backbone run over blocks of photos by a pool of Ray actors.
 
 The driver (kidrr.images.features.extract_features) plans the job, owns the output files and the
 progress record exactly as with the local `ort` engine; only the decode + preprocess + backbone step

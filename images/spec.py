@@ -1,6 +1,6 @@
 """What the image path is made of, written down once (torch-free): the backbones and the preprocessing.
 
-Everything else (kidrr.backbone, the preprocessing graph, export, the runtime, kidrr-features, the C
+Everything else (kidrr.backbone, the preprocessing graph, export, the runtime, kidrr features, the C
 ABI via docs/images.md) reads these tables instead of repeating numbers.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from kidrr.errors import ConfigError
 
-FEATURES_FORMAT = "kidrr-image-features/1"   # the record kidrr-features writes and checkpoints carry
+FEATURES_FORMAT = "kidrr-image-features/1"   # the record kidrr features writes and checkpoints carry
 
 
 @dataclass(frozen=True)

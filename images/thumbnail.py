@@ -1,4 +1,4 @@
-"""A photo -> the small JPEG a gallery stores to show it (kidrr-index; the web page shows these).
+"""A photo -> the small JPEG a gallery stores to show it (kidrr index; the web page shows these).
 
 The photo goes through the decoder the indexing uses (kidrr.images.decode: file and pixel limits
 checked from the header before any pixel is decoded, first frame, EXIF orientation applied, RGB),

@@ -73,7 +73,7 @@ def load_backbone(name: str) -> RegionBackbone:
 
 
 def features_record(name: str) -> dict:
-    """What made a set of features: stored by kidrr-features, carried into checkpoints and bundles."""
+    """What made a set of features: stored by kidrr features, carried into checkpoints and bundles."""
     spec = backbone_spec(name)
     return {"format": FEATURES_FORMAT, "backbone": name, "weights_sha256": weights_sha256(name),
             "regions": spec.regions, "feature_size": spec.feature_size,
@@ -88,7 +88,7 @@ def backbone_onnx(name: str, opset: int = 18, net: RegionBackbone | None = None)
 
     Traced with torch's TorchScript exporter (plain convolutions, nothing it mistranslates; BatchNorm
     folds into the convolutions); the batch axis stays dynamic (checked at two batch sizes at export).
-    This one graph is what kidrr-features runs and what the bundle ships, so training features and
+    This one graph is what kidrr features runs and what the bundle ships, so training features and
     runtime features come from the same computation."""
     import onnx
     spec = backbone_spec(name)

@@ -34,7 +34,7 @@ def shipped_checkpoint() -> str:
 
 def shipped_pixel_checkpoint() -> str:
     """Folder of the second shipped model: trained on the pixel synthetic set's EfficientNet-Lite0
-    features (kidrr-render + kidrr-features); its config names the backbone, so its bundle takes images."""
+    features (kidrr render + kidrr features); its config names the backbone, so its bundle takes images."""
     return str(resources.files("kidrr") / "shipped_pixels")
 
 
@@ -134,7 +134,7 @@ def read_train_state(folder: str) -> tuple[dict, TrainConfig]:
     path = os.path.join(folder, TRAIN_STATE)
     if not os.path.exists(path):
         raise CheckpointError(f"{path} is missing: {folder} is not a resumable training checkpoint (only "
-                              f"OUT/last written by kidrr-train is); start a new run instead of --resume")
+                              f"OUT/last written by kidrr train is); start a new run instead of --resume")
     state = read_json(path, "training state")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} must hold a JSON object, not {type(state).__name__}")

@@ -108,7 +108,7 @@ class VerbGroup(click.Group):
 
 @click.group(cls=VerbGroup, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="\b\nEach verb has its own --help with an example; `kidrr-VERB` is the same command "
-                    "(e.g. kidrr-bench).\nStart with: kidrr bench   or   kidrr index --images DIR --out G")
+                    "(e.g. kidrr bench).\nStart with: kidrr bench   or   kidrr index --images DIR --out G")
 @click.version_option(__version__, prog_name="kidrr")
 def main():
     """kidrr: train, export, index, search, serve and benchmark KIDRR image-text matching models."""

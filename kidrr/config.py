@@ -101,10 +101,10 @@ class ModelConfig:
     rgr_adaptive: bool = True         # (ours) A_u = gamma A_{u-1} + (1-gamma) E_u; False: plain SGRAF steps
     score_activation: str = "sigmoid"  # sigmoid (as published) or identity
     # (ours) final score = the full score + score_fusion x the globals' cosine, inside similarity.onnx so
-    # every runtime gives the same number; 0 is the published score. Chosen on dev (kidrr-eval
+    # every runtime gives the same number; 0 is the published score. Chosen on dev (kidrr eval
     # --choose-fusion), never learned from test data. docs/scorer.md has the measurements.
     score_fusion: float = 0.0
-    # What made the image features (kidrr-features' record: backbone, weights sha256, preprocessing);
+    # What made the image features (kidrr features' record: backbone, weights sha256, preprocessing);
     # None for features from elsewhere. Export puts that backbone in the bundle (docs/images.md).
     image_backbone: dict | None = None
 
@@ -120,7 +120,7 @@ class ModelConfig:
         from kidrr.images.spec import BACKBONES   # torch-free table
         rec = self.image_backbone
         if rec.get("backbone") not in BACKBONES:
-            raise ConfigError(f"image_backbone must be a kidrr-features record naming one of {sorted(BACKBONES)}, "
+            raise ConfigError(f"image_backbone must be a kidrr features record naming one of {sorted(BACKBONES)}, "
                               f"got {rec!r}")
         if rec.get("feature_size") != self.feature_size:
             raise ConfigError(f"image_backbone {rec['backbone']} makes {rec.get('feature_size')}-d features but "

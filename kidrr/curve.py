@@ -1,6 +1,6 @@
 """The training curve as a PNG: dev rSum and the hardest-negative loss per epoch.
 
-kidrr-train rewrites OUT/curve.png after every epoch; `python -m kidrr.curve HISTORY.json OUT.png`
+kidrr train rewrites OUT/curve.png after every epoch; `python -m kidrr.curve HISTORY.json OUT.png`
 redraws one from any run's history.json, and `python -m kidrr.curve --compare NAME=HISTORY.json ...
 OUT.png` draws several runs' dev rSum on one chart.
 """

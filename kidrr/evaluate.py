@@ -1,4 +1,4 @@
-"""Evaluation of a PyTorch checkpoint: encode a split, score it in tiles, Recall@K (`kidrr-eval`)."""
+"""Evaluation of a PyTorch checkpoint: encode a split, score it in tiles, Recall@K (`kidrr eval`)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from .tokenizer import Vocabulary, pad_batch, truncate
 def tokenize_split(vocab: Vocabulary, captions, max_len: int):
     """Token id lists for captions; over-long ones are cut (keeping <end>) since data must not be dropped,
     and all-unknown ones are kept (they count, as misses if the model cannot place them). The runtime's
-    evaluation policy (on_long='truncate', on_unknown='keep') gives the same ids; kidrr-bench uses it."""
+    evaluation policy (on_long='truncate', on_unknown='keep') gives the same ids; kidrr bench uses it."""
     return [truncate(vocab.encode(cap), max_len) for cap in captions]
 
 

@@ -1,6 +1,6 @@
-"""kidrr-render: the pixel synthetic set's splits written as image folders with captions files.
+"""kidrr render: the pixel synthetic set's splits written as image folders with captions files.
 
-Layout of OUT/{split}/ (what kidrr-features reads): images/{split}_NNNNNN.png, captions.tsv (file
+Layout of OUT/{split}/ (what kidrr features reads): images/{split}_NNNNNN.png, captions.tsv (file
 name <TAB> caption, 5 rows per image, in image order) and render.json (the configs that made it).
 Every PNG is written atomically and rendering is deterministic, so an interrupted render resumes:
 files already there are kept; captions.tsv is written last, so its presence means the split is
@@ -32,7 +32,7 @@ def _check_record(folder: str, record: dict) -> None:
     if not os.path.exists(path):
         if os.path.isdir(os.path.join(folder, IMAGES_DIR)) and os.listdir(os.path.join(folder, IMAGES_DIR)):
             raise ConfigError(f"{folder} already holds images but no {RECORD_FILE}: it was not written by "
-                              f"kidrr-render; choose an empty --out")
+                              f"kidrr render; choose an empty --out")
         write_atomic(path, dump_json(record).encode())
         return
     try:
@@ -66,7 +66,7 @@ def write_pixel_split(split: PixelSplit, folder: str, progress: bool = True) -> 
 
 
 # The demo folder: DEMO_SCENES pictures of the pixel test split (seed DEMO_SEED), plus the example
-# query's scene and its three family members, so `kidrr-search --demo` shows the model telling
+# query's scene and its three family members, so `kidrr search --demo` shows the model telling
 # them apart. Scenes are (kind, colour, size, cell) indices; cells 3 and 5 are middle left / right.
 DEMO_SEED, DEMO_SCENES = 0, 60
 _K, _C, _S = SHAPES.index, COLOURS.index, SIZES.index

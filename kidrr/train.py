@@ -1,4 +1,4 @@
-"""Training (`kidrr-train`): hinge triplet loss on the in-batch score matrix, dev rSum every epoch.
+"""Training (`kidrr train`): hinge triplet loss on the in-batch score matrix, dev rSum every epoch.
 
 Recipe (kidrr-model.md): hardest negatives after `warmup_epochs` of all-negatives, plus aux_weight x
 the same loss on the globals' cosine; Adam, x0.1 step decay, grad-norm clip; best checkpoint by dev
@@ -240,14 +240,14 @@ def main(data, out, size, model_set, train_set, epochs, dev_images, max_batches,
 
 
 def image_backbone_of(data: str) -> dict | None:
-    """The kidrr-features record of a data folder (train and dev must agree), or None."""
+    """The kidrr features record of a data folder (train and dev must agree), or None."""
     if data == "synthetic":
         return None
     from kidrr.images.features import read_features_record
     train, dev = read_features_record(data, "train"), read_features_record(data, "dev")
     if (train is None) != (dev is None):
         raise KidrrError(f"{data}: only one of train/dev has a {{split}}_features.json record; extract both "
-                         f"splits with kidrr-features (same --backbone)")
+                         f"splits with kidrr features (same --backbone)")
     if train is None:
         return None
     keys = ("backbone", "weights_sha256", "preprocessing", "feature_size", "regions")

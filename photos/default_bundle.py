@@ -1,7 +1,7 @@
-"""The bundle kidrr-index / kidrr-search / kidrr-serve use without --bundle: the shipped real-photo
+"""The bundle kidrr index / kidrr search / kidrr serve use without --bundle: the shipped real-photo
 model (kidrr/shipped_photos: EfficientNet-Lite0 + all-MiniLM-L6-v2 + KIDRR heads trained on Flickr8k
-photos), exported once into the cache the way kidrr-bench caches its bundles (kidrr.bench.sources).
-The pixel-synthetic model (kidrr/shipped_pixels) stays for `kidrr-search --demo`."""
+photos), exported once into the cache the way kidrr bench caches its bundles (kidrr.bench.sources).
+The pixel-synthetic model (kidrr/shipped_pixels) stays for `kidrr search --demo`."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ def _shipped_bundle(folder: str, what: str, log=None) -> str:
     from kidrr.bench.sources import export_cached, resolve_checkpoint
     if not os.path.isdir(folder):
         raise BundleError(f"this kidrr has no shipped {what} ({folder} is missing); pass --bundle with a bundle "
-                          f"exported from a checkpoint trained on kidrr-features output")
+                          f"exported from a checkpoint trained on kidrr features output")
     try:
         ck_dir, ck_sha = resolve_checkpoint(folder)
     except CheckpointError as exc:

@@ -1,11 +1,11 @@
-"""`kidrr-search --demo`: search a rendered folder with the shipped pixel model, out of the box.
+"""`kidrr search --demo`: search a rendered folder with the shipped pixel model, out of the box.
 
 First use, each step cached under $KIDRR_CACHE (default ~/.cache/kidrr) and reused after:
 1. render the demo folder (kidrr.render.render_demo_folder: 60 pixel test scenes plus the example
    query's scene and its colour-, place- and size-swapped family), keyed by the renderer's source;
 2. the shipped pixel model's bundle (kidrr/shipped_pixels, with its preprocessing and backbone
-   graphs), exported and cached as kidrr-bench caches its bundles (default_bundle.py: the same
-   bundle kidrr-index and kidrr-search use without --bundle);
+   graphs), exported and cached as kidrr bench caches its bundles (default_bundle.py: the same
+   bundle kidrr index and kidrr search use without --bundle);
 3. index the folder through the bundle (Retriever.encode_image_files) into a gallery keyed by the
    bundle's identity;
 then search it. Torch is only imported by the export, in its own child process.
@@ -44,7 +44,7 @@ def demo_gallery(retriever, log=None):
 
 
 def demo_search(query: str, k: int = 10, threads: int = 0, log=None) -> list:
-    """[{"rank", "file", "score", "path"}] best first (kidrr-search's answer) over the demo folder."""
+    """[{"rank", "file", "score", "path"}] best first (kidrr search's answer) over the demo folder."""
     from kidrr.runtime import open_bundle
     if not query or not query.strip():
         raise InputError(f"the query is empty; try \"{DEMO_QUERY}\"")

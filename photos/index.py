@@ -4,7 +4,7 @@ The gallery is format 2 (a folder, written through kidrr.gallery's GalleryWriter
 file when --out ends in .npz. Ids are the files' paths relative to the image folder. Items encoded
 elsewhere come in with --globals/--locals/--ids (kidrr.gallery.npy_input); `kidrr gallery add` is
 this command with --out FOLDER --append. Beside it, `kidrr-index.json` records the bundle it was made with (so
-kidrr-search needs no --bundle), the image folder, and what was skipped and why.
+kidrr search needs no --bundle), the image folder, and what was skipped and why.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def index_folder(bundle: str, images: str | None, out: str, batch_size: int = 32
     with open_bundle(bundle, threads=threads) as rt:
         if not rt.bundle.takes_pixels:
             raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
-                             f"bundle exported from a checkpoint trained on kidrr-features output")
+                             f"bundle exported from a checkpoint trained on kidrr features output")
         todo, before, created = files, 0, False
         if v1:
             if os.path.exists(out) and not append:
@@ -106,7 +106,7 @@ def index_folder(bundle: str, images: str | None, out: str, batch_size: int = 32
                 create_gallery(out, rt.bundle_id, regions=int(rt.bundle.image["regions"]),
                                dim=int(rt.bundle.model["embed_size"]))
                 created = True
-        bar = tqdm(total=len(todo), desc="kidrr-index", unit="img", disable=not progress)
+        bar = tqdm(total=len(todo), desc="kidrr index", unit="img", disable=not progress)
         added, parts, thumbs_made = 0, [], 0
         try:
             for start in range(0, len(todo), SEGMENT_IMAGES):
@@ -252,7 +252,7 @@ def _remove_empty_gallery(out: str) -> None:
 @click.option("--commit-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="ray: ... or this many seconds (a killed driver loses at most this window)")
 @click.option("--no-thumbnails", is_flag=True,
-              help="do not store a 256-px JPEG per photo in the gallery (kidrr-serve's page then shows ids)")
+              help="do not store a 256-px JPEG per photo in the gallery (kidrr serve's page then shows ids)")
 def main(bundle, images, list_file, globals_path, locals_path, ids_path, out, batch_size, threads, strict, append,
          metadata, no_exif, engine, address, workers, cpus_per_worker, segment_photos, commit_every, commit_seconds,
          no_thumbnails):

@@ -1,4 +1,4 @@
-"""`kidrr-index --list FILE`: the photos to index named by a file instead of found in a folder.
+"""`kidrr index --list FILE`: the photos to index named by a file instead of found in a folder.
 
 FILE is one of
   - a text file: one path a line (UTF-8; blank lines ignored);

@@ -1,4 +1,4 @@
-"""`kidrr-index --engine ray`: the same index as the local engine, encoded by a Ray Data job.
+"""`kidrr index --engine ray`: the same index as the local engine, encoded by a Ray Data job.
 
 Pipeline: the driver lists the photos exactly as the local engine does -> a Ray dataset of their
 names -> `map_batches` on a pool of SegmentEncoder actors (each opens the bundle once, ONNX Runtime
@@ -262,7 +262,7 @@ def index_with_ray(bundle: str, images: str, out: str, *, address: str | None = 
     with open_bundle(bundle, threads=1) as rt:
         if not rt.bundle.takes_pixels:
             raise InputError(f"bundle {bundle} takes region features, not images (it has no backbone); use a "
-                             f"bundle exported from a checkpoint trained on kidrr-features output")
+                             f"bundle exported from a checkpoint trained on kidrr features output")
         bundle_id, regions, dim = rt.bundle_id, int(rt.bundle.image["regions"]), int(rt.bundle.model["embed_size"])
         backbone = rt.bundle.image["backbone"]
     resuming = os.path.isfile(os.path.join(out, MANIFEST)) and os.path.isdir(staged_folder(out))

@@ -16,12 +16,17 @@ from kidrr.errors import BundleError, InputError, KidrrError, describe
 
 from .index import read_sidecar, sidecar_path
 
+# The full scorer reranks the globals' best 100 by default: on f8k-photos dev two-stage search at
+# k'=50 already matched exhaustive scoring (+0.10 rSum) at 9.8x its speed (docs/shipped_photos.md);
+# 100 leaves a 2x margin for other photos and models.
+DEFAULT_SHORTLIST = 100
+
 
 def _open_gallery(rt, gallery: str):
     if gallery.endswith(".npz"):
         return rt.load_gallery(gallery)
     if not os.path.isdir(gallery):
-        raise InputError(f"gallery {gallery} does not exist; make one with `kidrr-index --images DIR --out {gallery}`")
+        raise InputError(f"gallery {gallery} does not exist; make one with `kidrr index --images DIR --out {gallery}`")
     from kidrr.gallery import open_gallery
     return open_gallery(gallery, bundle_id=rt.bundle_id, dim=int(rt.bundle.model["embed_size"]))
 
@@ -95,11 +100,12 @@ def _metadata(items, names: list) -> list:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("query", required=False)
-@click.option("--gallery", default=None, help="gallery made by kidrr-index (folder, or .npz file)")
+@click.option("--gallery", default=None, help="gallery made by kidrr index (folder, or .npz file)")
 @click.option("--bundle", default=None, help="bundle (default: the one the gallery was made with)")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="number of photos to list")
 @click.option("--shortlist", type=click.IntRange(min=0), default=None,
-              help="two-stage search: rerank this many shortlisted by the globals (not given, or 0: score every item)")
+              help=f"two-stage search: the full scorer reranks this many items shortlisted by the globals "
+                   f"(default {DEFAULT_SHORTLIST}, or k if larger; 0: score every item)")
 @click.option("--like", "like", default=None, type=click.Path(dir_okay=False),
               help="search by example: photos that look like this photo file (instead of QUERY)")
 @click.option("--like-id", "like_id", default=None, help="search by example: photos like this item of the gallery "
@@ -119,7 +125,7 @@ def _metadata(items, names: list) -> list:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.option("--demo", is_flag=True, help="search a rendered demo folder with the shipped pixel model (rendered, "
                                            "exported and indexed into the cache on first use), e.g. "
-                                           "kidrr-search --demo \"a big red circle left of a small blue square\"")
+                                           "kidrr search --demo \"a big red circle left of a small blue square\"")
 def main(query, gallery, bundle, k, shortlist, like, like_id, where, dedup, dedup_threshold, first_stage, nprobe, ef,
          threads, as_json, demo):
     """Items of GALLERY ranked by how well they match QUERY (or look like --like / --like-id).
@@ -138,9 +144,10 @@ def main(query, gallery, bundle, k, shortlist, like, like_id, where, dedup, dedu
             from .demo import demo_search
             hits = demo_search(query, k, threads, log=None if as_json else lambda m: click.echo(m, err=True))
         elif not gallery:
-            raise InputError("give --gallery (made by kidrr-index), or --demo to try the shipped pixel model")
+            raise InputError("give --gallery (made by kidrr index), or --demo to try the shipped pixel model")
         else:
-            hits = search(gallery, query, k, bundle, shortlist or None, threads, like=like, like_id=like_id, where=where,
+            shortlist = max(k, DEFAULT_SHORTLIST) if shortlist is None else (shortlist or None)
+            hits = search(gallery, query, k, bundle, shortlist, threads, like=like, like_id=like_id, where=where,
                           dedup=threshold, first_stage=first_stage, nprobe=nprobe, ef=ef)
     except (KidrrError, OSError) as exc:
         click.echo(f"error: {describe(exc)}", err=True)

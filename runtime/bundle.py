@@ -68,7 +68,7 @@ def _read_manifest(folder: str) -> dict:
     try:
         if not os.path.isdir(folder):
             raise BundleError(f"bundle folder {folder} does not exist (or is not a folder); export one with "
-                              f"`kidrr-export onnx`")
+                              f"`kidrr export onnx`")
         size = os.stat(path).st_size
         if size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{path} is {size} bytes, more than any manifest ({MAX_MANIFEST_BYTES}); "

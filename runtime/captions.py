@@ -4,7 +4,7 @@ tokenizer: both encode a caption to ids wrapped in their start/end tokens) and l
 Over-long captions (more than max_caption_len tokens with <start>/<end>): refused by default
 (InputError), since a query silently cut short is a silent wrong answer. on_long="truncate" keeps
 the first max_caption_len - 1 tokens plus <end> and warns once per call (evaluation on data sets,
-where dropping a caption is not an option, as kidrr-eval does).
+where dropping a caption is not an option, as kidrr eval does).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from kidrr.tokenizer import pad_batch, truncate
 
 LONG_POLICIES = ("refuse", "truncate")
 # All-unknown captions: refused for queries (a score that means nothing); kept when evaluating a data
-# set, where every caption must count, as kidrr-eval does.
+# set, where every caption must count, as kidrr eval does.
 UNKNOWN_POLICIES = ("refuse", "keep")
 
 

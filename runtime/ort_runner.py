@@ -122,7 +122,7 @@ class OrtRunner(Runner):
     def extract_features(self, images):
         if "backbone" not in self.sessions:
             raise BundleError(f"bundle {self.bundle.path} has no image backbone: it takes region features, not "
-                              f"pixels; export a checkpoint trained on kidrr-features output")
+                              f"pixels; export a checkpoint trained on kidrr features output")
         (features,) = self._run("backbone", {"images": as_float32(images)})
         return features
 

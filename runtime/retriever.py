@@ -68,7 +68,7 @@ class Retriever:
     def _preprocessor(self):
         if not self.bundle.takes_pixels:
             raise BundleError(f"bundle {self.bundle.path} takes region features, not pixels (it has no "
-                              f"backbone); export a checkpoint trained on kidrr-features output")
+                              f"backbone); export a checkpoint trained on kidrr features output")
         with self._lock:
             if self._pre is None:
                 from kidrr.images.preprocess import Preprocessor
@@ -99,7 +99,7 @@ class Retriever:
                     features = self.runner.extract_features(batch)
                     t2 = time.perf_counter()
                     l, g = self.runner.encode_images(features)
-                    if timings is not None:    # seconds per stage, summed (kidrr-bench's breakdown)
+                    if timings is not None:    # seconds per stage, summed (kidrr bench's breakdown)
                         for stage, dt in (("decode", t1 - t0), ("backbone", t2 - t1),
                                           ("graphs", time.perf_counter() - t2)):
                             timings[stage] = timings.get(stage, 0.0) + dt
@@ -341,7 +341,7 @@ class Retriever:
         row = gallery.find([item_id]).get(item_id)
         if row is None:
             raise UnknownItem(f"no item {str(item_id)[:200]!r} in this gallery (removed, or never added); "
-                              f"see its ids with `kidrr-gallery info --ids` or search by text first")
+                              f"see its ids with `kidrr gallery info --ids` or search by text first")
         query = gallery.gather(np.array([row], dtype=np.int64))[1][0]
         return self.search_similar(query, k, gallery, where=where, dedup=dedup, exclude=[item_id])
 

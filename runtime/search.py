@@ -94,5 +94,5 @@ def compile_where(gallery, where):
     compile_ = getattr(gallery, "compile_filter", None)
     if compile_ is None:
         raise InputError(f"a {type(gallery).__name__} has no metadata to filter on; filters need a format-2 "
-                         f"gallery (kidrr.gallery, made by kidrr-index or kidrr-gallery)")
+                         f"gallery (kidrr.gallery, made by kidrr index or kidrr gallery)")
     return compile_(where)

@@ -33,7 +33,7 @@ class TorchRunner(Runner):
         if expected != sha:
             raise BundleError(f"checkpoint {checkpoint or 'shipped'} (weights + config + vocabulary id {sha[:12]}...) is not the "
                               f"one bundle {bundle.path} was exported from ({str(expected)[:12]}...); pass "
-                              f"checkpoint=<the folder given to kidrr-export>")
+                              f"checkpoint=<the folder given to kidrr export>")
         self.model, self.device = model, device
         self.backbone = None
         if bundle.takes_pixels:

@@ -27,13 +27,13 @@ def engine_folder(bundle: Bundle, key: str | None = None) -> str:
     if key is None:
         if len(keys) != 1:
             raise BackendUnavailable(f"bundle {bundle.path} has {len(keys)} TensorRT engine set(s) {keys}; "
-                                     f"build one with `kidrr-export trt` on this GPU"
+                                     f"build one with `kidrr export trt` on this GPU"
                                      + (" or pass engine_key=" if keys else ""))
         key = keys[0]
     folder = os.path.join(root, key)
     missing = [g for g in GRAPHS if not os.path.isfile(os.path.join(folder, g + ".plan"))]
     if missing:
-        raise BackendUnavailable(f"engine set {folder} lacks {missing} (.plan); rebuild it with `kidrr-export trt`")
+        raise BackendUnavailable(f"engine set {folder} lacks {missing} (.plan); rebuild it with `kidrr export trt`")
     return folder
 
 
@@ -71,7 +71,7 @@ class TrtRunner(Runner):
                 engine = runtime.deserialize_cuda_engine(fh.read())
             if engine is None:
                 raise BundleError(f"engine {folder}/{graph}.plan was built by another TensorRT version or GPU; "
-                                  f"rebuild it with `kidrr-export trt`")
+                                  f"rebuild it with `kidrr export trt`")
             self.engines[graph] = engine
         self.folder = folder
 

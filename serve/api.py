@@ -168,7 +168,7 @@ def create_app(engine, settings) -> FastAPI:
         finally:
             await engine.stop()     # uvicorn calls this after the in-flight requests have finished
 
-    app = FastAPI(title="kidrr-serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="kidrr serve", version=__version__, lifespan=lifespan,
                   description="Image-text retrieval with a KIDRR bundle (docs/serve.md).")
     app.state.engine, app.state.metrics = engine, metrics
     open_paths = OPEN_PATHS | (ui_paths() if settings.ui else set())   # the page's own files hold no data
@@ -333,7 +333,7 @@ def create_app(engine, settings) -> FastAPI:
         hits = await within_timeout(engine.search_like_file(data, k, parsed, dedup))
         return {"bundle": bundle, "k": k, "results": image_hits(hits)}
 
-    # Ids may hold "/" (kidrr-index ids are relative paths), so {item_id:path}; the thumbnail route is
+    # Ids may hold "/" (kidrr index ids are relative paths), so {item_id:path}; the thumbnail route is
     # registered first, so an id that itself ends in "/thumbnail" names that item's thumbnail.
     item_path = Path(..., min_length=1, max_length=4096, description="the item's id (URL-encoded)")
 

@@ -1,4 +1,4 @@
-"""kidrr-serve: the retrieval service, one uvicorn process (local) or a Ray Serve application (ray).
+"""kidrr serve: the retrieval service, one uvicorn process (local) or a Ray Serve application (ray).
 
 Everything it answers from is verified before it listens: a bad bundle, gallery, ids or captions
 file stops the command with a message and exit status 2, and no port is opened.
@@ -29,7 +29,7 @@ def require(modules) -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise click.ClickException(f"kidrr-serve needs the 'serve' extra (missing: {', '.join(missing)}); "
+        raise click.ClickException(f"kidrr serve needs the 'serve' extra (missing: {', '.join(missing)}); "
                                    f"install it with: {EXTRA_HINT}")
 
 
@@ -60,11 +60,11 @@ def read_token(token_file: str | None) -> str | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle", default=None, type=click.Path(),
-              help="bundle folder (kidrr-export onnx); default: the one kidrr-index recorded for the first "
+              help="bundle folder (kidrr export onnx); default: the one kidrr index recorded for the first "
                    "gallery, else the shipped real-photo model")
 @click.option("--gallery", "galleries", required=True, multiple=True, type=click.Path(),
               help="a .npz gallery file (Gallery.save) cut into --shards parts, or format-2 gallery folders "
-                   "(kidrr-gallery), one per shard: repeat --gallery")
+                   "(kidrr gallery), one per shard: repeat --gallery")
 @click.option("--ids", "ids_path", type=click.Path(), default=None,
               help="one id per gallery row, in row order (default: row numbers)")
 @click.option("--captions", "captions_path", type=click.Path(), default=None,
@@ -129,7 +129,7 @@ def main(bundle, galleries, ids_path, captions_path, engine, shards, replicas, a
             serve_ray(bundle, galleries, ids_path, captions_path, settings, shards, replicas, address, num_cpus,
                       host, port, threads)
     except (KidrrError, OSError) as exc:
-        click.echo(f"kidrr-serve: {type(exc).__name__}: {describe(exc)}", err=True)
+        click.echo(f"kidrr serve: {type(exc).__name__}: {describe(exc)}", err=True)
         sys.exit(2)
 
 
@@ -149,7 +149,7 @@ def serve_local(bundle, galleries, ids_path, captions_path, settings, shards, ho
     from .engine import LocalEngine
     retriever, catalog, sources = _verified(bundle, galleries, ids_path, captions_path, shards, threads)
     app = create_app(LocalEngine(retriever, catalog, sources, settings), settings)
-    click.echo(f"kidrr-serve: local engine, {catalog.size} items in {len(sources)} shard(s), bundle "
+    click.echo(f"kidrr serve: local engine, {catalog.size} items in {len(sources)} shard(s), bundle "
                f"{retriever.bundle_id[:12]}..., http://{host}:{port}/docs", err=True)
     # On SIGTERM / Ctrl-C uvicorn stops accepting, lets in-flight requests finish, then stops the engine.
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=settings.timeout_s + 5)
@@ -167,7 +167,7 @@ def serve_ray(bundle, galleries, ids_path, captions_path, settings, shards, repl
     try:
         app = ray_engine.build_application(os.path.abspath(bundle), catalog, settings, replicas, threads)
         ray_engine.deploy(app, host, port)
-        click.echo(f"kidrr-serve: ray engine, {catalog.size} items in {len(catalog.shards)} shard(s) x {replicas} "
+        click.echo(f"kidrr serve: ray engine, {catalog.size} items in {len(catalog.shards)} shard(s) x {replicas} "
                    f"replica(s), http://{host}:{port}/docs", err=True)
         stop.wait()
     finally:

@@ -1,4 +1,4 @@
-"""A small Python client for kidrr-serve (httpx). Errors come back as ServiceError with the
+"""A small Python client for kidrr serve (httpx). Errors come back as ServiceError with the
 service's own kind and message; retries (with backoff) only on 503 (queue full, shard restarting)
 and on connection errors, since every call is read-only."""
 from __future__ import annotations

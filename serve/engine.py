@@ -148,7 +148,7 @@ class Engine:
         if not self.retriever.bundle.takes_pixels:
             raise NotAvailable("this bundle has no image graphs (preprocess + backbone), so it takes region "
                                "features only: POST them to /v1/search/captions, or serve a bundle exported "
-                               "from a checkpoint trained on kidrr-features")
+                               "from a checkpoint trained on kidrr features")
         if self.caption_index is None:
             raise NotAvailable("this service has no caption index; start it with --captions FILE")
         k = check_k(k, len(self.caption_index), "caption index")

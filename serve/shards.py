@@ -105,7 +105,7 @@ class ShardSearcher:
 
     A format-2 shard (spec given) follows its gallery: at most every check_s seconds, before a
     search, it looks at the manifest and, after a commit, answers from the new generation (items
-    removed or added by kidrr-gallery are seen within check_s plus one open). If the new generation
+    removed or added by kidrr gallery are seen within check_s plus one open). If the new generation
     cannot be opened, the last good one keeps answering and `stale` says why (readiness reports it).
     """
 
@@ -195,7 +195,7 @@ def compile_for(source, where: str | None, unknown: str):
         return None
     if not hasattr(source, "compile_filter"):
         raise InputError("this service's gallery is a v1 .npz file, which holds no metadata; filters need "
-                         "format-2 gallery folders (kidrr-index, kidrr-gallery)")
+                         "format-2 gallery folders (kidrr index, kidrr gallery)")
     return source.compile_filter(where, unknown=unknown)
 
 

@@ -41,7 +41,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def backbone_cache(tmp_path_factory):
-    """A KIDRR_CACHE for the traced backbone graph kidrr-features runs (never the user's ~/.cache)."""
+    """A KIDRR_CACHE for the traced backbone graph kidrr features runs (never the user's ~/.cache)."""
     return str(tmp_path_factory.mktemp("kidrr-cache"))
 
 
@@ -53,7 +53,7 @@ def in_backbone_cache(backbone_cache, monkeypatch):
 
 @pytest.fixture(scope="session")
 def features_data(tmp_path_factory, backbone_cache):
-    """A kidrr-features data folder (train: 4 photos, dev: 2), extracted once per test session."""
+    """A kidrr features data folder (train: 4 photos, dev: 2), extracted once per test session."""
     from image_files import photo_folder, write_tsv
     from kidrr.images.features import extract_features
     saved = os.environ.get("KIDRR_CACHE")

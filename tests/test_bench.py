@@ -1,4 +1,4 @@
-"""kidrr-bench: end to end on a tiny random model and tiny data, recall checked independently,
+"""kidrr bench: end to end on a tiny random model and tiny data, recall checked independently,
 parity with torch, skipped backends, bad input; GPU check: no-GPU failure, arguments, CPU code path."""
 import json
 import os

@@ -122,3 +122,14 @@ def test_gallery_search_is_search_with_gallery(encoded, tmp_path):
             assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
     r = CliRunner().invoke(cli.main, ["gallery", "search", folder, query, "--bundle", bundle, "--nprobe", "0"])
     assert r.exit_code == 2 and "--nprobe" in r.output
+
+
+def test_search_is_two_stage_by_default(monkeypatch, tmp_path):
+    """Without --shortlist the full scorer reranks the globals' best 100 (or k if larger); 0 scores every item."""
+    import kidrr.photos.search as photo_search
+    seen = []
+    monkeypatch.setattr(photo_search, "search", lambda gallery, query, k, bundle, shortlist, *a, **kw: seen.append(shortlist) or [])
+    for extra in ([], ["-k", "150"], ["--shortlist", "0"], ["--shortlist", "30"]):
+        r = CliRunner().invoke(cli.main, ["search", "--gallery", str(tmp_path), "a dog", "--json"] + extra)
+        assert r.exit_code == 0, r.output
+    assert seen == [photo_search.DEFAULT_SHORTLIST, 150, None, 30] and photo_search.DEFAULT_SHORTLIST == 100

@@ -14,7 +14,7 @@ import pytest
 import test_cpp_support as cpp
 
 HARNESSES = ["manifest", "vocab", "wordpiece", "npy", "npz", "gallery", "gallery2", "kernels"]
-SECONDS = 4
+SECONDS = 2
 
 
 @pytest.fixture(scope="module")

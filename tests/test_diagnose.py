@@ -57,7 +57,7 @@ def test_diagnose_agrees_with_kidrr_eval_and_the_per_pair_loop(tiny_model):
     split = _split(model, n_images=6)
     result = diagnose(model, vocab, split, progress=False)
     assert (result["images"], result["captions"]) == (6, 30)
-    # The scorer's and the globals' rSum are what kidrr-eval reports for the same split.
+    # The scorer's and the globals' rSum are what kidrr eval reports for the same split.
     evaluated = evaluate_split(model, vocab, split, progress=False)
     assert result["rsum"]["scorer"] == pytest.approx(evaluated["scorer"]["rsum"])
     assert result["rsum"]["globals"] == pytest.approx(evaluated["globals"]["rsum"])

@@ -1,4 +1,4 @@
-"""kidrr-export: bundle contents, custom ops, parity with PyTorch at several shapes, bad input."""
+"""kidrr export: bundle contents, custom ops, parity with PyTorch at several shapes, bad input."""
 import json
 import os
 

@@ -483,7 +483,7 @@ def test_gather_compare_reads_cold_rows_both_ways(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
 def test_scale_disk_estimate_matches_what_a_build_writes(tmp_path, dtype):
-    # kidrr-bench scale refuses up front when the galleries cannot fit (a 1M fp16 run needs ~26 GiB),
+    # kidrr bench scale refuses up front when the galleries cannot fit (a 1M fp16 run needs ~26 GiB),
     # so its estimate must be what a build really writes.
     from kidrr.bench import scale
     rng = np.random.default_rng(0)

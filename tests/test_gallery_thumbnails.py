@@ -1,4 +1,4 @@
-"""Thumbnails inside gallery segments: written by kidrr-index, carried by remove / compact, checked by
+"""Thumbnails inside gallery segments: written by kidrr index, carried by remove / compact, checked by
 verify, refused when damaged or not JPEG (docs/gallery.md, docs/web.md)."""
 import io
 import json

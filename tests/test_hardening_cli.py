@@ -81,13 +81,13 @@ def test_gallery_save_errors_are_typed(tmp_path):
             gal.save(bad)
 
 
-# ---- kidrr-features -----------------------------------------------------------------------------
+# ---- kidrr features -----------------------------------------------------------------------------
 def test_features_force_never_replaces_foreign_files(tmp_path):
     out = tmp_path / "data"
     out.mkdir()
     theirs = np.ones((3, 49, 1280), np.float16)
     np.save(out / "train_ims.npy", theirs)                   # the user's own array, no record
-    with pytest.raises(DataError, match="replaces only what kidrr-features wrote"):
+    with pytest.raises(DataError, match="replaces only what kidrr features wrote"):
         extract_features(str(tmp_path), str(tmp_path / "caps.tsv"), str(out), force=True, progress=False)
     assert np.array_equal(np.load(out / "train_ims.npy"), theirs)
     # a record of kidrr's, but the files on disk are not the ones it lists
@@ -130,7 +130,7 @@ def test_features_out_that_is_a_file_is_a_message(tmp_path):
     clean_failure(r, "is a file")
 
 
-# ---- kidrr-bench scale ----------------------------------------------------------------------------
+# ---- kidrr bench scale ----------------------------------------------------------------------------
 def test_scale_refuses_to_delete_or_overwrite_what_it_did_not_write(tmp_path):
     from kidrr.bench import scale
     from kidrr.errors import InputError

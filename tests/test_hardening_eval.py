@@ -1,4 +1,4 @@
-"""Protocols exact or refused, kidrr-eval options, and the small things (-h, the torch
+"""Protocols exact or refused, kidrr eval options, and the small things (-h, the torch
 warning on read-only data, a bar during training's dev evaluation, export messages above the bar)."""
 import os
 

@@ -92,7 +92,7 @@ def test_force_keeps_user_files_beside_a_bundle(ckpt, tmp_path):
         export_bundle(ckpt, out, force=True, **QUIET)
     assert open(os.path.join(out, "my_gallery.npz"), "rb").read() == b"user data"
     os.unlink(os.path.join(out, "my_gallery.npz"))
-    os.makedirs(os.path.join(out, "engines", "somekey"))  # kidrr-export trt's own output belongs to the bundle
+    os.makedirs(os.path.join(out, "engines", "somekey"))  # kidrr export trt's own output belongs to the bundle
     export_bundle(ckpt, out, force=True, **QUIET)
     assert sorted(os.listdir(out)) == ["export_report.json", "image_encoder.onnx", "manifest.json", "similarity.onnx",
                                        "text_encoder.onnx", "vocab.json"]
@@ -129,7 +129,7 @@ def test_train_new_run_never_overwrites(tmp_path, existing):
 
 def test_bench_outputs_checked_before_the_run(tmp_path):
     project = _project(tmp_path / "project")
-    with pytest.raises(InputError, match="holds no kidrr-bench results.json"):
+    with pytest.raises(InputError, match="holds no kidrr bench results.json"):
         check_outputs(project, None)
     out = str(tmp_path / "out")
     check_outputs(out, None)  # a new folder is made and accepted
@@ -237,7 +237,7 @@ def test_export_on_a_full_disk_is_a_typed_error(ckpt, tmp_path, monkeypatch):
 
 
 def test_report_writers_refuse_foreign_files_before_running(tmp_path):
-    """gpu_check --out, train_speed/speed --json: checked before the run, like kidrr-bench's outputs."""
+    """gpu_check --out, train_speed/speed --json: checked before the run, like kidrr bench's outputs."""
     from kidrr.bench import gpu_check, train_speed
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")

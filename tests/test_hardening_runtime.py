@@ -1,5 +1,5 @@
 """Runtime misuse, NaN from finite input (every backend, through the runner interface), and the
-bench handling data exactly as kidrr-eval does."""
+bench handling data exactly as kidrr eval does."""
 import numpy as np
 import pytest
 
@@ -111,7 +111,7 @@ def test_every_backend_gets_the_check(made):
         b.encode_images(np.ones((2, 5, 24), np.float32))
 
 
-# ---- the bench scores data exactly as kidrr-eval --------------------------------------
+# ---- the bench scores data exactly as kidrr eval --------------------------------------
 def _split_with_odd_captions():
     from kidrr.data import Split
     rng = np.random.default_rng(3)
@@ -122,7 +122,7 @@ def _split_with_odd_captions():
 
 
 def test_bench_full_retrieval_equals_kidrr_eval(made):
-    """The bench's full retrieval (runtime, evaluation policy) against kidrr-eval's evaluate_split on
+    """The bench's full retrieval (runtime, evaluation policy) against kidrr eval's evaluate_split on
     the same checkpoint, with an all-unknown and an over-long caption: the same recall, exactly."""
     import warnings
     from kidrr.bench.retrieval import full_retrieval

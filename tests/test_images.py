@@ -157,7 +157,7 @@ def test_every_backbone_grid_matches_its_spec():
         assert spec.regions == spec.grid ** 2
 
 
-# ---- kidrr-features ----------------------------------------------------------------------------------
+# ---- kidrr features ----------------------------------------------------------------------------------
 def _features_job(tmp_path):
     folder = os.path.join(tmp_path, "photos")
     names = photo_folder(folder, 7, seed=3)

@@ -65,7 +65,7 @@ def test_export_refuses_features_of_another_backbone():
     assert check_image_backbone(cfg, None) == "efficientnet-lite0"
     with pytest.raises(BundleError, match="efficientnet-lite0 features"):
         check_image_backbone(cfg, "efficientnet-lite1")
-    with pytest.raises(BundleError, match="not made by kidrr-features"):
+    with pytest.raises(BundleError, match="not made by kidrr features"):
         check_image_backbone(ModelConfig.small(feature_size=1280), "efficientnet-lite0")
     other_weights = ModelConfig.small(feature_size=1280, image_backbone=dict(record, weights_sha256="0" * 64))
     with pytest.raises(BundleError, match="weights"):

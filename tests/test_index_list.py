@@ -1,4 +1,4 @@
-"""kidrr-index --list: the photos named by a text, CSV or Parquet file (ids relative to the root, metadata
+"""kidrr index --list: the photos named by a text, CSV or Parquet file (ids relative to the root, metadata
 columns checked as a sidecar's), what is skipped and what is refused. The Ray engine with a list is in
 test_ray_index.py."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Kidrr-index / kidrr-search: a photo folder with bad files in, ranked file names out."""
+"""Kidrr-index / kidrr search: a photo folder with bad files in, ranked file names out."""
 import json
 import os
 import shutil
@@ -47,7 +47,7 @@ def test_index_skips_bad_files_and_search_finds_the_bundle(pixel_bundle, folder,
     record = json.load(open(os.path.join(out, "kidrr-index.json")))
     assert {s["file"]: s["reason"] for s in record["skipped"]} == {"corrupt.jpg": "corrupt",
                                                                    "phone.heic": "unsupported-format"}
-    # kidrr-search with no --bundle: the gallery's record names it
+    # kidrr search with no --bundle: the gallery's record names it
     found = CliRunner().invoke(search_main, ["a red circle", "--gallery", out, "-k", "6", "--json"])
     assert found.exit_code == 0, found.output
     hits = json.loads(found.output)["results"]

@@ -1,4 +1,4 @@
-"""A newcomer's path on real photos, with no training: kidrr-index then kidrr-search with the shipped
+"""A newcomer's path on real photos, with no training: kidrr index then kidrr search with the shipped
 real-photo model (its bundle exported into the cache on first use), on f8k-photos dev photos."""
 import json
 import os

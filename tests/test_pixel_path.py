@@ -1,4 +1,4 @@
-"""The whole pixel path on the pixel synthetic set: PNG files -> kidrr-features (EfficientNet-Lite0)
+"""The whole pixel path on the pixel synthetic set: PNG files -> kidrr features (EfficientNet-Lite0)
 -> the shipped pixel model -> recall, against chance and against an independent feature reference."""
 import math
 import os

@@ -1,7 +1,7 @@
-"""kidrr-index --engine ray on a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per
+"""kidrr index --engine ray on a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per
 node): the same gallery as the local engine, a worker killed mid-job, a driver killed mid-job and the
 rerun, a reader searching throughout, the shared-storage probe, the staging area's exactly-once rules, a
-(simulated) full disk on a worker, a --list with metadata columns; and kidrr-features --engine ray.
+(simulated) full disk on a worker, a --list with metadata columns; and kidrr features --engine ray.
 One cluster serves the whole module.
 Select with `-m ray_cluster`; deselect with `-m "not ray_cluster"`."""
 from __future__ import annotations
@@ -31,7 +31,7 @@ def album(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-album")
     photo_folder(str(root), PHOTOS, seed=5)
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    os.symlink(root / "photo00.png", root / "link.png")      # handled as kidrr-index handles links
+    os.symlink(root / "photo00.png", root / "link.png")      # handled as kidrr index handles links
     return str(root)
 
 
@@ -313,7 +313,7 @@ def test_list_with_metadata_columns_ray_equals_local(pixel_bundle, album, cluste
 
 
 def test_kidrr_features_engine_ray_equals_local_and_resumes_a_local_job(cluster, tmp_path, in_backbone_cache):
-    """kidrr-features --engine ray on both nodes finishes a local job interrupted after its first batch:
+    """kidrr features --engine ray on both nodes finishes a local job interrupted after its first batch:
     the same files as one local run (features within 1e-6, same ids, captions and skips)."""
     from image_files import write_tsv
     from kidrr.images.features import extract_features

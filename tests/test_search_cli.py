@@ -1,4 +1,4 @@
-"""kidrr-index metadata (EXIF + sidecar), kidrr-search --like / --like-id / --where / --dedup,
+"""kidrr index metadata (EXIF + sidecar), kidrr search --like / --like-id / --where / --dedup,
 kidrr-gallery add --metadata / duplicates: what users type, and what they get for bad input."""
 import json
 import os

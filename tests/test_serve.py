@@ -1,4 +1,4 @@
-"""kidrr-serve, local engine: in-process (FastAPI TestClient) and a real uvicorn on a loopback port.
+"""kidrr serve, local engine: in-process (FastAPI TestClient) and a real uvicorn on a loopback port.
 
 Correctness against independent references (serve_helpers), every kind of bad input (4xx with a
 JSON error, and the service keeps serving), batching, the bounded queue, timeouts, the token,

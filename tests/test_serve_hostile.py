@@ -1,4 +1,4 @@
-"""kidrr-serve, local engine, as a hostile client sees it: answers that follow the gallery's new
+"""kidrr serve, local engine, as a hostile client sees it: answers that follow the gallery's new
 generations, heavy work admitted only while there is room, uploads with their own limits, one error
 shape for every error, an OpenAPI document that says what the service does, an ASCII-only token."""
 import threading

@@ -1,4 +1,4 @@
-"""kidrr-serve's item routes and the page's files: GET /v1/items/{id}, its thumbnail, / and /ui/*
+"""kidrr serve's item routes and the page's files: GET /v1/items/{id}, its thumbnail, / and /ui/*
 (local engine through FastAPI's TestClient; the browser tests are tests/test_web_page.py)."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""kidrr-serve, ray engine: one local Ray instance (loopback only) shared by this module.
+"""kidrr serve, ray engine: one local Ray instance (loopback only) shared by this module.
 
 Two shard deployments behind the ingress, reached over HTTP on 127.0.0.1: exact results equal
 single-process exact search, two-stage results equal a rerank of the union of the shards'

@@ -1,4 +1,4 @@
-"""kidrr-serve against its own OpenAPI document: schemathesis generates requests from /openapi.json
+"""kidrr serve against its own OpenAPI document: schemathesis generates requests from /openapi.json
 (valid and invalid ones) and runs all of its checks on every answer: no 5xx, status codes, content
 types, headers and bodies as documented, invalid data refused. Bounded and derandomised: about 25
 requests per operation, the same ones every run.

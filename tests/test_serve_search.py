@@ -1,4 +1,4 @@
-"""kidrr-serve: text search with filters and dedup, search by stored item, over format-2 shards with
+"""kidrr serve: text search with filters and dedup, search by stored item, over format-2 shards with
 metadata; references are the runtime on one gallery holding every item (no kidrr.serve)."""
 import numpy as np
 import pytest

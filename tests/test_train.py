@@ -46,9 +46,11 @@ def test_a_few_hundred_steps_leave_the_plateau():
     args = (torch.from_numpy(split.images[idx // 5]), torch.from_numpy(ids), torch.from_numpy(lengths),
             torch.from_numpy(idx // 5))
     first = trainer.step(*args, hardest=True)["hardest"]
-    for _ in range(250):
+    for _ in range(250):   # at most; it leaves the plateau after ~75 steps (stop there: the suite's time)
         out = trainer.step(*args, hardest=True)
-    loss, gloss = out["hardest"], out["hardest_globals"]
+        loss, gloss = out["hardest"], out["hardest_globals"]
+        if loss < 0.25 * plateau(16, 0.2) and gloss < 0.5 * plateau(16, 0.2):
+            break
     assert first > 0.5 * plateau(16, 0.2)
     assert loss < 0.25 * plateau(16, 0.2), (first, loss)
     assert gloss < 0.5 * plateau(16, 0.2)

@@ -1,5 +1,5 @@
 """The search page in a real browser: Debian's chromium driven by Playwright (launched with the system
-browser's path; nothing is downloaded). One kidrr-serve (local engine) over real f8k-photos dev
+browser's path; nothing is downloaded). One kidrr serve (local engine) over real f8k-photos dev
 photos indexed with the shipped photo model serves the whole module.
 
 Printed (pytest -s): query -> first thumbnail painted p50 (performance marks in the page) and the
@@ -80,7 +80,7 @@ def service(tmp_path_factory):
             except httpx.TransportError:
                 pass
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "kidrr-serve did not become ready"
+            assert time.monotonic() < deadline, "kidrr serve did not become ready"
             time.sleep(0.3)
         yield {"url": url, "gallery": gallery, "bundle": bundle, "picked": picked, "albums": albums,
                "photos": photos, "first": first}

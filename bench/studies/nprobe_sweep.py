@@ -3,7 +3,7 @@ the exact first stage, per nprobe, on one format-2 gallery of the shipped bundle
 
     python -m kidrr.bench.studies.nprobe_sweep GALLERY [--nprobe 4,8,16,24,32,64] [--queries 60] [--shortlist 100] [--json FILE]
 
-Queries are captions of the synthetic test set (what `kidrr-bench scale` galleries are drawn
+Queries are captions of the synthetic test set (what `kidrr bench scale` galleries are drawn
 around); the rerank is the bundle's similarity graph, as in a search. The measurement behind the
 default nprobe (docs/gallery.md).
 """

@@ -6,7 +6,7 @@ of small runs of one graph).
 
 Each round runs one fresh process per setting, in turn (a spinning runner's threads would
 disturb the other's measurement inside one process). The query part searches FOLDER (a format-2
-gallery of the shipped bundle, e.g. one `kidrr-bench scale --keep` built) with the ANN first
+gallery of the shipped bundle, e.g. one `kidrr bench scale --keep` built) with the ANN first
 stage at k'=100, or, without --gallery, the synthetic test set in memory; the bulk part scores
 the synthetic test set's first 5fold fold (200 images x 1,000 captions) exhaustively, and the sweep
 searches that fold's 1,000 captions two-stage (k'=10: 1,000 runs of 10 pairs, nothing between them).

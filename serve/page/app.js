@@ -1,4 +1,4 @@
-// kidrr-serve's search page: only the public API (docs/serve.md, docs/web.md), no framework, no build.
+// kidrr serve's search page: only the public API (docs/serve.md, docs/web.md), no framework, no build.
 // Ids, metadata and messages from the service are always set as text (textContent, alt), never as HTML.
 "use strict";
 
@@ -105,6 +105,15 @@ function writeURL(s, push) {
   if (url !== location.pathname + location.search) {
     (push ? history.pushState : history.replaceState).call(history, null, "", url);
   }
+}
+
+// Two-stage search, as `kidrr search` does by default: the full scorer reranks the globals' best 100
+// (or k if larger), within the service's max_shortlist; exact when that cannot hold k.
+function shortlistFor(k) {
+  const limits = state.info && state.info.settings && state.info.settings.limits;
+  const cap = limits ? limits.max_shortlist : 100;
+  const wanted = Math.min(cap, Math.max(k, 100));
+  return wanted >= k ? wanted : null;
 }
 
 // ---- filters built from /v1/info's fields ------------------------------------------------------
@@ -309,8 +318,8 @@ async function run(what, push) {
                                                     dedup: dedup ? 0.95 : null });
     } else {
       writeURL({ q: what.q, k: String(k), where, dedup }, push);
-      data = await postJSON("/v1/search/images", { query: what.q, k: k, where: parseWhere(where),
-                                                   dedup: dedup ? 0.95 : null });
+      data = await postJSON("/v1/search/images", { query: what.q, k: k, shortlist: shortlistFor(k),
+                                                   where: parseWhere(where), dedup: dedup ? 0.95 : null });
     }
     if (runId !== state.run) return;          // a newer search started meanwhile
     renderResults(data.results, runId, started);

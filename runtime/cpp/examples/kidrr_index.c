@@ -4,17 +4,17 @@
  * bundle's preprocessing and backbone graphs and writes OUT, a new format-2 gallery folder that the
  * Python runtime (kidrr.gallery) and kidrr_search read; ids are the file names. Decoding: Debian's
  * libjpeg-turbo with its defaults (islow DCT, fancy upsampling), the pixels Pillow gives, turned
- * upright by the EXIF orientation as kidrr-index does (Pillow's exif_transpose). Skipped, with the
- * reason: undecodable files, CMYK/YCCK JPEGs (kidrr-index converts those), and images over the
+ * upright by the EXIF orientation as kidrr index does (Pillow's exif_transpose). Skipped, with the
+ * reason: undecodable files, CMYK/YCCK JPEGs (kidrr index converts those), and images over the
  * runtime's pixel limit (docs/images.md), refused from the header before any pixel is decoded;
  * anything but a regular file (a FIFO named *.jpg is never opened for a blocking read), files over
  * 1 GiB, truncated JPEGs (libjpeg's end-of-data warning is an error: Pillow refuses them), and
  * names that are not UTF-8 (they cannot be ids). Photos are decoded and encoded BATCH at a time,
  * so memory holds one batch of pixels, not the folder's (the encoded items, ~50 KB each, are kept
  * until the gallery is written).
- * Locals are stored as fp16 by default, as kidrr-index and kidrr.gallery store them (half the disk
+ * Locals are stored as fp16 by default, as kidrr index and kidrr.gallery store them (half the disk
  * and page cache; rSum delta 0.0 on the synthetic test set, docs/gallery.md); --locals-dtype fp32
- * keeps them exact. Exit codes as kidrr-index: 0 all encoded, 1 some files skipped (named on
+ * keeps them exact. Exit codes as kidrr index: 0 all encoded, 1 some files skipped (named on
  * stderr), 2 error.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -162,7 +162,7 @@ static unsigned char* decode_jpeg(const char* path, size_t* height, size_t* widt
     jpeg_save_markers(&info, JPEG_APP0 + 1, 0xFFFF);
     jpeg_read_header(&info, TRUE);
     if (info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK) {
-        *why = "a CMYK JPEG (kidrr-index, the Python tool, converts it to RGB; this example does not)";
+        *why = "a CMYK JPEG (kidrr index, the Python tool, converts it to RGB; this example does not)";
         longjmp(err.jump, 1);
     }
     if ((unsigned long long)info.image_width * info.image_height > MAX_PIXELS) {
@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
     if (!dir) { fprintf(stderr, "error: cannot list %s\n", argv[2]); return 2; }
     for (struct dirent* e; (e = readdir(dir));) {
         if (!is_jpeg(e->d_name)) continue;
-        if (!valid_utf8((const unsigned char*)e->d_name)) {   /* ids are UTF-8: skipped, as kidrr-index does */
+        if (!valid_utf8((const unsigned char*)e->d_name)) {   /* ids are UTF-8: skipped, as kidrr index does */
             fprintf(stderr, "skipped ");
             for (const unsigned char* c = (const unsigned char*)e->d_name; *c; ++c)
                 fprintf(stderr, *c < 0x80 ? "%c" : "\\x%02x", *c);

@@ -78,7 +78,7 @@ constexpr size_t kEncodeBatch = 64;
 
 Bundle::Bundle(const std::string& folder, const Options& options)
     : folder_(folder), tile_images_(options.tile_images), tile_captions_(options.tile_captions) {
-    if (!is_dir(folder)) throw Error(KIDRR_ERR_BUNDLE, "bundle folder " + folder + " does not exist; export one with `kidrr-export onnx`");
+    if (!is_dir(folder)) throw Error(KIDRR_ERR_BUNDLE, "bundle folder " + folder + " does not exist; export one with `kidrr export onnx`");
     const std::string manifest_path = folder + "/manifest.json";
     if (!is_file(manifest_path))
         throw Error(KIDRR_ERR_BUNDLE, manifest_path + " is missing: " + folder + " is not a kidrr bundle (re-export it)");
@@ -135,7 +135,7 @@ Bundle::Bundle(const std::string& folder, const Options& options)
 std::vector<float> Bundle::extract_features(const uint8_t* rgb, size_t height, size_t width, size_t stride) const {
     if (!preprocess_)
         throw Error(KIDRR_ERR_BUNDLE, "this bundle has no preprocessing/backbone graphs (its model was trained on precomputed "
-                                      "features); export a model trained on kidrr-features output to encode pixels");
+                                      "features); export a model trained on kidrr features output to encode pixels");
     if (height == 0 || width == 0) throw Error(KIDRR_ERR_INPUT, "an image must be at least 1 x 1 pixels");
     const size_t row = mul_size(width, 3, "image row");
     if (stride < row) throw Error(KIDRR_ERR_INVALID_ARGUMENT, "stride (" + std::to_string(stride) + ") is less than 3 x width (" + std::to_string(row) + ")");
@@ -315,7 +315,7 @@ std::vector<Hit> Bundle::search(const ImageSource& gallery, const std::string& c
                 for (size_t t = 0; t < d; ++t) s += g[t] * query.globals[t];
                 if (!std::isfinite(s))
                     throw Error(KIDRR_ERR_INPUT, "a gallery global vector holds NaN or inf (row " + std::to_string(r) +
-                                                     "); run `kidrr-gallery verify`, restore or rebuild the gallery");
+                                                     "); run `kidrr gallery verify`, restore or rebuild the gallery");
                 cosine.emplace_back(s, r);
             }
         }

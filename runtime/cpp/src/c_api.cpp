@@ -318,7 +318,7 @@ kidrr_status kidrr_gallery_search_like_id(const kidrr_gallery* gallery, const ch
         if (wanted.size() > kMaxItemIdBytes || !gallery->impl->find(wanted, row)) {
             const std::string shown(wanted.substr(0, 200));
             throw kidrr::Error(KIDRR_ERR_UNKNOWN_ITEM, "no item '" + shown + "' in this gallery (removed, or never added); "
-                                                       "list its ids with `kidrr-gallery info --ids`");
+                                                       "list its ids with `kidrr gallery info --ids`");
         }
         const auto found = kidrr::nearest_to_row(*gallery->impl, row, k);
         for (size_t t = 0; t < found.size(); ++t) hits[t] = {found[t].image, found[t].score};

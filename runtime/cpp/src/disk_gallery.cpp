@@ -24,7 +24,7 @@ namespace {
 constexpr int kOpenTries = 5;  // a writer may switch the manifest while we open (gallery/reader.py)
 
 [[noreturn]] void damaged(const std::string& what, const std::string& why) {
-    throw Error(KIDRR_ERR_INPUT, what + ": " + why + "; the gallery is damaged (run `kidrr-gallery verify`, restore it or rebuild it)");
+    throw Error(KIDRR_ERR_INPUT, what + ": " + why + "; the gallery is damaged (run `kidrr gallery verify`, restore it or rebuild it)");
 }
 
 bool read_manifest(const std::string& folder, std::string& raw) {

@@ -17,7 +17,7 @@ std::vector<Hit> nearest_to_row(const ImageSource& gallery, size_t row, size_t k
     gallery.read_globals(row, 1, query.data());
     for (float v : query)
         if (!std::isfinite(v))
-            throw Error(KIDRR_ERR_INPUT, "the item's stored global vector holds NaN or inf; run `kidrr-gallery verify`, "
+            throw Error(KIDRR_ERR_INPUT, "the item's stored global vector holds NaN or inf; run `kidrr gallery verify`, "
                                          "restore or rebuild the gallery");
     // A block of globals at a time: memory stays bounded whatever the gallery's size.
     constexpr size_t kBlock = 4096;
@@ -35,7 +35,7 @@ std::vector<Hit> nearest_to_row(const ImageSource& gallery, size_t row, size_t k
             for (size_t t = 0; t < d; ++t) s += g[t] * query[t];
             if (!std::isfinite(s))
                 throw Error(KIDRR_ERR_INPUT, "a gallery global vector holds NaN or inf (row " + std::to_string(r) +
-                                                 "); run `kidrr-gallery verify`, restore or rebuild the gallery");
+                                                 "); run `kidrr gallery verify`, restore or rebuild the gallery");
             sims.emplace_back(s, r);
         }
     }
