@@ -170,6 +170,21 @@ def test_ray_serves_format2_shard_folders(service, built, rt, gallery, tmp_path)
     time.sleep(0.2)
     after = [h["id"] for h in client.post("/v1/search/images", json=query).json()["results"]]
     assert not set(first[:2]) & set(after) and after[:3] == first[2:5]
+    # The item routes: every shard is asked, the one holding the item answers (thumbnails included).
+    import gallery_helpers as gh
+    thumbs = gh.item_thumbs(5)
+    with GalleryWriter(folders[1]) as w:
+        w.add(gallery.globals[:5], gallery.locals[:5], [f"thumb-{i}" for i in range(5)], thumbnails=thumbs)
+    time.sleep(0.2)
+    r = client.get("/v1/items/thumb-1/thumbnail")
+    assert r.status_code == 200 and r.content == thumbs[1] and r.headers["content-type"] == "image/jpeg"
+    assert client.get("/v1/items/thumb-1/thumbnail", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+    assert client.get("/v1/items/thumb-4/thumbnail").json()["error"]["kind"] == "not_available"   # stored without one
+    item = client.get("/v1/items/img-0041").json()
+    assert item["id"] == "img-0041" and item["thumbnail"] is False and item["metadata"] == {}
+    for unknown in ("/v1/items/nope.jpg", "/v1/items/nope.jpg/thumbnail", f"/v1/items/{first[0]}"):   # first[0]: removed
+        r = client.get(unknown)
+        assert r.status_code == 404 and r.json()["error"]["kind"] == "unknown_item", (unknown, r.text)
     assert client.get("/v1/ready").json()["ready"] is True
     with open(f"{folders[0]}/manifest.json", "w") as fh:
         fh.write("{")
