@@ -36,6 +36,8 @@ class MicroBatcher:
         return len(self._waiting)
 
     def start(self) -> None:
+        if self._task is not None:     # started again from another event loop (a second ASGI lifespan)
+            _cancel_in_its_loop(self._task)
         self._wake = asyncio.Event()   # bound to the running loop (Python < 3.10 binds at creation)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -87,13 +89,15 @@ class MicroBatcher:
 
     async def stop(self) -> None:
         """Finish the batches already running, refuse what is still waiting, stop the worker."""
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        elif task is not None:
+            _cancel_in_its_loop(task)
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         for _, fut in self._waiting:
@@ -101,3 +105,17 @@ class MicroBatcher:
                 fut.set_exception(Overloaded(f"{self.name} is shutting down"))
         self._waiting = []
         self._pool.shutdown(wait=True)
+
+
+def _cancel_in_its_loop(task: asyncio.Task) -> None:
+    """Cancel a worker task that belongs to another event loop (thread-safe; a closed loop has none left)."""
+    loop = task.get_loop()
+    if task.done() or loop.is_closed():
+        return
+    if loop is asyncio.get_running_loop():
+        task.cancel()
+        return
+    try:
+        loop.call_soon_threadsafe(task.cancel)
+    except RuntimeError:        # the loop closed meanwhile
+        pass

@@ -181,12 +181,19 @@ def test_a_typed_query_shows_k_thumbnails_best_first_and_the_url_round_trips(ser
                          "!document.querySelector(`label[for='${e.id}']`) && !e.closest('label')).map(e => e.id)") == []
     # Timings: query -> first thumbnail painted (performance marks in the page), and the thumbnail route.
     queries = [c[0] for c in list(service["picked"].values())[:10]]
+    # A timing is pushed two animation frames after the first thumbnail's load, which may come after
+    # wait_results returns: wait for each search's own timing before the next one.
+    def wait_timings(n):
+        page.wait_for_function(f"() => window.kidrrTimings.length >= {n}")
     p.mark_stale()
+    before = page.evaluate("window.kidrrTimings.length")
     page.select_option("#k", "20")                   # re-runs the shown search with k = 20
     p.wait_results()
+    wait_timings(before + 1)
     page.evaluate("() => { window.kidrrTimings.length = 0; }")
-    for q in queries:
+    for i, q in enumerate(queries):
         p.search(q)
+        wait_timings(i + 1)
     timings = page.evaluate("window.kidrrTimings")
     assert len(timings) == len(queries)
     serve_ms = []
