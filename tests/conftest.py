@@ -17,48 +17,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(f"suite wall time: {wall:.0f} s (budget {SUITE_BUDGET_S} s on 2 cores)")
 
 
-# The C++ runtime's tests need three builds (release; ASan + UBSan; libFuzzer), about 3-4 minutes of
-# compiling on two slow cores from a clean checkout. They run last, and their builds start in the
-# background at the lowest priority as soon as the tests are collected, on the core the (mostly
-# single-threaded) Python tests leave idle. build() takes a lock, so a test that needs a build still
-# in progress waits for it, and reports any build failure itself.
-_CPP_MODULES = ("test_cpp_", "test_kernels")
-_prebuild = None
-
-
-def _needs_cpp(item) -> bool:
-    return os.path.basename(str(item.fspath)).startswith(_CPP_MODULES)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items[:] = [i for i in items if not _needs_cpp(i)] + [i for i in items if _needs_cpp(i)]
-
-
-def pytest_collection_finish(session):
-    global _prebuild
-    cpp = {os.path.basename(str(i.fspath)) for i in session.items if _needs_cpp(i)}
-    if not cpp or len(cpp) == len({str(i.fspath) for i in session.items}) or os.environ.get("KIDRR_NO_PREBUILD"):
-        return                  # nothing to overlap with
-    kinds = ["release"]
-    if cpp & {"test_cpp_memory.py", "test_cpp_gallery2.py"}:
-        kinds.append("asan")
-    if "test_cpp_fuzz.py" in cpp:
-        kinds.append("fuzz")
-    import subprocess
-    here = os.path.dirname(__file__)
-    import shutil
-    nice = [shutil.which("nice"), "-n", "19"] if shutil.which("nice") else []
-    _prebuild = subprocess.Popen(nice + [sys.executable, os.path.join(here, "test_cpp_support.py"), *kinds], cwd=here,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
 def pytest_sessionfinish(session, exitstatus):
-    if _prebuild is not None and _prebuild.poll() is None:     # the session ended before the builds did
-        import signal
-        try:
-            os.killpg(_prebuild.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     wall = time.monotonic() - _SUITE_START
     if os.environ.get("CI") == "true" and wall > SUITE_BUDGET_S and exitstatus == 0:
         print(f"\nsuite took {wall:.0f} s, over its {SUITE_BUDGET_S} s budget: speed up or trim the slowest tests "

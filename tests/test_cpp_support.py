@@ -66,14 +66,13 @@ def build(kind: str = "release") -> str:
     """Configure (first time) and build; returns the build folder. kind: release | asan | fuzz
     (fuzz: the libFuzzer harnesses only, built with the fetched clang)."""
     require_toolchain()
+    fetch_headers()
+    compiler = fetch_clang() if kind == "fuzz" else None
     out = os.path.join(BUILD, kind)
     os.makedirs(BUILD, exist_ok=True)
     with open(os.path.join(BUILD, ".lock"), "w") as lock:
-        # Parallel pytest runs and the suite's background prebuild (conftest.py) share one build folder.
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest runs share one build folder
         start = time.perf_counter()
-        fetch_headers()
-        compiler = fetch_clang() if kind == "fuzz" else None
         if not os.path.isfile(os.path.join(out, "CMakeCache.txt")):
             args = ["cmake", "-S", SOURCE, "-B", out, f"-DKIDRR_ORT_HEADERS_DIR={HEADERS}",
                     f"-DKIDRR_JSON_HEADERS_DIR={JSON_HEADERS}", f"-DKIDRR_EIGEN_HEADERS_DIR={EIGEN_HEADERS}",
@@ -119,18 +118,3 @@ def minilm_tokenizer_json(folder) -> str:
     with open(path, "wb") as fh:
         fh.write(data)
     return path
-
-
-def prebuild(kinds) -> None:
-    """Build `kinds` ahead of the tests that need them (run by conftest.py in a background process).
-    Any problem is left for the tests' own build() call to report."""
-    for kind in kinds:
-        try:
-            build(kind)
-        except BaseException:   # pytest's skip/fail outcomes included: the test reports them
-            return
-
-
-if __name__ == "__main__":
-    import sys
-    prebuild(sys.argv[1:])
